@@ -1,0 +1,430 @@
+//! A small HTTP/1.1 response reader for the engine's Unix socket.
+//!
+//! Only what the Docker/balenaEngine API needs: status line and headers with hard size
+//! limits, and bodies framed by Content-Length, chunked transfer coding (extensions and
+//! trailers accepted and ignored) or connection close. Protocol violations are reported as
+//! `io::ErrorKind::InvalidData` errors, never panics, so a confused or hostile peer cannot
+//! crash the daemon or make it allocate without bound.
+
+use std::io::{self, BufRead, Read, Write};
+
+/// Longest status line, header line or chunk-size line we accept.
+pub const MAX_LINE: usize = 8 * 1024;
+/// Most header lines in one response (the engine sends about ten).
+pub const MAX_HEADERS: usize = 100;
+/// Total bytes of the response head (status line + headers).
+pub const MAX_HEAD: usize = 64 * 1024;
+
+fn invalid(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.into())
+}
+
+/// The status line and headers of a response.
+#[derive(Debug, Clone)]
+pub struct ResponseHead {
+    pub status: u16,
+    pub reason: String,
+    /// Header names are kept as sent; look them up with [`ResponseHead::header`].
+    pub headers: Vec<(String, String)>,
+}
+
+impl ResponseHead {
+    /// First value of a header, compared case-insensitively.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads one line ending in LF (a preceding CR is dropped) without ever buffering more than
+/// `max` bytes. Returns `Ok(None)` on a clean EOF before any byte.
+pub fn read_line_limited<R: BufRead>(r: &mut R, max: usize) -> io::Result<Option<Vec<u8>>> {
+    let mut line = Vec::new();
+    loop {
+        let available = match r.fill_buf() {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if available.is_empty() {
+            if line.is_empty() {
+                return Ok(None);
+            }
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed in the middle of a line",
+            ));
+        }
+        let (take, done) = match available.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (available.len(), false),
+        };
+        if line.len() + take > max + 2 {
+            return Err(invalid(format!("line longer than {max} bytes")));
+        }
+        line.extend_from_slice(&available[..take]);
+        r.consume(take);
+        if done {
+            line.pop();
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            if line.len() > max {
+                return Err(invalid(format!("line longer than {max} bytes")));
+            }
+            return Ok(Some(line));
+        }
+    }
+}
+
+/// Parses the status line and headers. Leaves the reader at the first body byte.
+pub fn read_head<R: BufRead>(r: &mut R) -> io::Result<ResponseHead> {
+    let status_line = read_line_limited(r, MAX_LINE)?.ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "connection closed before a response",
+        )
+    })?;
+    let status_line =
+        String::from_utf8(status_line).map_err(|_| invalid("status line is not UTF-8"))?;
+    let mut parts = status_line.splitn(3, ' ');
+    let version = parts.next().unwrap_or_default();
+    if !version.starts_with("HTTP/1.") {
+        return Err(invalid(format!("not an HTTP/1.x response: {status_line:?}")));
+    }
+    let code = parts.next().unwrap_or_default();
+    let status: u16 = match code.parse() {
+        Ok(s) if code.len() == 3 && (100..=599).contains(&s) => s,
+        _ => return Err(invalid(format!("bad status code in {status_line:?}"))),
+    };
+    let reason = parts.next().unwrap_or_default().to_string();
+
+    let mut headers = Vec::new();
+    let mut head_bytes = status_line.len();
+    loop {
+        let line = read_line_limited(r, MAX_LINE)?.ok_or_else(|| {
+            io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed in headers")
+        })?;
+        if line.is_empty() {
+            break;
+        }
+        head_bytes += line.len() + 2;
+        if head_bytes > MAX_HEAD {
+            return Err(invalid(format!("response head larger than {MAX_HEAD} bytes")));
+        }
+        if headers.len() >= MAX_HEADERS {
+            return Err(invalid(format!("more than {MAX_HEADERS} headers")));
+        }
+        if line[0] == b' ' || line[0] == b'\t' {
+            return Err(invalid("obsolete header line folding"));
+        }
+        let line = String::from_utf8(line).map_err(|_| invalid("header is not UTF-8"))?;
+        let (name, value) = line
+            .split_once(':')
+            .ok_or_else(|| invalid(format!("header without a colon: {line:?}")))?;
+        if name.is_empty() || name.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            return Err(invalid(format!("bad header name {name:?}")));
+        }
+        headers.push((name.to_string(), value.trim().to_string()));
+    }
+    // Informational answers (100 Continue) are followed by the real one.
+    if (100..200).contains(&status) {
+        return read_head(r);
+    }
+    Ok(ResponseHead {
+        status,
+        reason,
+        headers,
+    })
+}
+
+/// How the body of a response is delimited (RFC 9112 section 6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+/// Decides the body framing from the head; `head_request` is true for answers to HEAD.
+pub fn framing(head: &ResponseHead, head_request: bool) -> io::Result<Framing> {
+    if head_request || head.status == 204 || head.status == 304 {
+        return Ok(Framing::Empty);
+    }
+    let mut chunked = false;
+    let mut saw_te = false;
+    for (k, v) in &head.headers {
+        if k.eq_ignore_ascii_case("transfer-encoding") {
+            saw_te = true;
+            let last = v.rsplit(',').next().unwrap_or_default().trim();
+            chunked = last.eq_ignore_ascii_case("chunked");
+        }
+    }
+    if saw_te {
+        // A transfer coding that does not end in chunked is delimited by close.
+        return Ok(if chunked {
+            Framing::Chunked
+        } else {
+            Framing::UntilClose
+        });
+    }
+    let mut length: Option<u64> = None;
+    for (k, v) in &head.headers {
+        if k.eq_ignore_ascii_case("content-length") {
+            for piece in v.split(',') {
+                let piece = piece.trim();
+                if piece.is_empty() || !piece.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(invalid(format!("bad Content-Length {v:?}")));
+                }
+                let n: u64 = piece
+                    .parse()
+                    .map_err(|_| invalid(format!("bad Content-Length {v:?}")))?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(invalid("conflicting Content-Length headers"));
+                }
+                length = Some(n);
+            }
+        }
+    }
+    Ok(match length {
+        Some(0) => Framing::Empty,
+        Some(n) => Framing::Length(n),
+        None => Framing::UntilClose,
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside chunk data with this many bytes left.
+    Data(u64),
+    /// Expecting the CRLF after chunk data.
+    DataEnd,
+    /// After the last chunk: trailer lines until an empty one.
+    Trailers,
+    Done,
+}
+
+/// A response body as a `Read`er; decodes the framing and reports truncation as an error.
+pub struct Body<R> {
+    inner: R,
+    framing: Framing,
+    remaining: u64,
+    chunk: ChunkState,
+}
+
+impl<R: BufRead> Body<R> {
+    pub fn new(inner: R, framing: Framing) -> Self {
+        let remaining = match framing {
+            Framing::Length(n) => n,
+            _ => 0,
+        };
+        Body {
+            inner,
+            framing,
+            remaining,
+            chunk: ChunkState::Size,
+        }
+    }
+
+    pub fn framing(&self) -> Framing {
+        self.framing
+    }
+
+    /// The underlying reader (for example to change a socket timeout mid-stream).
+    pub fn get_ref(&self) -> &R {
+        &self.inner
+    }
+
+    /// Reads the whole body, failing if it exceeds `limit` bytes.
+    pub fn read_to_end_limited(&mut self, limit: usize) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 8192];
+        loop {
+            let n = self.read(&mut buf)?;
+            if n == 0 {
+                return Ok(out);
+            }
+            if out.len() + n > limit {
+                return Err(invalid(format!("response body larger than {limit} bytes")));
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    fn read_chunked(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.chunk {
+                ChunkState::Done => return Ok(0),
+                ChunkState::Size => {
+                    let line = read_line_limited(&mut self.inner, MAX_LINE)?.ok_or_else(|| {
+                        io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "connection closed before the last chunk",
+                        )
+                    })?;
+                    let size = parse_chunk_size(&line)?;
+                    self.chunk = if size == 0 {
+                        ChunkState::Trailers
+                    } else {
+                        ChunkState::Data(size)
+                    };
+                }
+                ChunkState::Data(left) => {
+                    let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                    let n = self.inner.read(&mut buf[..want])?;
+                    if n == 0 {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "connection closed inside a chunk",
+                        ));
+                    }
+                    let left = left - n as u64;
+                    self.chunk = if left == 0 {
+                        ChunkState::DataEnd
+                    } else {
+                        ChunkState::Data(left)
+                    };
+                    return Ok(n);
+                }
+                ChunkState::DataEnd => {
+                    let line = read_line_limited(&mut self.inner, MAX_LINE)?;
+                    match line {
+                        Some(l) if l.is_empty() => self.chunk = ChunkState::Size,
+                        Some(_) => return Err(invalid("chunk data longer than its size")),
+                        None => {
+                            return Err(io::Error::new(
+                                io::ErrorKind::UnexpectedEof,
+                                "connection closed after chunk data",
+                            ))
+                        }
+                    }
+                }
+                ChunkState::Trailers => {
+                    let mut count = 0;
+                    loop {
+                        match read_line_limited(&mut self.inner, MAX_LINE)? {
+                            // Some servers close right after the last chunk; accept that.
+                            None => break,
+                            Some(l) if l.is_empty() => break,
+                            Some(_) => {
+                                count += 1;
+                                if count > MAX_HEADERS {
+                                    return Err(invalid("too many trailer lines"));
+                                }
+                            }
+                        }
+                    }
+                    self.chunk = ChunkState::Done;
+                }
+            }
+        }
+    }
+}
+
+/// Parses `1a3f;ext=value` into the size; extensions are ignored.
+pub fn parse_chunk_size(line: &[u8]) -> io::Result<u64> {
+    let hex_end = line
+        .iter()
+        .position(|&b| b == b';' || b == b' ' || b == b'\t')
+        .unwrap_or(line.len());
+    let hex = &line[..hex_end];
+    let rest = &line[hex_end..];
+    let rest_ok = rest.iter().all(|&b| b == b' ' || b == b'\t')
+        || rest
+            .iter()
+            .skip_while(|&&b| b == b' ' || b == b'\t')
+            .next()
+            == Some(&b';');
+    if hex.is_empty() || hex.len() > 15 || !hex.iter().all(u8::is_ascii_hexdigit) || !rest_ok {
+        return Err(invalid(format!(
+            "bad chunk size line {:?}",
+            String::from_utf8_lossy(line)
+        )));
+    }
+    let text = std::str::from_utf8(hex).map_err(|_| invalid("bad chunk size"))?;
+    u64::from_str_radix(text, 16).map_err(|_| invalid("bad chunk size"))
+}
+
+impl<R: BufRead> Read for Body<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        match self.framing {
+            Framing::Empty => Ok(0),
+            Framing::UntilClose => self.inner.read(buf),
+            Framing::Chunked => self.read_chunked(buf),
+            Framing::Length(_) => {
+                if self.remaining == 0 {
+                    return Ok(0);
+                }
+                let want = buf.len().min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+                let n = self.inner.read(&mut buf[..want])?;
+                if n == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("body truncated: {} bytes missing", self.remaining),
+                    ));
+                }
+                self.remaining -= n as u64;
+                Ok(n)
+            }
+        }
+    }
+}
+
+/// Writes a request with a JSON (or empty) body. `path` already carries the query.
+pub fn write_request<W: Write>(
+    w: &mut W,
+    method: &str,
+    path: &str,
+    extra_headers: &[(&str, String)],
+    body: Option<&[u8]>,
+) -> io::Result<()> {
+    if path.bytes().any(|b| b <= b' ' || b == 0x7f) || !path.starts_with('/') {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("request path must be an escaped absolute path: {path:?}"),
+        ));
+    }
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: docker\r\nUser-Agent: tinyvisor/{}\r\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    for (k, v) in extra_headers {
+        if v.bytes().any(|b| b == b'\r' || b == b'\n') {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("header {k} contains a line break"),
+            ));
+        }
+        head.push_str(k);
+        head.push_str(": ");
+        head.push_str(v);
+        head.push_str("\r\n");
+    }
+    match body {
+        Some(b) => {
+            head.push_str("Content-Type: application/json\r\n");
+            head.push_str(&format!("Content-Length: {}\r\n\r\n", b.len()));
+            w.write_all(head.as_bytes())?;
+            w.write_all(b)?;
+        }
+        None => {
+            if method == "POST" || method == "PUT" {
+                head.push_str("Content-Length: 0\r\n");
+            }
+            head.push_str("\r\n");
+            w.write_all(head.as_bytes())?;
+        }
+    }
+    w.flush()
+}
+
+#[cfg(test)]
+mod tests;

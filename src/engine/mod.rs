@@ -1,0 +1,10 @@
+//! Engine client: the only module that speaks the Docker/balenaEngine HTTP API.
+
+mod client;
+mod error;
+pub mod http;
+pub mod stream;
+pub mod types;
+
+pub use client::{label_filters, percent_encode, split_reference, Engine, LogsOptions, Query, Response};
+pub use error::{EngineError, Result};

@@ -1,0 +1,340 @@
+//! The subset of the Docker Engine API (1.41) objects tinyvisor reads and writes.
+//! Unknown fields are ignored; fields whose shape we pass through untouched stay `Value`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+pub type Labels = BTreeMap<String, String>;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Version {
+    pub version: String,
+    pub api_version: String,
+    #[serde(rename = "MinAPIVersion")]
+    pub min_api_version: String,
+    pub os: String,
+    pub arch: String,
+    pub kernel_version: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Info {
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub name: String,
+    pub containers: u64,
+    pub containers_running: u64,
+    pub images: u64,
+    pub driver: String,
+    pub operating_system: String,
+    #[serde(rename = "OSType")]
+    pub os_type: String,
+    pub architecture: String,
+    #[serde(rename = "NCPU")]
+    pub ncpu: u64,
+    pub mem_total: u64,
+    pub server_version: String,
+    pub docker_root_dir: String,
+    pub kernel_version: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ContainerSummary {
+    pub id: String,
+    pub names: Vec<String>,
+    pub image: String,
+    #[serde(rename = "ImageID")]
+    pub image_id: String,
+    pub created: i64,
+    pub state: String,
+    pub status: String,
+    #[serde(deserialize_with = "null_as_default")]
+    pub labels: Labels,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ContainerState {
+    pub status: String,
+    pub running: bool,
+    pub paused: bool,
+    pub restarting: bool,
+    #[serde(rename = "OOMKilled")]
+    pub oom_killed: bool,
+    pub dead: bool,
+    pub pid: i64,
+    pub exit_code: i64,
+    pub error: String,
+    pub started_at: String,
+    pub finished_at: String,
+    pub health: Option<Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ContainerConfig {
+    pub hostname: String,
+    pub user: String,
+    #[serde(deserialize_with = "null_as_default")]
+    pub env: Vec<String>,
+    pub cmd: Option<Vec<String>>,
+    pub entrypoint: Option<Vec<String>>,
+    pub image: String,
+    #[serde(deserialize_with = "null_as_default")]
+    pub labels: Labels,
+    pub working_dir: String,
+    pub tty: bool,
+    pub open_stdin: bool,
+    pub stop_signal: Option<String>,
+    pub exposed_ports: Option<Value>,
+    pub volumes: Option<Value>,
+    pub healthcheck: Option<Value>,
+}
+
+/// `GET /containers/{id}/json`. HostConfig and NetworkSettings stay raw: the compose model
+/// reads what it needs from them.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ContainerInspect {
+    pub id: String,
+    pub name: String,
+    pub created: String,
+    pub image: String,
+    pub restart_count: i64,
+    pub state: ContainerState,
+    pub config: ContainerConfig,
+    pub host_config: Value,
+    pub network_settings: Value,
+    pub mounts: Value,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct CreateResponse {
+    pub id: String,
+    #[serde(deserialize_with = "null_as_default")]
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct WaitResponse {
+    pub status_code: i64,
+    pub error: Option<WaitError>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct WaitError {
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ImageSummary {
+    pub id: String,
+    pub parent_id: String,
+    #[serde(deserialize_with = "null_as_default")]
+    pub repo_tags: Vec<String>,
+    #[serde(deserialize_with = "null_as_default")]
+    pub repo_digests: Vec<String>,
+    pub created: i64,
+    pub size: i64,
+    #[serde(deserialize_with = "null_as_default")]
+    pub labels: Labels,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ImageConfig {
+    #[serde(deserialize_with = "null_as_default")]
+    pub env: Vec<String>,
+    pub cmd: Option<Vec<String>>,
+    pub entrypoint: Option<Vec<String>>,
+    pub working_dir: String,
+    pub user: String,
+    #[serde(deserialize_with = "null_as_default")]
+    pub labels: Labels,
+    pub exposed_ports: Option<Value>,
+    pub volumes: Option<Value>,
+    pub healthcheck: Option<Value>,
+    pub stop_signal: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ImageInspect {
+    pub id: String,
+    #[serde(deserialize_with = "null_as_default")]
+    pub repo_tags: Vec<String>,
+    #[serde(deserialize_with = "null_as_default")]
+    pub repo_digests: Vec<String>,
+    pub created: String,
+    pub architecture: String,
+    pub os: String,
+    pub size: i64,
+    pub config: ImageConfig,
+}
+
+/// One entry of `DELETE /images/{name}`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ImageDeleteItem {
+    pub untagged: Option<String>,
+    pub deleted: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Volume {
+    pub name: String,
+    pub driver: String,
+    pub mountpoint: String,
+    pub created_at: String,
+    pub scope: String,
+    #[serde(deserialize_with = "null_as_default")]
+    pub labels: Labels,
+    #[serde(deserialize_with = "null_as_default")]
+    pub options: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub(crate) struct VolumeList {
+    #[serde(deserialize_with = "null_as_default")]
+    pub volumes: Vec<Volume>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct VolumeCreate {
+    pub name: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub driver: String,
+    pub driver_opts: BTreeMap<String, String>,
+    pub labels: Labels,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct IpamConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<String>,
+    #[serde(rename = "IPRange", skip_serializing_if = "Option::is_none")]
+    pub ip_range: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auxiliary_addresses: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Ipam {
+    pub driver: String,
+    #[serde(deserialize_with = "null_as_default")]
+    pub config: Vec<IpamConfig>,
+    #[serde(deserialize_with = "null_as_default")]
+    pub options: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Network {
+    pub name: String,
+    pub id: String,
+    pub created: String,
+    pub scope: String,
+    pub driver: String,
+    #[serde(rename = "EnableIPv6")]
+    pub enable_ipv6: bool,
+    #[serde(rename = "IPAM")]
+    pub ipam: Ipam,
+    pub internal: bool,
+    pub attachable: bool,
+    pub config_only: bool,
+    #[serde(deserialize_with = "null_as_default")]
+    pub containers: BTreeMap<String, Value>,
+    #[serde(deserialize_with = "null_as_default")]
+    pub options: BTreeMap<String, String>,
+    #[serde(deserialize_with = "null_as_default")]
+    pub labels: Labels,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NetworkCreate {
+    pub name: String,
+    pub check_duplicate: bool,
+    pub driver: String,
+    pub internal: bool,
+    pub attachable: bool,
+    #[serde(rename = "EnableIPv6")]
+    pub enable_ipv6: bool,
+    #[serde(rename = "IPAM")]
+    pub ipam: Ipam,
+    pub options: BTreeMap<String, String>,
+    pub labels: Labels,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub(crate) struct NetworkCreateResponse {
+    pub id: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct EventActor {
+    #[serde(rename = "ID")]
+    pub id: String,
+    #[serde(rename = "Attributes", deserialize_with = "null_as_default")]
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// One object of the `/events` stream.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Event {
+    #[serde(rename = "Type")]
+    pub kind: String,
+    #[serde(rename = "Action")]
+    pub action: String,
+    #[serde(rename = "Actor")]
+    pub actor: EventActor,
+    pub time: i64,
+    #[serde(rename = "timeNano")]
+    pub time_nano: i64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct ProgressDetail {
+    pub current: Option<u64>,
+    pub total: Option<u64>,
+}
+
+/// One line of `POST /images/create` output.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct PullProgress {
+    pub status: String,
+    pub id: Option<String>,
+    pub progress: Option<String>,
+    #[serde(rename = "progressDetail")]
+    pub progress_detail: Option<ProgressDetail>,
+    pub error: Option<String>,
+}
+
+/// Engines send `null` for empty lists and maps; treat it as empty.
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}

@@ -1,0 +1,12 @@
+//! tinyvisor: a small, synchronous re-implementation of the balena Supervisor.
+//! See ARCHITECTURE.md for the map of modules, threads and channels.
+
+pub mod config;
+pub mod engine;
+pub mod fsutil;
+
+#[cfg(test)]
+pub(crate) mod testutil;
+
+/// Our own version, as printed by `--version`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
