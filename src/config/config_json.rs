@@ -130,8 +130,8 @@ pub fn parse(file: &Path, bytes: &[u8]) -> Result<Map<String, Value>, ConfigErro
         field: field.map(str::to_string),
         message,
     };
-    let value: Value = serde_json::from_slice(bytes)
-        .map_err(|e| err(None, format!("invalid JSON: {e}")))?;
+    let value: Value =
+        serde_json::from_slice(bytes).map_err(|e| err(None, format!("invalid JSON: {e}")))?;
     let Value::Object(map) = value else {
         return Err(err(None, "must hold a JSON object".to_string()));
     };
@@ -293,10 +293,19 @@ mod tests {
             e.to_string(),
             "/mnt/boot/config.json: field `listenPort`: expected a port number (1-65535), got \"abc\""
         );
-        assert_eq!(err_of(r#"{"listenPort":70000}"#).field.as_deref(), Some("listenPort"));
+        assert_eq!(
+            err_of(r#"{"listenPort":70000}"#).field.as_deref(),
+            Some("listenPort")
+        );
         assert_eq!(err_of(r#"{"uuid":5}"#).field.as_deref(), Some("uuid"));
-        assert_eq!(err_of(r#"{"appUpdatePollInterval":-1}"#).field.as_deref(), Some("appUpdatePollInterval"));
-        assert_eq!(err_of(r#"{"persistentLogging":"maybe"}"#).field.as_deref(), Some("persistentLogging"));
+        assert_eq!(
+            err_of(r#"{"appUpdatePollInterval":-1}"#).field.as_deref(),
+            Some("appUpdatePollInterval")
+        );
+        assert_eq!(
+            err_of(r#"{"persistentLogging":"maybe"}"#).field.as_deref(),
+            Some("persistentLogging")
+        );
         assert_eq!(err_of(r#"{"os":"x"}"#).field.as_deref(), Some("os"));
     }
 
@@ -310,8 +319,14 @@ mod tests {
 
     #[test]
     fn fixtures_parse() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/balena-supervisor-v19");
-        for name in ["testconfig.json", "testconfig-apibinder.json", "testconfig-apibinder-offline.json", "testconfig-apibinder-offline2.json"] {
+        let dir =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/balena-supervisor-v19");
+        for name in [
+            "testconfig.json",
+            "testconfig-apibinder.json",
+            "testconfig-apibinder-offline.json",
+            "testconfig-apibinder-offline2.json",
+        ] {
             let p = dir.join(name);
             if p.exists() {
                 let c = ConfigJson::load(&p).unwrap_or_else(|e| panic!("{e}"));
@@ -324,7 +339,11 @@ mod tests {
     fn update_merges_with_disk_and_keeps_unknown_keys() {
         let dir = TempDir::new("cfg");
         let p = dir.path().join("config.json");
-        std::fs::write(&p, br#"{"apiEndpoint":"https://api.example","apiKey":"prov","os":{"network":{}}}"#).unwrap();
+        std::fs::write(
+            &p,
+            br#"{"apiEndpoint":"https://api.example","apiKey":"prov","os":{"network":{}}}"#,
+        )
+        .unwrap();
         let c = ConfigJson::load(&p).unwrap();
         // The OS adds a key behind our back.
         std::fs::write(&p, br#"{"apiEndpoint":"https://api.example","apiKey":"prov","os":{"network":{}},"sshKeys":["k"]}"#).unwrap();

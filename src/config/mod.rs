@@ -134,7 +134,8 @@ impl Settings {
         o: &Overrides,
     ) -> Result<Settings, SettingsError> {
         let paths = Paths::resolve(env, o);
-        let config_json = ConfigJson::load(&paths.config_path).map_err(SettingsError::ConfigJson)?;
+        let config_json =
+            ConfigJson::load(&paths.config_path).map_err(SettingsError::ConfigJson)?;
         let env_port = match env("LISTEN_PORT").filter(|v| !v.is_empty()) {
             None => None,
             Some(v) => Some(match v.trim().parse::<u16>() {
@@ -209,8 +210,14 @@ mod tests {
         assert_eq!(p.docker_socket, PathBuf::from("/var/run/docker.sock"));
         assert_eq!(p.config_path, PathBuf::from("/mnt/boot/config.json"));
         assert_eq!(p.database_path, PathBuf::from("/data/database.sqlite"));
-        assert_eq!(p.host_os_version_path, PathBuf::from("/mnt/root/etc/os-release"));
-        assert_eq!(p.vpn_status_path, PathBuf::from("/mnt/root/run/openvpn/vpn_status"));
+        assert_eq!(
+            p.host_os_version_path,
+            PathBuf::from("/mnt/root/etc/os-release")
+        );
+        assert_eq!(
+            p.vpn_status_path,
+            PathBuf::from("/mnt/root/run/openvpn/vpn_status")
+        );
         assert_eq!(p.data_mountpoint, PathBuf::from("/mnt/data"));
         assert_eq!(p.state_mountpoint, PathBuf::from("/mnt/state"));
         assert_eq!(
@@ -240,7 +247,10 @@ mod tests {
         assert_eq!(p.docker_socket, PathBuf::from("/f.sock"));
         assert_eq!(p.config_path, PathBuf::from("/c.json"));
         assert_eq!(p.database_path, PathBuf::from("/d.sqlite"));
-        let p = Paths::resolve(&env_of(&[("CONFIG_MOUNT_POINT", "/x/cfg.json")]), &Overrides::default());
+        let p = Paths::resolve(
+            &env_of(&[("CONFIG_MOUNT_POINT", "/x/cfg.json")]),
+            &Overrides::default(),
+        );
         assert_eq!(p.config_path, PathBuf::from("/x/cfg.json"));
     }
 
@@ -250,10 +260,19 @@ mod tests {
         let cfg = dir.path().join("config.json");
         std::fs::write(&cfg, br#"{"listenPort":"4000"}"#).unwrap();
         let cfg_s = cfg.to_str().unwrap();
-        let s = Settings::load(&env_of(&[("CONFIG_MOUNT_POINT", cfg_s)]), &Overrides::default()).unwrap();
+        let s = Settings::load(
+            &env_of(&[("CONFIG_MOUNT_POINT", cfg_s)]),
+            &Overrides::default(),
+        )
+        .unwrap();
         assert_eq!(s.listen_port, 4000);
         let env = env_of(&[("CONFIG_MOUNT_POINT", cfg_s), ("LISTEN_PORT", "5000")]);
-        assert_eq!(Settings::load(&env, &Overrides::default()).unwrap().listen_port, 5000);
+        assert_eq!(
+            Settings::load(&env, &Overrides::default())
+                .unwrap()
+                .listen_port,
+            5000
+        );
         let o = Overrides {
             listen_port: Some(6000),
             ..Default::default()
@@ -270,7 +289,11 @@ mod tests {
     #[test]
     fn device_type_prefers_device_type_json() {
         let dir = TempDir::new("settings");
-        std::fs::write(dir.path().join("config.json"), br#"{"deviceType":"raspberry-pi"}"#).unwrap();
+        std::fs::write(
+            dir.path().join("config.json"),
+            br#"{"deviceType":"raspberry-pi"}"#,
+        )
+        .unwrap();
         let c = ConfigJson::load(&dir.path().join("config.json")).unwrap();
         assert_eq!(DeviceType::read(dir.path(), &c).slug, "raspberry-pi");
         std::fs::write(
@@ -279,6 +302,9 @@ mod tests {
         )
         .unwrap();
         let d = DeviceType::read(dir.path(), &c);
-        assert_eq!((d.slug.as_str(), d.arch.as_str()), ("raspberrypi0-2w-64", "aarch64"));
+        assert_eq!(
+            (d.slug.as_str(), d.arch.as_str()),
+            ("raspberrypi0-2w-64", "aarch64")
+        );
     }
 }

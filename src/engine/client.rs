@@ -160,7 +160,10 @@ impl Engine {
         let mut body = Body::new(reader, framing);
         if head.status >= 300 && head.status != 304 {
             let raw = body.read_to_end_limited(MAX_ERROR_BODY).unwrap_or_default();
-            return Err(EngineError::from_status(head.status, error_message(&head, &raw)));
+            return Err(EngineError::from_status(
+                head.status,
+                error_message(&head, &raw),
+            ));
         }
         Ok(Response { head, body })
     }
@@ -348,7 +351,11 @@ impl Engine {
             .add("timestamps", opts.timestamps.to_string())
             .add_opt("since", opts.since.as_deref())
             .add_opt("tail", opts.tail.as_deref());
-        let timeout = if opts.follow { None } else { Some(self.timeout) };
+        let timeout = if opts.follow {
+            None
+        } else {
+            Some(self.timeout)
+        };
         let resp = self.send(
             "GET",
             &format!("/containers/{}/logs{}", seg(id), q.as_str()),
@@ -600,7 +607,10 @@ mod tests {
             q.as_str(),
             "?filters=%7B%22label%22%3A%5B%22io.balena.supervised%22%2C%22a%3Db%20c%22%5D%7D&name=x%26y"
         );
-        assert_eq!(image_path("127.0.0.1:5000/a/b:1"), "127.0.0.1%3A5000/a/b%3A1");
+        assert_eq!(
+            image_path("127.0.0.1:5000/a/b:1"),
+            "127.0.0.1%3A5000/a/b%3A1"
+        );
         assert_eq!(seg("../x"), "..%2Fx");
     }
 

@@ -92,7 +92,9 @@ pub fn read_head<R: BufRead>(r: &mut R) -> io::Result<ResponseHead> {
     let mut parts = status_line.splitn(3, ' ');
     let version = parts.next().unwrap_or_default();
     if !version.starts_with("HTTP/1.") {
-        return Err(invalid(format!("not an HTTP/1.x response: {status_line:?}")));
+        return Err(invalid(format!(
+            "not an HTTP/1.x response: {status_line:?}"
+        )));
     }
     let code = parts.next().unwrap_or_default();
     let status: u16 = match code.parse() {
@@ -112,7 +114,9 @@ pub fn read_head<R: BufRead>(r: &mut R) -> io::Result<ResponseHead> {
         }
         head_bytes += line.len() + 2;
         if head_bytes > MAX_HEAD {
-            return Err(invalid(format!("response head larger than {MAX_HEAD} bytes")));
+            return Err(invalid(format!(
+                "response head larger than {MAX_HEAD} bytes"
+            )));
         }
         if headers.len() >= MAX_HEADERS {
             return Err(invalid(format!("more than {MAX_HEADERS} headers")));
@@ -335,11 +339,7 @@ pub fn parse_chunk_size(line: &[u8]) -> io::Result<u64> {
     let hex = &line[..hex_end];
     let rest = &line[hex_end..];
     let rest_ok = rest.iter().all(|&b| b == b' ' || b == b'\t')
-        || rest
-            .iter()
-            .skip_while(|&&b| b == b' ' || b == b'\t')
-            .next()
-            == Some(&b';');
+        || rest.iter().find(|&&b| b != b' ' && b != b'\t') == Some(&b';');
     if hex.is_empty() || hex.len() > 15 || !hex.iter().all(u8::is_ascii_hexdigit) || !rest_ok {
         return Err(invalid(format!(
             "bad chunk size line {:?}",
@@ -363,7 +363,9 @@ impl<R: BufRead> Read for Body<R> {
                 if self.remaining == 0 {
                     return Ok(0);
                 }
-                let want = buf.len().min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+                let want = buf
+                    .len()
+                    .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
                 let n = self.inner.read(&mut buf[..want])?;
                 if n == 0 {
                     return Err(io::Error::new(

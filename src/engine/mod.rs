@@ -6,5 +6,7 @@ pub mod http;
 pub mod stream;
 pub mod types;
 
-pub use client::{label_filters, percent_encode, split_reference, Engine, LogsOptions, Query, Response};
+pub use client::{
+    label_filters, percent_encode, split_reference, Engine, LogsOptions, Query, Response,
+};
 pub use error::{EngineError, Result};

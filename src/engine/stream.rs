@@ -400,9 +400,11 @@ mod tests {
 
     #[test]
     fn json_stream_rejects_garbage_and_huge_lines() {
-        let items: Vec<Result<Event>> =
-            JsonStream::new(Cursor::new(b"{\"Type\":\"container\"}\nnot json\n{}\n".to_vec()), "events")
-                .collect();
+        let items: Vec<Result<Event>> = JsonStream::new(
+            Cursor::new(b"{\"Type\":\"container\"}\nnot json\n{}\n".to_vec()),
+            "events",
+        )
+        .collect();
         assert_eq!(items.len(), 2);
         assert_eq!(items[0].as_ref().unwrap().kind, "container");
         assert!(matches!(items[1], Err(EngineError::Protocol(_))));

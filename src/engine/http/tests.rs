@@ -105,9 +105,18 @@ fn informational_response_is_skipped() {
 #[test]
 fn bad_chunk_sizes_are_errors() {
     for size in [
-        "zz", "", "-1", "0x10", "1 2", "ffffffffffffffffff", "+5", "12 x",
+        "zz",
+        "",
+        "-1",
+        "0x10",
+        "1 2",
+        "ffffffffffffffffff",
+        "+5",
+        "12 x",
     ] {
-        let raw = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{size}\r\nabc\r\n0\r\n\r\n");
+        let raw = format!(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{size}\r\nabc\r\n0\r\n\r\n"
+        );
         let err = parse_all_splits(raw.as_bytes());
         assert!(err.is_err(), "size line {size:?} was accepted: {err:?}");
     }
@@ -115,11 +124,32 @@ fn bad_chunk_sizes_are_errors() {
 
 #[test]
 fn chunk_size_lines() {
-    for (line, want) in [("0", 0), ("a", 10), ("FF", 255), ("10;x=y", 16), ("3 ;ext", 3), ("7\t", 7)] {
+    for (line, want) in [
+        ("0", 0),
+        ("a", 10),
+        ("FF", 255),
+        ("10;x=y", 16),
+        ("3 ;ext", 3),
+        ("7\t", 7),
+    ] {
         assert_eq!(parse_chunk_size(line.as_bytes()).unwrap(), want, "{line:?}");
     }
-    for line in ["", "g", "-1", "0x1", " 1", "1 2", "1x", "+1", "1234567890abcdef0", ";x"] {
-        assert!(parse_chunk_size(line.as_bytes()).is_err(), "{line:?} accepted");
+    for line in [
+        "",
+        "g",
+        "-1",
+        "0x1",
+        " 1",
+        "1 2",
+        "1x",
+        "+1",
+        "1234567890abcdef0",
+        ";x",
+    ] {
+        assert!(
+            parse_chunk_size(line.as_bytes()).is_err(),
+            "{line:?} accepted"
+        );
     }
 }
 
@@ -166,14 +196,20 @@ fn body_limit_is_enforced() {
 fn huge_headers_are_rejected() {
     let long = "a".repeat(MAX_LINE + 1);
     let raw = format!("HTTP/1.1 200 OK\r\nX-Long: {long}\r\n\r\n");
-    assert_eq!(parse_all_splits(raw.as_bytes()).unwrap_err().kind(), io::ErrorKind::InvalidData);
+    assert_eq!(
+        parse_all_splits(raw.as_bytes()).unwrap_err().kind(),
+        io::ErrorKind::InvalidData
+    );
 
     let mut many = String::from("HTTP/1.1 200 OK\r\n");
     for i in 0..=MAX_HEADERS {
         many.push_str(&format!("X-{i}: 1\r\n"));
     }
     many.push_str("\r\n");
-    assert_eq!(parse_all_splits(many.as_bytes()).unwrap_err().kind(), io::ErrorKind::InvalidData);
+    assert_eq!(
+        parse_all_splits(many.as_bytes()).unwrap_err().kind(),
+        io::ErrorKind::InvalidData
+    );
 
     let mut big = String::from("HTTP/1.1 200 OK\r\n");
     let value = "v".repeat(MAX_LINE - 10);
@@ -181,7 +217,10 @@ fn huge_headers_are_rejected() {
         big.push_str(&format!("X-{i}: {value}\r\n"));
     }
     big.push_str("\r\n");
-    assert_eq!(parse_all_splits(big.as_bytes()).unwrap_err().kind(), io::ErrorKind::InvalidData);
+    assert_eq!(
+        parse_all_splits(big.as_bytes()).unwrap_err().kind(),
+        io::ErrorKind::InvalidData
+    );
 }
 
 #[test]
@@ -201,7 +240,10 @@ fn malformed_heads_are_errors() {
         "HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999999\r\n\r\n",
     ] {
         let err = parse_all_splits(raw.as_bytes());
-        assert!(matches!(&err, Err(e) if e.kind() == io::ErrorKind::InvalidData), "{raw:?}: {err:?}");
+        assert!(
+            matches!(&err, Err(e) if e.kind() == io::ErrorKind::InvalidData),
+            "{raw:?}: {err:?}"
+        );
     }
 }
 
@@ -221,7 +263,8 @@ fn random_garbage_never_panics() {
         seed ^= seed << 17;
         seed
     };
-    let alphabet: &[u8] = b"0123456789abcdefXYZ;: \r\n\tHTTP/1.1 200OKContent-Length:Transfer-Encoding:chunked";
+    let alphabet: &[u8] =
+        b"0123456789abcdefXYZ;: \r\n\tHTTP/1.1 200OKContent-Length:Transfer-Encoding:chunked";
     for _ in 0..3000 {
         let len = (next() % 200) as usize;
         let mut raw: Vec<u8> = b"HTTP/1.1 200 OK\r\n".to_vec();
@@ -235,7 +278,14 @@ fn random_garbage_never_panics() {
 #[test]
 fn request_is_written_with_length_and_rejects_injection() {
     let mut out = Vec::new();
-    write_request(&mut out, "POST", "/v1.41/containers/create?name=a", &[], Some(b"{}")).unwrap();
+    write_request(
+        &mut out,
+        "POST",
+        "/v1.41/containers/create?name=a",
+        &[],
+        Some(b"{}"),
+    )
+    .unwrap();
     let text = String::from_utf8(out).unwrap();
     assert!(text.starts_with("POST /v1.41/containers/create?name=a HTTP/1.1\r\nHost: docker\r\n"));
     assert!(text.ends_with("Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"));
@@ -243,5 +293,12 @@ fn request_is_written_with_length_and_rejects_injection() {
     let mut out = Vec::new();
     assert!(write_request(&mut out, "GET", "/a b", &[], None).is_err());
     assert!(write_request(&mut out, "GET", "/a\r\nX: y", &[], None).is_err());
-    assert!(write_request(&mut out, "GET", "/a", &[("X-Registry-Auth", "a\r\nb".into())], None).is_err());
+    assert!(write_request(
+        &mut out,
+        "GET",
+        "/a",
+        &[("X-Registry-Auth", "a\r\nb".into())],
+        None
+    )
+    .is_err());
 }
