@@ -328,10 +328,9 @@ mod tests {
             "testconfig-apibinder-offline2.json",
         ] {
             let p = dir.join(name);
-            if p.exists() {
-                let c = ConfigJson::load(&p).unwrap_or_else(|e| panic!("{e}"));
-                assert!(c.listen_port() > 0);
-            }
+            assert!(p.exists(), "fixture {} missing", p.display());
+            let c = ConfigJson::load(&p).unwrap_or_else(|e| panic!("{e}"));
+            assert!(c.listen_port() > 0);
         }
     }
 

@@ -78,6 +78,9 @@ pub struct ContainerState {
 #[serde(rename_all = "PascalCase", default)]
 pub struct ContainerConfig {
     pub hostname: String,
+    pub domainname: String,
+    pub mac_address: String,
+    pub stop_timeout: Option<i64>,
     pub user: String,
     #[serde(deserialize_with = "null_as_default")]
     pub env: Vec<String>,
@@ -279,6 +282,7 @@ pub struct NetworkCreate {
     pub ipam: Ipam,
     pub options: BTreeMap<String, String>,
     pub labels: Labels,
+    pub config_only: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

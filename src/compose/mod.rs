@@ -1,0 +1,17 @@
+//! The compose model: the v3 target state, services, networks and volumes, and how they map
+//! to and from engine objects.
+
+pub mod composition;
+pub mod labels;
+pub mod network;
+pub mod service;
+pub mod target;
+pub mod volume;
+
+pub use network::Network;
+pub use service::{Service, ServiceConfig, Status};
+pub use target::{TargetError, TargetState};
+pub use volume::Volume;
+
+#[cfg(test)]
+mod tests;
