@@ -5,6 +5,7 @@ pub mod compose;
 pub mod config;
 pub mod engine;
 pub mod fsutil;
+pub mod planner;
 
 #[cfg(test)]
 pub(crate) mod testutil;

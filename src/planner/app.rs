@@ -1,0 +1,672 @@
+//! Steps for one app: update towards its target (engine.md C.3–C.9) or removal (C.10).
+
+use super::images::available;
+use super::{rfc3339_seconds, Context, CurrentApp, ImageRef, Step, TargetApp};
+use crate::compose::labels::{
+    self, HANDOVER_TIMEOUT, LEGACY_CONTAINER, REQUIRES_REBOOT, SERVICE_ID, UPDATE_STRATEGY,
+};
+use crate::compose::service::config_differences;
+use crate::compose::{Network, Service, Status, Volume};
+use std::collections::{BTreeMap, BTreeSet};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Strategy {
+    DownloadThenKill,
+    KillThenDownload,
+    DeleteThenDownload,
+    HandOver,
+}
+
+fn strategy_of(s: &Service) -> Strategy {
+    match s.label(UPDATE_STRATEGY).map(String::as_str) {
+        Some("kill-then-download") => Strategy::KillThenDownload,
+        Some("delete-then-download") => Strategy::DeleteThenDownload,
+        Some("hand-over") => Strategy::HandOver,
+        _ => Strategy::DownloadThenKill,
+    }
+}
+
+/// A component (network or volume) that changes: remove, create, or both.
+struct Change<'a, T> {
+    current: Option<&'a T>,
+    target: Option<&'a T>,
+}
+
+/// A service pair: remove (target None), install (current None) or update.
+#[derive(Clone)]
+struct Pair<'a> {
+    current: Option<&'a Service>,
+    target: Option<&'a Service>,
+}
+
+fn network_names(n: &Network) -> [String; 2] {
+    [
+        format!("{}_{}", n.app_uuid, n.name),
+        format!("{}_{}", n.app_id, n.name),
+    ]
+}
+
+fn uses_network(s: &Service, n: &Network) -> bool {
+    let names = network_names(n);
+    names
+        .iter()
+        .any(|name| s.config.networks.contains_key(name) || s.config.network_mode == *name)
+}
+
+fn uses_volume(s: &Service, v: &Volume) -> bool {
+    s.named_volumes().contains(&v.name)
+}
+
+fn compare_networks<'a>(current: &'a [Network], target: &'a [Network]) -> Vec<Change<'a, Network>> {
+    let mut out = Vec::new();
+    let mut updated = BTreeSet::new();
+    let mut removed = BTreeSet::new();
+    for t in target {
+        if let Some(c) = current
+            .iter()
+            .find(|c| c.name == t.name && !c.is_equal_config(t))
+        {
+            out.push(Change {
+                current: Some(c),
+                target: Some(t),
+            });
+            updated.insert(t.name.clone());
+        }
+    }
+    for c in current {
+        if !target.iter().any(|t| t.name == c.name) {
+            out.push(Change {
+                current: Some(c),
+                target: None,
+            });
+            removed.insert(c.name.clone());
+        }
+    }
+    // Duplicates (legacy `<appId>_x` next to `<uuid>_x`): keep the first, remove the rest.
+    for (i, c) in current.iter().enumerate() {
+        let dup = current.iter().position(|x| x.name == c.name) != Some(i);
+        if dup && !updated.contains(&c.name) && !removed.contains(&c.name) {
+            out.push(Change {
+                current: Some(c),
+                target: None,
+            });
+            removed.insert(c.name.clone());
+        }
+    }
+    for t in target {
+        if !current.iter().any(|c| c.name == t.name) {
+            out.push(Change {
+                current: None,
+                target: Some(t),
+            });
+        }
+    }
+    out
+}
+
+fn compare_volumes<'a>(current: &'a [Volume], target: &'a [Volume]) -> Vec<Change<'a, Volume>> {
+    // Volumes missing from the target are only removed with the whole app.
+    let mut out = Vec::new();
+    for t in target {
+        match current.iter().find(|c| c.name == t.name) {
+            Some(c) if !c.is_equal_config(t) => out.push(Change {
+                current: Some(c),
+                target: Some(t),
+            }),
+            Some(_) => {}
+            None => out.push(Change {
+                current: None,
+                target: Some(t),
+            }),
+        }
+    }
+    out
+}
+
+fn is_running(s: &Service) -> bool {
+    s.config.running
+}
+
+fn created_after_boot(s: &Service, ctx: &Context) -> bool {
+    s.created_at
+        .as_deref()
+        .and_then(rfc3339_seconds)
+        .is_some_and(|t| t >= ctx.boot_time)
+}
+
+fn userland_proxy_race(current: &Service, target: &Service) -> bool {
+    let e = current.exit_error.to_ascii_lowercase();
+    current.status == Status::Other("exited".into())
+        && !current.config.running
+        && target.config.running
+        && e.contains("userland proxy")
+        && e.ends_with("cannot assign requested address")
+}
+
+struct AppPlan<'a> {
+    current: &'a CurrentApp,
+    target: &'a TargetApp,
+    ctx: &'a Context,
+    container_ids: BTreeMap<String, String>,
+    network_changes: Vec<Change<'a, Network>>,
+    volume_changes: Vec<Change<'a, Volume>>,
+    pairs: Vec<Pair<'a>>,
+}
+
+impl<'a> AppPlan<'a> {
+    fn target_images_ready(&self) -> bool {
+        self.target.services.iter().all(|s| available(s, self.ctx))
+    }
+
+    fn needs_special_kill(&self, s: &Service) -> bool {
+        self.volume_changes
+            .iter()
+            .any(|c| c.current.is_some_and(|v| uses_volume(s, v)))
+            || self
+                .network_changes
+                .iter()
+                .any(|c| c.current.is_some_and(|n| uses_network(s, n)))
+    }
+
+    fn fetch_deps_met(&self, target: &Service) -> bool {
+        // New services can always be fetched; otherwise services whose strategy kills first
+        // must be gone before anything of the app downloads.
+        if self.pairs.iter().any(|p| {
+            p.current.is_none()
+                && p.target
+                    .is_some_and(|t| t.service_name == target.service_name)
+        }) {
+            return true;
+        }
+        !self.pairs.iter().any(|p| {
+            let Some(c) = p.current else { return false };
+            let strategy = strategy_of(p.target.unwrap_or(c));
+            matches!(
+                strategy,
+                Strategy::KillThenDownload | Strategy::DeleteThenDownload
+            ) && is_running(c)
+        })
+    }
+
+    fn start_deps_met(&self, target: &Service) -> bool {
+        // Dependencies created but not started, or still changing, hold the start back.
+        let dep_not_running = self.current.services.iter().any(|c| {
+            target.depends_on.contains(&c.service_name)
+                && matches!(c.status, Status::Installing | Status::Installed)
+        });
+        if dep_not_running {
+            return false;
+        }
+        let dep_changing = target.depends_on.iter().any(|d| {
+            self.pairs
+                .iter()
+                .any(|p| p.target.is_some_and(|t| &t.service_name == d))
+        });
+        if dep_changing {
+            return false;
+        }
+        if self
+            .network_changes
+            .iter()
+            .any(|c| c.target.is_some_and(|n| uses_network(target, n)))
+        {
+            return false;
+        }
+        if self
+            .volume_changes
+            .iter()
+            .any(|c| c.target.is_some_and(|v| uses_volume(target, v)))
+        {
+            return false;
+        }
+        self.target_images_ready()
+    }
+
+    fn fetch(&self, target: &Service) -> Step {
+        Step::Fetch {
+            image: ImageRef::for_service(target),
+            service_name: target.service_name.clone(),
+        }
+    }
+
+    fn kill(&self, current: &Service, reason: Vec<String>) -> Step {
+        Step::Kill {
+            current: Box::new(current.clone()),
+            reason,
+        }
+    }
+
+    fn recreate_reason(&self, current: &Service, target: Option<&Service>) -> Vec<String> {
+        match target {
+            None => vec!["not in target".into()],
+            Some(t) => {
+                let mut r: Vec<String> =
+                    config_differences(&current.config, &t.config, &self.container_ids)
+                        .into_iter()
+                        .map(str::to_string)
+                        .collect();
+                if self.needs_special_kill(current) {
+                    r.push("network or volume changes".into());
+                }
+                r
+            }
+        }
+    }
+
+    /// Steps for one service pair (engine.md C.5).
+    fn steps_for_pair(&self, pair: &Pair<'a>) -> Option<Step> {
+        if let Some(c) = pair.current {
+            if c.status == Status::Stopping {
+                return Some(Step::Noop);
+            }
+            if c.status == Status::Dead {
+                return None;
+            }
+        }
+        let needs_download = pair.target.is_some_and(|t| !available(t, self.ctx));
+        if let Some(t) = pair.target {
+            if needs_download && self.ctx.downloading.contains(&t.image_name) {
+                return Some(Step::Noop);
+            }
+        }
+        let Some(current) = pair.current else {
+            let target = pair.target?;
+            return self.fetch_or_start(target, needs_download);
+        };
+        let special_kill = self.needs_special_kill(current);
+        if let Some(t) = pair.target {
+            if !special_kill
+                && config_differences(&current.config, &t.config, &self.container_ids).is_empty()
+            {
+                return self.container_step(current, t);
+            }
+        }
+        let (strategy, start_deps) = match pair.target {
+            Some(t) => (strategy_of(t), self.start_deps_met(t)),
+            None => (strategy_of(current), false),
+        };
+        let kill_deps = self.target_images_ready();
+        let reason = self.recreate_reason(current, pair.target);
+        match strategy {
+            Strategy::DownloadThenKill => {
+                if needs_download {
+                    pair.target.map(|t| self.fetch(t))
+                } else if kill_deps {
+                    Some(self.kill(current, reason))
+                } else {
+                    Some(Step::Noop)
+                }
+            }
+            Strategy::KillThenDownload | Strategy::DeleteThenDownload => {
+                Some(self.kill(current, reason))
+            }
+            Strategy::HandOver => {
+                if needs_download {
+                    pair.target.map(|t| self.fetch(t))
+                } else if (special_kill || pair.target.is_none()) && kill_deps {
+                    Some(self.kill(current, reason))
+                } else if start_deps {
+                    let t = pair.target?;
+                    let timeout_ms = t
+                        .label(HANDOVER_TIMEOUT)
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .filter(|v| *v > 0)
+                        .unwrap_or(60_000);
+                    Some(Step::Handover {
+                        current: Box::new(current.clone()),
+                        target: Box::new(t.clone()),
+                        timeout_ms,
+                    })
+                } else {
+                    Some(Step::Noop)
+                }
+            }
+        }
+    }
+
+    fn fetch_or_start(&self, target: &Service, needs_download: bool) -> Option<Step> {
+        if needs_download {
+            if self.fetch_deps_met(target) {
+                return Some(self.fetch(target));
+            }
+            return None;
+        }
+        if self.start_deps_met(target) {
+            return Some(Step::Start {
+                target: Box::new(target.clone()),
+            });
+        }
+        None
+    }
+
+    /// Same config: only the release or the running state differs (engine.md C.7).
+    fn container_step(&self, current: &Service, target: &Service) -> Option<Step> {
+        if current.commit != target.commit {
+            if strategy_of(target) == Strategy::DownloadThenKill && !self.target_images_ready() {
+                return Some(Step::Noop);
+            }
+            return Some(Step::UpdateMetadata {
+                current: Box::new(current.clone()),
+                target: Box::new(target.clone()),
+            });
+        }
+        if target.config.running != current.config.running {
+            if target.config.running {
+                if labels::truthy(target.label(REQUIRES_REBOOT))
+                    && created_after_boot(current, self.ctx)
+                {
+                    return (!self.ctx.reboot_breadcrumb).then(|| Step::RequireReboot {
+                        service_name: target.service_name.clone(),
+                    });
+                }
+                return Some(Step::Start {
+                    target: Box::new(target.clone()),
+                });
+            }
+            return Some(Step::Stop {
+                current: Box::new(current.clone()),
+            });
+        }
+        None
+    }
+}
+
+/// Copies the legacy container's service id to the target so a preloaded legacy app is not
+/// restarted (engine.md C.3.1).
+fn migrate_legacy(current: &CurrentApp, target: &TargetApp) -> Option<Vec<Service>> {
+    if current.services.len() != 1 || target.services.len() != 1 {
+        return None;
+    }
+    let (c, t) = (&current.services[0], &target.services[0]);
+    if c.service_name != t.service_name || !labels::truthy(c.label(LEGACY_CONTAINER)) {
+        return None;
+    }
+    let mut t = t.clone();
+    t.config.labels.insert(
+        LEGACY_CONTAINER.into(),
+        c.label(LEGACY_CONTAINER).cloned().unwrap_or_default(),
+    );
+    t.config
+        .labels
+        .insert(SERVICE_ID.into(), c.service_id.to_string());
+    t.service_id = c.service_id;
+    Some(vec![t])
+}
+
+pub(super) fn update_steps(current: &CurrentApp, target: &TargetApp, ctx: &Context) -> Vec<Step> {
+    let migrated;
+    let target = match migrate_legacy(current, target) {
+        Some(services) => {
+            migrated = TargetApp {
+                services,
+                ..target.clone()
+            };
+            &migrated
+        }
+        None => target,
+    };
+    let mut steps = Vec::new();
+    for s in &current.services {
+        if s.status == Status::Dead {
+            steps.push(Step::Remove {
+                current: Box::new(s.clone()),
+            });
+        }
+    }
+    let container_ids: BTreeMap<String, String> = current
+        .services
+        .iter()
+        .filter_map(|s| {
+            s.container_id
+                .clone()
+                .map(|id| (s.service_name.clone(), id))
+        })
+        .collect();
+
+    // C.4: pair services by name; older duplicates of a service are removed.
+    let mut by_name: BTreeMap<&str, &Service> = BTreeMap::new();
+    for s in &current.services {
+        by_name
+            .entry(s.service_name.as_str())
+            .and_modify(|kept| {
+                if s.created_at > kept.created_at {
+                    *kept = s;
+                }
+            })
+            .or_insert(s);
+    }
+    let mut removes = Vec::new();
+    for s in &current.services {
+        let newest = by_name[s.service_name.as_str()];
+        let in_target = target
+            .services
+            .iter()
+            .any(|t| t.service_name == s.service_name);
+        if !in_target || !std::ptr::eq(newest, s) {
+            removes.push(Pair {
+                current: Some(s),
+                target: None,
+            });
+        }
+    }
+    let installs: Vec<Pair> = target
+        .services
+        .iter()
+        .filter(|t| !by_name.contains_key(t.service_name.as_str()))
+        .map(|t| Pair {
+            current: None,
+            target: Some(t),
+        })
+        .collect();
+    let network_changes = compare_networks(&current.networks, &target.networks);
+    let volume_changes = compare_volumes(&current.volumes, &target.volumes);
+    let mut plan = AppPlan {
+        current,
+        target,
+        ctx,
+        container_ids,
+        network_changes,
+        volume_changes,
+        pairs: vec![],
+    };
+    let mut updates = Vec::new();
+    for t in &target.services {
+        let Some(c) = by_name.get(t.service_name.as_str()).copied() else {
+            continue;
+        };
+        let equal = config_differences(&c.config, &t.config, &plan.container_ids).is_empty();
+        let should_start = t.config.running
+            && !c.config.running
+            && (matches!(c.status, Status::Installing | Status::Installed)
+                || userland_proxy_race(c, t))
+            && equal
+            && c.commit == t.commit;
+        let should_stop =
+            !t.config.running && c.status != Status::Other("exited".into()) && c.config.running;
+        let waiting_for_stop = c.config.running && c.status == Status::Stopping;
+        if !equal
+            || c.commit != t.commit
+            || should_start
+            || should_stop
+            || waiting_for_stop
+            || plan.needs_special_kill(c)
+        {
+            updates.push(Pair {
+                current: Some(c),
+                target: Some(t),
+            });
+        }
+    }
+    // The real supervisor's order: removals, updates, installs.
+    plan.pairs = removes.into_iter().chain(updates).chain(installs).collect();
+
+    // Service steps; lock-needing ones are held back until the app's lock is ours.
+    let locked =
+        ctx.locks_held.contains(&target.app_id) || ctx.leftover_locks.contains(&target.app_id);
+    let mut lock_wanted = false;
+    let mut push = |steps: &mut Vec<Step>, step: Step, install: bool| {
+        let needs = step.needs_lock() || (install && matches!(step, Step::Start { .. }));
+        if needs && !locked {
+            lock_wanted = true;
+        } else if !steps.contains(&step) {
+            steps.push(step);
+        }
+    };
+    let pairs = plan.pairs.clone();
+    for pair in &pairs {
+        if let Some(step) = plan.steps_for_pair(pair) {
+            let install = pair.current.is_none();
+            push(&mut steps, step, install);
+        }
+    }
+    // C.3.6: volumes, then networks; a changing component first loses its dependents.
+    let changing: BTreeSet<&str> = pairs
+        .iter()
+        .filter_map(|p| p.current.map(|c| c.service_name.as_str()))
+        .collect();
+    let mut component_steps = Vec::new();
+    for c in &plan.volume_changes {
+        match (c.current, c.target) {
+            (Some(cur), _) => {
+                let deps: Vec<&Service> = current
+                    .services
+                    .iter()
+                    .filter(|s| uses_volume(s, cur))
+                    .collect();
+                if deps.is_empty() {
+                    component_steps.push(Step::RemoveVolume {
+                        current: cur.clone(),
+                    });
+                } else {
+                    for d in deps {
+                        if d.status != Status::Stopping
+                            && !changing.contains(d.service_name.as_str())
+                        {
+                            component_steps
+                                .push(plan.kill(d, vec![format!("volume {} changes", cur.name)]));
+                        }
+                    }
+                }
+            }
+            (None, Some(t)) => component_steps.push(Step::CreateVolume { target: t.clone() }),
+            (None, None) => {}
+        }
+    }
+    for c in &plan.network_changes {
+        match (c.current, c.target) {
+            (Some(cur), _) => {
+                let deps: Vec<&Service> = current
+                    .services
+                    .iter()
+                    .filter(|s| uses_network(s, cur))
+                    .collect();
+                if deps.is_empty() {
+                    component_steps.push(Step::RemoveNetwork {
+                        current: cur.clone(),
+                    });
+                } else {
+                    for d in deps {
+                        if d.status != Status::Stopping
+                            && !changing.contains(d.service_name.as_str())
+                        {
+                            component_steps
+                                .push(plan.kill(d, vec![format!("network {} changes", cur.name)]));
+                        }
+                    }
+                }
+            }
+            (None, Some(t)) => component_steps.push(Step::CreateNetwork { target: t.clone() }),
+            (None, None) => {}
+        }
+    }
+    for step in component_steps {
+        push(&mut steps, step, false);
+    }
+    if lock_wanted {
+        let services: BTreeSet<String> = current
+            .services
+            .iter()
+            .chain(&target.services)
+            .map(|s| s.service_name.clone())
+            .collect();
+        steps.insert(
+            0,
+            Step::TakeLock {
+                app_id: target.app_id,
+                services: services.into_iter().collect(),
+                force: ctx.force,
+            },
+        );
+    }
+    // C.3.7: converged: record the release, release the lock.
+    if steps.is_empty() {
+        if let Some(commit) = &target.commit {
+            if current.commit.as_ref() != Some(commit) {
+                steps.push(Step::UpdateCommit {
+                    app_id: target.app_id,
+                    commit: commit.clone(),
+                });
+            }
+        }
+        if locked {
+            steps.push(Step::ReleaseLock {
+                app_id: target.app_id,
+            });
+        }
+    }
+    steps
+}
+
+/// Removal of an app that is no longer in the target, one phase per iteration (C.10).
+pub(super) fn removal_steps(current: &CurrentApp, ctx: &Context) -> Vec<Step> {
+    let locked =
+        ctx.locks_held.contains(&current.app_id) || ctx.leftover_locks.contains(&current.app_id);
+    if !current.services.is_empty() {
+        if !locked {
+            let services: BTreeSet<String> = current
+                .services
+                .iter()
+                .map(|s| s.service_name.clone())
+                .collect();
+            return vec![Step::TakeLock {
+                app_id: current.app_id,
+                services: services.into_iter().collect(),
+                force: ctx.force,
+            }];
+        }
+        return current
+            .services
+            .iter()
+            .map(|s| {
+                if s.status == Status::Stopping {
+                    Step::Noop
+                } else {
+                    Step::Kill {
+                        current: Box::new(s.clone()),
+                        reason: vec!["app removed".into()],
+                    }
+                }
+            })
+            .collect();
+    }
+    if !current.networks.is_empty() {
+        return current
+            .networks
+            .iter()
+            .map(|n| Step::RemoveNetwork { current: n.clone() })
+            .collect();
+    }
+    if !ctx.keep_volumes && !current.volumes.is_empty() {
+        return current
+            .volumes
+            .iter()
+            .map(|v| Step::RemoveVolume { current: v.clone() })
+            .collect();
+    }
+    if locked {
+        return vec![Step::ReleaseLock {
+            app_id: current.app_id,
+        }];
+    }
+    vec![]
+}

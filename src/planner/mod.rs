@@ -1,0 +1,265 @@
+//! The planner: a pure function from (current state, target state, context) to the steps of
+//! the next iteration (engine.md (b), (c)). No I/O, no clocks, no randomness: everything it
+//! needs is in its arguments, so every rule is a table-driven test.
+
+mod app;
+mod images;
+mod step;
+
+pub use step::Step;
+
+use crate::compose::{Network, Service, Volume};
+use serde::Serialize;
+use std::collections::BTreeSet;
+
+/// An image the supervisor manages (a row of the `image` table).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ImageRef {
+    pub name: String,
+    pub app_id: i64,
+    pub app_uuid: String,
+    pub service_id: i64,
+    pub service_name: String,
+    pub image_id: i64,
+    pub release_id: i64,
+    pub commit: String,
+    pub docker_image_id: Option<String>,
+}
+
+impl ImageRef {
+    /// The image record a target service needs.
+    pub fn for_service(s: &Service) -> ImageRef {
+        ImageRef {
+            name: s.image_name.clone(),
+            app_id: s.app_id,
+            app_uuid: s.app_uuid.clone(),
+            service_id: s.service_id,
+            service_name: s.service_name.clone(),
+            image_id: s.image_id,
+            release_id: s.release_id,
+            commit: s.commit.clone().unwrap_or_default(),
+            docker_image_id: s
+                .config
+                .image
+                .starts_with("sha256:")
+                .then(|| s.config.image.clone()),
+        }
+    }
+
+    /// Same metadata, ignoring the engine id (engine.md C.8.2).
+    pub fn same_metadata(&self, other: &ImageRef) -> bool {
+        self.name == other.name
+            && self.app_id == other.app_id
+            && self.service_name == other.service_name
+            && self.image_id == other.image_id
+            && self.release_id == other.release_id
+            && self.commit == other.commit
+    }
+}
+
+/// An image present on the engine: its id and every tag and digest reference.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct EngineImage {
+    pub id: String,
+    pub references: Vec<String>,
+}
+
+/// What the device runs, per app (grouped by uuid, or by id for legacy objects).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct CurrentApp {
+    pub app_id: i64,
+    pub app_uuid: String,
+    /// The release the device considers applied (`currentCommit` table).
+    pub commit: Option<String>,
+    pub services: Vec<Service>,
+    pub networks: Vec<Network>,
+    pub volumes: Vec<Volume>,
+}
+
+/// What the device should run, per app.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct TargetApp {
+    pub app_id: i64,
+    pub app_uuid: String,
+    pub name: String,
+    pub commit: Option<String>,
+    pub services: Vec<Service>,
+    pub networks: Vec<Network>,
+    pub volumes: Vec<Volume>,
+    /// Rejected by contract: neither installed, changed nor removed.
+    pub rejected: bool,
+}
+
+/// Everything else the planner looks at.
+#[derive(Debug, Clone, Default)]
+pub struct Context {
+    /// Managed images that exist on the engine.
+    pub available_images: Vec<ImageRef>,
+    /// All images on the engine (to find target images that only need recording).
+    pub engine_images: Vec<EngineImage>,
+    /// Image names with a pull in flight.
+    pub downloading: BTreeSet<String>,
+    /// Apps whose update locks we hold.
+    pub locks_held: BTreeSet<i64>,
+    /// Apps with supervisor-owned lock files left from before a restart.
+    pub leftover_locks: BTreeSet<i64>,
+    /// Override user locks (`force` of the apply, or the lockOverride config).
+    pub force: bool,
+    /// Never remove images (local mode, intermediate targets).
+    pub keep_images: bool,
+    /// Never remove volumes (local mode).
+    pub keep_volumes: bool,
+    /// Deltas on: at most three downloads for apps that already have images.
+    pub delta: bool,
+    pub supervisor_network_ready: bool,
+    pub extra_firmware_ready: bool,
+    /// Dangling images exist that `cleanup` would remove.
+    pub dangling_images: bool,
+    /// The reboot breadcrumb is set.
+    pub reboot_breadcrumb: bool,
+    /// Boot time, Unix seconds (containers created later were created since boot).
+    pub boot_time: i64,
+}
+
+/// At most this many concurrent downloads when deltas are on (engine.md C.2.5).
+pub const MAX_DELTA_DOWNLOADS: usize = 3;
+
+/// Plans the next iteration. An empty list means the target is reached.
+pub fn plan(current: &[CurrentApp], target: &[TargetApp], ctx: &Context) -> Vec<Step> {
+    // C.2.1: the supervisor network comes first; services using the API are stopped first.
+    if !ctx.supervisor_network_ready {
+        let mut kills = Vec::new();
+        for s in current.iter().flat_map(|a| &a.services) {
+            if crate::compose::labels::truthy(s.label("io.balena.features.supervisor-api")) {
+                kills.push(if s.status == crate::compose::Status::Stopping {
+                    Step::Noop
+                } else {
+                    Step::Kill {
+                        current: Box::new(s.clone()),
+                        reason: vec!["supervisor network is being recreated".into()],
+                    }
+                });
+            }
+        }
+        if kills.is_empty() {
+            return vec![Step::EnsureSupervisorNetwork];
+        }
+        return kills;
+    }
+    // C.2.2
+    if !ctx.extra_firmware_ready {
+        return vec![Step::EnsureExtraFirmwareVolume];
+    }
+    // C.2.3: image bookkeeping before anything else, while nothing downloads.
+    if ctx.downloading.is_empty() {
+        let image_steps = images::save_and_remove(current, target, ctx);
+        if !image_steps.is_empty() {
+            return image_steps;
+        }
+    }
+    // C.2.4: per-app steps.
+    let mut steps = Vec::new();
+    let empty = CurrentApp::default();
+    for t in target.iter().filter(|t| !t.rejected) {
+        let cur = current.iter().find(|c| same_app(c, t));
+        let mut app_steps = match cur {
+            Some(c) => app::update_steps(c, t, ctx),
+            None => {
+                let blank = CurrentApp {
+                    app_id: t.app_id,
+                    app_uuid: t.app_uuid.clone(),
+                    ..empty.clone()
+                };
+                app::update_steps(&blank, t, ctx)
+            }
+        };
+        steps.append(&mut app_steps);
+    }
+    for c in current {
+        if !target.iter().any(|t| same_app(c, t)) {
+            steps.extend(app::removal_steps(c, ctx));
+        }
+    }
+    // Locks of apps that no longer exist anywhere are released (a fix over v19, which kept
+    // them until reboot).
+    for app_id in ctx.locks_held.union(&ctx.leftover_locks) {
+        let known = current.iter().any(|c| c.app_id == *app_id)
+            || target.iter().any(|t| t.app_id == *app_id);
+        if !known {
+            steps.push(Step::ReleaseLock { app_id: *app_id });
+        }
+    }
+    // C.2.5: throttle downloads when deltas are on.
+    if ctx.delta {
+        steps = throttle_fetches(steps, ctx);
+    }
+    // C.2.6
+    if steps.is_empty() && !ctx.downloading.is_empty() {
+        steps.push(Step::Noop);
+    }
+    steps
+}
+
+/// Current and target app are the same app: same uuid, or same id for legacy objects.
+fn same_app(c: &CurrentApp, t: &TargetApp) -> bool {
+    if !c.app_uuid.is_empty() {
+        c.app_uuid == t.app_uuid
+    } else {
+        c.app_id == t.app_id
+    }
+}
+
+fn throttle_fetches(steps: Vec<Step>, ctx: &Context) -> Vec<Step> {
+    let mut in_flight = ctx.downloading.len();
+    let has_images = |app_id: i64| ctx.available_images.iter().any(|i| i.app_id == app_id);
+    steps
+        .into_iter()
+        .filter(|s| match s {
+            Step::Fetch { image, .. } => {
+                // First installs download everything at once.
+                if !has_images(image.app_id) {
+                    return true;
+                }
+                if in_flight < MAX_DELTA_DOWNLOADS {
+                    in_flight += 1;
+                    true
+                } else {
+                    false
+                }
+            }
+            _ => true,
+        })
+        .collect()
+}
+
+/// Parses an RFC 3339 UTC timestamp (`2026-11-25T14:52:13.123Z`) to Unix seconds.
+pub fn rfc3339_seconds(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 19 {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> { s.get(r)?.parse().ok() };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    // Days from civil date (Howard Hinnant's algorithm).
+    let y2 = if mo <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let mut t = days * 86_400 + h * 3600 + mi * 60 + sec;
+    // A numeric offset (+01:00) moves the instant.
+    if let Some(pos) = s[19..].find(['+', '-']) {
+        let off = &s[19 + pos..];
+        let sign = if off.starts_with('-') { -1 } else { 1 };
+        let oh: i64 = off.get(1..3)?.parse().ok()?;
+        let om: i64 = off.get(4..6)?.parse().ok()?;
+        t -= sign * (oh * 3600 + om * 60);
+    }
+    Some(t)
+}
+
+#[cfg(test)]
+mod tests;
