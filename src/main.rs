@@ -3,6 +3,7 @@ use log::{error, info, warn};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tinyvisor::config::{Overrides, Settings};
+use tinyvisor::dry_run::{dry_run, CurrentSource};
 use tinyvisor::engine::Engine;
 
 #[derive(FromArgs)]
@@ -49,6 +50,33 @@ struct Cli {
     /// log level: error, warn, info, debug or trace (default info)
     #[argh(option, default = "log::LevelFilter::Info")]
     log_level: log::LevelFilter,
+
+    #[argh(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum Command {
+    Plan(PlanCmd),
+}
+
+#[derive(FromArgs)]
+/// print the steps a target state would cause on this device, changing nothing
+#[argh(subcommand, name = "plan")]
+struct PlanCmd {
+    /// target state file: a v3 document, its device object, or the v2 local-mode format
+    #[argh(option)]
+    target: PathBuf,
+
+    /// current state: "engine" (the live engine, default), "empty" (a device with nothing
+    /// on it) or a JSON file of engine objects
+    #[argh(option, default = "String::from(\"engine\")")]
+    current: String,
+
+    /// print JSON instead of text
+    #[argh(switch)]
+    json: bool,
 }
 
 fn main() -> ExitCode {
@@ -76,6 +104,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(Command::Plan(cmd)) = cli.command {
+        return plan(&settings, &cmd);
+    }
     info!(
         "tinyvisor {} starting: engine {}, config {}, API port {}, device type {} ({})",
         tinyvisor::VERSION,
@@ -114,4 +145,47 @@ fn main() -> ExitCode {
         info!("signal {sig} received, stopping");
     }
     ExitCode::SUCCESS
+}
+
+fn plan(settings: &Settings, cmd: &PlanCmd) -> ExitCode {
+    let doc = match std::fs::read(&cmd.target)
+        .map_err(|e| e.to_string())
+        .and_then(|b| {
+            serde_json::from_slice::<serde_json::Value>(&b)
+                .map_err(|e| format!("invalid JSON: {e}"))
+        }) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("tinyvisor: {}: {e}", cmd.target.display());
+            return ExitCode::from(2);
+        }
+    };
+    let engine = Engine::new(&settings.paths.docker_socket);
+    let current_file = PathBuf::from(&cmd.current);
+    let source = match cmd.current.as_str() {
+        "engine" => CurrentSource::Engine(&engine),
+        "empty" => CurrentSource::Empty,
+        _ => CurrentSource::File(&current_file),
+    };
+    match dry_run(settings, &doc, source) {
+        Ok(run) => {
+            if cmd.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&run.json()).unwrap_or_default()
+                );
+            } else {
+                print!("{}", run.human());
+            }
+            if run.converged {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("tinyvisor: {e}");
+            ExitCode::from(2)
+        }
+    }
 }

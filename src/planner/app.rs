@@ -123,6 +123,12 @@ fn compare_volumes<'a>(current: &'a [Volume], target: &'a [Volume]) -> Vec<Chang
     out
 }
 
+/// Orders containers by creation time (seconds first: engine timestamps trim trailing zeros).
+fn created_key(s: &Service) -> (i64, String) {
+    let text = s.created_at.clone().unwrap_or_default();
+    (rfc3339_seconds(&text).unwrap_or(0), text)
+}
+
 fn is_running(s: &Service) -> bool {
     s.config.running
 }
@@ -429,7 +435,7 @@ pub(super) fn update_steps(current: &CurrentApp, target: &TargetApp, ctx: &Conte
         by_name
             .entry(s.service_name.as_str())
             .and_modify(|kept| {
-                if s.created_at > kept.created_at {
+                if created_key(s) > created_key(kept) {
                     *kept = s;
                 }
             })

@@ -4,6 +4,7 @@
 
 mod app;
 mod images;
+pub mod simulate;
 mod step;
 
 pub use step::Step;

@@ -1,0 +1,245 @@
+//! `tinyvisor plan`: what a target state would do to this device, without doing it.
+
+use crate::compose::service::{DeviceContext, ImageDefaults};
+use crate::compose::target::{
+    parse_device_target, parse_v2_local, parse_v3, TargetError, TargetState,
+};
+use crate::config::Settings;
+use crate::engine::Engine;
+use crate::planner::simulate::Simulation;
+use crate::planner::{Context, CurrentApp, EngineImage, ImageRef, Step};
+use crate::state::target::target_apps;
+use crate::state::EngineSnapshot;
+use serde_json::{json, Value};
+use std::path::Path;
+
+/// Most iterations shown; a target that needs more is reported as not converging.
+const MAX_ITERATIONS: usize = 50;
+
+/// Where the current state comes from.
+pub enum CurrentSource<'a> {
+    Engine(&'a Engine),
+    Empty,
+    /// A JSON file: an array of container inspect objects, or
+    /// `{"containers": [...], "networks": [...], "volumes": [...]}`.
+    File(&'a Path),
+}
+
+/// Reads any of the accepted target formats: a v3 document keyed by device uuid, the device
+/// object alone, or the v2 local-mode format.
+pub fn parse_target(doc: &Value, uuid: Option<&str>) -> Result<TargetState, TargetError> {
+    let Some(obj) = doc.as_object() else {
+        return parse_device_target(doc);
+    };
+    if obj.contains_key("local") {
+        return parse_v2_local(doc);
+    }
+    if obj.contains_key("apps") {
+        return parse_device_target(doc);
+    }
+    match uuid {
+        Some(u) if obj.contains_key(u) => parse_v3(doc, u),
+        _ if obj.len() == 1 => {
+            let only = obj.keys().next().cloned().unwrap_or_default();
+            parse_v3(doc, &only)
+        }
+        _ => parse_v3(doc, uuid.unwrap_or_default()),
+    }
+}
+
+/// The device facts that go into every container.
+pub fn device_context(settings: &Settings, device_name: &str) -> DeviceContext {
+    let cfg = &settings.config_json;
+    let read = |p: &Path| std::fs::read_to_string(p).ok();
+    let os_release = read(&settings.paths.host_os_version_path).unwrap_or_default();
+    let field = |k: &str| {
+        os_release.lines().find_map(|l| {
+            l.strip_prefix(&format!("{k}="))
+                .map(|v| v.trim_matches('"').to_string())
+        })
+    };
+    DeviceContext {
+        uuid: cfg.get_str("uuid").unwrap_or_default(),
+        device_type: settings.device_type.slug.clone(),
+        device_arch: settings.device_type.arch.clone(),
+        os_version: field("PRETTY_NAME").unwrap_or_default(),
+        device_name: device_name.to_string(),
+        hostname: cfg
+            .get_str("hostname")
+            .or_else(|| {
+                read(&settings.paths.root_mountpoint.join("etc/hostname"))
+                    .map(|h| h.trim().to_string())
+            })
+            .unwrap_or_default(),
+        listen_port: settings.listen_port,
+        api_endpoint: cfg.api_endpoint(),
+        device_api_key: cfg.get_str("deviceApiKey").unwrap_or_default(),
+        docker_socket: settings.paths.docker_socket.display().to_string(),
+        board_rev: field("BALENA_BOARD_REV"),
+        host_lib_modules: settings.paths.root_mountpoint.join("lib/modules").exists(),
+        host_lib_firmware: settings.paths.root_mountpoint.join("lib/firmware").exists(),
+    }
+}
+
+pub struct DryRun {
+    pub iterations: Vec<Vec<Step>>,
+    pub converged: bool,
+    pub warnings: Vec<String>,
+}
+
+/// Plans every iteration from the current state to the target on an in-memory copy.
+pub fn dry_run(
+    settings: &Settings,
+    target_doc: &Value,
+    current: CurrentSource,
+) -> Result<DryRun, String> {
+    let uuid = settings.config_json.get_str("uuid");
+    let state = parse_target(target_doc, uuid.as_deref())
+        .map_err(|e| format!("invalid target state: {e}"))?;
+    let mut warnings = Vec::new();
+    for app in state.apps.values() {
+        for (name, svc) in app.release.iter().flat_map(|r| &r.services) {
+            if !svc.composition.ignored.is_empty() {
+                warnings.push(format!(
+                    "{name}: Ignoring unsupported or unknown compose fields: {}",
+                    svc.composition.ignored.join(", ")
+                ));
+            }
+        }
+    }
+    let device = device_context(settings, &state.name);
+
+    let (snapshot, engine) = match current {
+        CurrentSource::Engine(e) => (
+            EngineSnapshot::read(e).map_err(|err| format!("cannot read the engine: {err}"))?,
+            Some(e),
+        ),
+        CurrentSource::Empty => (EngineSnapshot::default(), None),
+        CurrentSource::File(p) => {
+            let bytes = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            let v: Value = serde_json::from_slice(&bytes)
+                .map_err(|e| format!("{}: invalid JSON: {e}", p.display()))?;
+            let v = if v.is_array() {
+                json!({ "containers": v })
+            } else {
+                v
+            };
+            let snap: EngineSnapshot = serde_json::from_value(v)
+                .map_err(|e| format!("{}: not engine objects: {e}", p.display()))?;
+            (snap, None)
+        }
+    };
+    let image_defaults = |name: &str| -> Option<ImageDefaults> {
+        engine
+            .and_then(|e| e.inspect_image(name).ok())
+            .map(|i| ImageDefaults::from_inspect(&i))
+    };
+    let targets = target_apps(&state, &device, &image_defaults, &|_, _| None);
+    let mut current_apps: Vec<CurrentApp> = snapshot.current_apps();
+
+    // Without the database, images on the engine count as recorded and an app's release is
+    // the one its containers are named after.
+    for app in &mut current_apps {
+        let commits: Vec<&String> = app
+            .services
+            .iter()
+            .filter_map(|s| s.commit.as_ref())
+            .collect();
+        if !commits.is_empty() && commits.iter().all(|c| *c == commits[0]) {
+            app.commit = Some(commits[0].clone());
+        }
+    }
+    let mut ctx = Context {
+        supervisor_network_ready: true,
+        extra_firmware_ready: true,
+        keep_images: settings.config_json.unmanaged(),
+        keep_volumes: settings.config_json.unmanaged(),
+        engine_images: snapshot.images.clone(),
+        ..Default::default()
+    };
+    for svc in targets.iter().flat_map(|t| &t.services) {
+        if let Some(found) = find_image(&snapshot.images, &svc.image_name, &svc.config.image) {
+            let mut r = ImageRef::for_service(svc);
+            r.docker_image_id = Some(found.id.clone());
+            ctx.available_images.push(r);
+        }
+    }
+    for svc in current_apps.iter().flat_map(|a| &a.services) {
+        if !ctx
+            .available_images
+            .iter()
+            .any(|i| i.docker_image_id.as_deref() == Some(&svc.config.image))
+        {
+            let mut r = ImageRef::for_service(svc);
+            r.docker_image_id = Some(svc.config.image.clone());
+            ctx.available_images.push(r);
+        }
+    }
+    let mut sim = Simulation::new(current_apps, ctx);
+    let (iterations, converged) = sim.run(&targets, MAX_ITERATIONS);
+    Ok(DryRun {
+        iterations,
+        converged,
+        warnings,
+    })
+}
+
+fn find_image<'a>(images: &'a [EngineImage], name: &str, id: &str) -> Option<&'a EngineImage> {
+    let with_tag = if name.contains('@')
+        || name
+            .rsplit('/')
+            .next()
+            .is_some_and(|last| last.contains(':'))
+    {
+        name.to_string()
+    } else {
+        format!("{name}:latest")
+    };
+    images
+        .iter()
+        .find(|i| i.id == id || i.references.iter().any(|r| *r == name || *r == with_tag))
+}
+
+impl DryRun {
+    pub fn human(&self) -> String {
+        let mut out = String::new();
+        for w in &self.warnings {
+            out.push_str(&format!("warning: {w}\n"));
+        }
+        if self.iterations.is_empty() {
+            out.push_str("nothing to do: the device already matches the target\n");
+        }
+        for (i, steps) in self.iterations.iter().enumerate() {
+            out.push_str(&format!("iteration {}:\n", i + 1));
+            for s in steps {
+                out.push_str(&format!("  {s}\n"));
+            }
+        }
+        if !self.converged {
+            out.push_str(&format!(
+                "not converged after {MAX_ITERATIONS} iterations\n"
+            ));
+        }
+        out
+    }
+
+    pub fn json(&self) -> Value {
+        let iterations: Vec<Value> = self
+            .iterations
+            .iter()
+            .map(|steps| {
+                Value::Array(
+                    steps
+                        .iter()
+                        .map(|s| {
+                            let mut v = serde_json::to_value(s).unwrap_or(Value::Null);
+                            v["summary"] = json!(s.to_string());
+                            v
+                        })
+                        .collect(),
+                )
+            })
+            .collect();
+        json!({ "converged": self.converged, "warnings": self.warnings, "iterations": iterations })
+    }
+}

@@ -1,0 +1,7 @@
+//! The state engine: reads the device's current state and (with the state-engine issue)
+//! drives it towards the target.
+
+pub mod snapshot;
+pub mod target;
+
+pub use snapshot::EngineSnapshot;
