@@ -1,5 +1,6 @@
 //! `tinyvisor plan`: what a target state would do to this device, without doing it.
 
+use crate::compose::contracts::Universe;
 use crate::compose::service::{DeviceContext, ImageDefaults};
 use crate::compose::target::{
     parse_device_target, parse_v2_local, parse_v3, TargetError, TargetState,
@@ -81,6 +82,51 @@ pub fn device_context(settings: &Settings, device_name: &str) -> DeviceContext {
     }
 }
 
+/// What the device offers to contracts: our supervisor-compatible version, device type,
+/// architecture, OS from os-release, kernel from the running system.
+pub fn universe(settings: &Settings) -> Universe {
+    let os_release =
+        std::fs::read_to_string(&settings.paths.host_os_version_path).unwrap_or_default();
+    let field = |k: &str| {
+        os_release.lines().find_map(|l| {
+            l.strip_prefix(&format!("{k}="))
+                .map(|v| v.trim_matches('"').to_string())
+        })
+    };
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .ok()
+        .map(|r| {
+            let version: String = r
+                .trim()
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '.')
+                .collect();
+            ("linux".to_string(), version)
+        });
+    let l4t = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .ok()
+        .and_then(|r| {
+            let at = r.find("-l4t-r")?;
+            let v: String = r[at + 6..]
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '.')
+                .collect();
+            Some(if v.matches('.').count() == 1 {
+                format!("{v}.0")
+            } else {
+                v
+            })
+        });
+    Universe {
+        supervisor_version: crate::SUPERVISOR_VERSION.to_string(),
+        device_type: settings.device_type.slug.clone(),
+        arch: settings.device_type.arch.clone(),
+        os: field("ID").zip(field("VERSION")),
+        kernel,
+        l4t,
+    }
+}
+
 pub struct DryRun {
     pub iterations: Vec<Vec<Step>>,
     pub converged: bool,
@@ -134,7 +180,10 @@ pub fn dry_run(
             .and_then(|e| e.inspect_image(name).ok())
             .map(|i| ImageDefaults::from_inspect(&i))
     };
-    let targets = target_apps(&state, &device, &image_defaults, &|_, _| None);
+    let universe = universe(settings);
+    let built = target_apps(&state, &device, &universe, &image_defaults, &|_, _| None);
+    warnings.extend(built.messages);
+    let targets = built.apps;
     let mut current_apps: Vec<CurrentApp> = snapshot.current_apps();
 
     // Without the database, images on the engine count as recorded and an app's release is

@@ -14,3 +14,8 @@ pub(crate) mod testutil;
 
 /// Our own version, as printed by `--version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The balena Supervisor version whose behaviour we implement; reported wherever the real one
+/// reports its version (contracts, cloud, `/v2/version`), with our own as build metadata so
+/// semver comparisons treat us as that version.
+pub const SUPERVISOR_VERSION: &str = concat!("19.0.5+tinyvisor.", env!("CARGO_PKG_VERSION"));

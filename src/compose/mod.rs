@@ -2,6 +2,7 @@
 //! to and from engine objects.
 
 pub mod composition;
+pub mod contracts;
 pub mod labels;
 pub mod network;
 pub mod service;

@@ -529,7 +529,10 @@ fn parse_service(v: &Value, path: &str) -> Result<TargetService> {
     };
     let contract = match m.get("contract") {
         None | Some(Value::Null) => None,
-        Some(v) => Some(Value::Object(obj(v, &join(path, "contract"))?.clone())),
+        Some(v) => {
+            super::contracts::validate(v, &join(path, "contract"))?;
+            Some(v.clone())
+        }
     };
     let composition = match m.get("composition") {
         None | Some(Value::Null) => Composition::default(),

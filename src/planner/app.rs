@@ -1,6 +1,6 @@
 //! Steps for one app: update towards its target (engine.md C.3–C.9) or removal (C.10).
 
-use super::images::available;
+use super::images::Index;
 use super::{rfc3339_seconds, Context, CurrentApp, ImageRef, Step, TargetApp};
 use crate::compose::labels::{
     self, HANDOVER_TIMEOUT, LEGACY_CONTAINER, REQUIRES_REBOOT, SERVICE_ID, UPDATE_STRATEGY,
@@ -150,8 +150,10 @@ fn userland_proxy_race(current: &Service, target: &Service) -> bool {
 }
 
 struct AppPlan<'a> {
+    index: &'a Index<'a>,
+    /// Every target image of the app is on the device.
+    images_ready: bool,
     current: &'a CurrentApp,
-    target: &'a TargetApp,
     ctx: &'a Context,
     container_ids: BTreeMap<String, String>,
     network_changes: Vec<Change<'a, Network>>,
@@ -161,7 +163,7 @@ struct AppPlan<'a> {
 
 impl<'a> AppPlan<'a> {
     fn target_images_ready(&self) -> bool {
-        self.target.services.iter().all(|s| available(s, self.ctx))
+        self.images_ready
     }
 
     fn needs_special_kill(&self, s: &Service) -> bool {
@@ -269,7 +271,7 @@ impl<'a> AppPlan<'a> {
                 return None;
             }
         }
-        let needs_download = pair.target.is_some_and(|t| !available(t, self.ctx));
+        let needs_download = pair.target.is_some_and(|t| !self.index.available(t));
         if let Some(t) = pair.target {
             if needs_download && self.ctx.downloading.contains(&t.image_name) {
                 return Some(Step::Noop);
@@ -399,7 +401,12 @@ fn migrate_legacy(current: &CurrentApp, target: &TargetApp) -> Option<Vec<Servic
     Some(vec![t])
 }
 
-pub(super) fn update_steps(current: &CurrentApp, target: &TargetApp, ctx: &Context) -> Vec<Step> {
+pub(super) fn update_steps(
+    current: &CurrentApp,
+    target: &TargetApp,
+    ctx: &Context,
+    index: &Index,
+) -> Vec<Step> {
     let migrated;
     let target = match migrate_legacy(current, target) {
         Some(services) => {
@@ -466,9 +473,11 @@ pub(super) fn update_steps(current: &CurrentApp, target: &TargetApp, ctx: &Conte
         .collect();
     let network_changes = compare_networks(&current.networks, &target.networks);
     let volume_changes = compare_volumes(&current.volumes, &target.volumes);
+    let images_ready = target.services.iter().all(|s| index.available(s));
     let mut plan = AppPlan {
+        index,
+        images_ready,
         current,
-        target,
         ctx,
         container_ids,
         network_changes,

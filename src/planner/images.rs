@@ -3,18 +3,42 @@
 use super::{Context, CurrentApp, ImageRef, Step, TargetApp};
 use crate::compose::labels::UPDATE_STRATEGY;
 use crate::compose::Service;
+use std::collections::HashSet;
 
-/// Is the target service's image on the device (by engine id or by name)?
-pub(super) fn available(s: &Service, ctx: &Context) -> bool {
-    ctx.available_images.iter().any(|i| {
-        i.docker_image_id.as_deref() == Some(s.config.image.as_str()) || i.name == s.image_name
-    })
+/// Lookups over the available images, built once per plan so that planning stays linear in
+/// the number of services.
+pub(super) struct Index<'a> {
+    names: HashSet<&'a str>,
+    ids: HashSet<&'a str>,
+}
+
+impl<'a> Index<'a> {
+    pub(super) fn new(ctx: &'a Context) -> Index<'a> {
+        Index {
+            names: ctx
+                .available_images
+                .iter()
+                .map(|i| i.name.as_str())
+                .collect(),
+            ids: ctx
+                .available_images
+                .iter()
+                .filter_map(|i| i.docker_image_id.as_deref())
+                .collect(),
+        }
+    }
+
+    /// Is the target service's image on the device (by engine id or by name)?
+    pub(super) fn available(&self, s: &Service) -> bool {
+        self.ids.contains(s.config.image.as_str()) || self.names.contains(s.image_name.as_str())
+    }
 }
 
 pub(super) fn save_and_remove(
     current: &[CurrentApp],
     target: &[TargetApp],
     ctx: &Context,
+    index: &Index,
 ) -> Vec<Step> {
     let mut steps = Vec::new();
     let targets: Vec<&Service> = target
@@ -24,9 +48,10 @@ pub(super) fn save_and_remove(
         .collect();
     let wanted: Vec<ImageRef> = targets.iter().map(|s| ImageRef::for_service(s)).collect();
 
+    let recorded: HashSet<MetaKey> = ctx.available_images.iter().map(meta_key).collect();
     // saveImage: on the engine (by reference or id) but without our record.
     for (svc, want) in targets.iter().zip(&wanted) {
-        if ctx.available_images.iter().any(|i| i.same_metadata(want)) {
+        if recorded.contains(&meta_key(want)) {
             continue;
         }
         let on_engine = ctx.engine_images.iter().find(|e| {
@@ -50,22 +75,31 @@ pub(super) fn save_and_remove(
         let pending: Vec<(&Service, &ImageRef)> = targets
             .iter()
             .zip(&wanted)
-            .filter(|(s, _)| !available(s, ctx))
+            .filter(|(s, _)| !index.available(s))
             .map(|(s, w)| (*s, w))
             .collect();
+        // v19 matches id+commit+service first and falls back to the id alone, which makes
+        // the id the deciding test.
+        let in_use: HashSet<&str> = current
+            .iter()
+            .flat_map(|a| &a.services)
+            .map(|c| c.config.image.as_str())
+            .collect();
+        let wanted_keys: HashSet<MetaKey> = wanted.iter().map(meta_key).collect();
+        let delta_sources: HashSet<(i64, &str)> = pending
+            .iter()
+            .filter(|(s, _)| {
+                s.label(UPDATE_STRATEGY).map(String::as_str) != Some("delete-then-download")
+            })
+            .map(|(_, w)| (w.app_id, w.service_name.as_str()))
+            .collect();
         for img in &ctx.available_images {
-            // v19 matches id+commit+service first and falls back to the id alone, which
-            // makes the id the deciding test.
-            let used = current
-                .iter()
-                .flat_map(|a| &a.services)
-                .any(|c| img.docker_image_id.as_deref() == Some(c.config.image.as_str()));
-            let is_target = wanted.iter().any(|w| w.same_metadata(img));
-            let delta_source = pending.iter().any(|(s, w)| {
-                w.app_id == img.app_id
-                    && w.service_name == img.service_name
-                    && s.label(UPDATE_STRATEGY).map(String::as_str) != Some("delete-then-download")
-            });
+            let used = img
+                .docker_image_id
+                .as_deref()
+                .is_some_and(|id| in_use.contains(id));
+            let is_target = wanted_keys.contains(&meta_key(img));
+            let delta_source = delta_sources.contains(&(img.app_id, img.service_name.as_str()));
             if !used && !is_target && !delta_source {
                 steps.push(Step::RemoveImage { image: img.clone() });
             }
@@ -75,4 +109,18 @@ pub(super) fn save_and_remove(
         }
     }
     steps
+}
+
+/// The metadata `ImageRef::same_metadata` compares, as a hashable key.
+type MetaKey<'a> = (&'a str, i64, &'a str, i64, i64, &'a str);
+
+fn meta_key(i: &ImageRef) -> MetaKey<'_> {
+    (
+        &i.name,
+        i.app_id,
+        &i.service_name,
+        i.image_id,
+        i.release_id,
+        &i.commit,
+    )
 }

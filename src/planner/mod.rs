@@ -152,8 +152,9 @@ pub fn plan(current: &[CurrentApp], target: &[TargetApp], ctx: &Context) -> Vec<
         return vec![Step::EnsureExtraFirmwareVolume];
     }
     // C.2.3: image bookkeeping before anything else, while nothing downloads.
+    let index = images::Index::new(ctx);
     if ctx.downloading.is_empty() {
-        let image_steps = images::save_and_remove(current, target, ctx);
+        let image_steps = images::save_and_remove(current, target, ctx, &index);
         if !image_steps.is_empty() {
             return image_steps;
         }
@@ -164,14 +165,14 @@ pub fn plan(current: &[CurrentApp], target: &[TargetApp], ctx: &Context) -> Vec<
     for t in target.iter().filter(|t| !t.rejected) {
         let cur = current.iter().find(|c| same_app(c, t));
         let mut app_steps = match cur {
-            Some(c) => app::update_steps(c, t, ctx),
+            Some(c) => app::update_steps(c, t, ctx, &index),
             None => {
                 let blank = CurrentApp {
                     app_id: t.app_id,
                     app_uuid: t.app_uuid.clone(),
                     ..empty.clone()
                 };
-                app::update_steps(&blank, t, ctx)
+                app::update_steps(&blank, t, ctx, &index)
             }
         };
         steps.append(&mut app_steps);

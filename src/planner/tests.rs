@@ -1103,4 +1103,296 @@ fn steps_serialise_with_the_real_action_names() {
     assert_eq!(s.to_string(), "takeLock app 1 [main]");
 }
 
+#[test]
+fn c14_local_mode_keeps_images() {
+    let s = running(svc("main", "img1", "c1"));
+    let stale = svc("old", "img-old", "c0");
+    let mut c = with_images(ctx(), &[&s, &stale]);
+    c.keep_images = true;
+    c.dangling_images = true;
+    assert!(plan(
+        &[capp("c1", vec![s])],
+        &[tapp("c1", vec![svc("main", "img1", "c1")])],
+        &c
+    )
+    .is_empty());
+}
+
+#[test]
+fn c9_handover_timeout_defaults_to_a_minute() {
+    let labels = json!({"io.balena.update.strategy": "hand-over"});
+    let old = running(target_svc("main", "img1", "c0", json!({}), labels.clone()));
+    let new = target_svc("main", "img2", "c1", json!({}), labels);
+    let c = locked(with_images(ctx(), &[&old, &new]));
+    let steps = plan(&[capp("c0", vec![old])], &[tapp("c1", vec![new])], &c);
+    assert!(
+        matches!(
+            steps[..],
+            [Step::Handover {
+                timeout_ms: 60_000,
+                ..
+            }]
+        ),
+        "{steps:?}"
+    );
+}
+
+#[test]
+fn c9_handover_kills_instead_when_its_network_changes() {
+    let labels = json!({"io.balena.update.strategy": "hand-over"});
+    let old = running(target_svc("main", "img1", "c0", json!({}), labels.clone()));
+    let new = target_svc("main", "img2", "c1", json!({}), labels);
+    let mut t = tapp("c1", vec![new.clone()]);
+    let spec = serde_json::from_value(json!({"internal": true})).unwrap();
+    t.networks = vec![Network::from_target("default", &spec, APP, UUID).unwrap()];
+    let c = locked(with_images(ctx(), &[&old, &new]));
+    assert_eq!(
+        plan_brief(&[capp("c0", vec![old])], &[t], &c),
+        ["kill:main"]
+    );
+}
+
+#[test]
+fn c10_removal_with_download_then_kill_waits_for_the_new_images() {
+    let gone = running(svc("gone", "img-g", "c0"));
+    let keep = running(svc("main", "img1", "c0"));
+    let new = svc("main", "img2", "c1");
+    let c = locked(with_images(ctx(), &[&gone, &keep]));
+    let steps = plan_brief(
+        &[capp("c0", vec![gone, keep])],
+        &[tapp("c1", vec![new])],
+        &c,
+    );
+    assert_eq!(
+        steps,
+        ["noop", "fetch:main"],
+        "the removed service waits until the download is done"
+    );
+}
+
+#[test]
+fn c5_stopping_container_during_update_is_a_noop() {
+    let old = with_status(running(svc("main", "img1", "c0")), Status::Stopping, true);
+    let new = svc("main", "img2", "c1");
+    let c = locked(with_images(ctx(), &[&old, &new]));
+    assert_eq!(
+        plan_brief(&[capp("c0", vec![old])], &[tapp("c1", vec![new])], &c),
+        ["noop"]
+    );
+}
+
+#[test]
+fn c6_network_mode_service_waits_for_its_service() {
+    let vpn = svc("vpn", "img-v", "c1");
+    let mut app = target_svc("app", "img-a", "c1", json!({}), json!({}));
+    app.depends_on = vec!["vpn".into()];
+    app.config.network_mode = "service:vpn".into();
+    let c = locked(with_images(ctx(), &[&vpn, &app]));
+    let t = tapp("c1", vec![vpn.clone(), app]);
+    assert_eq!(
+        plan_brief(&[capp("c1", vec![])], &[t.clone()], &c),
+        ["start:vpn"]
+    );
+    assert_eq!(
+        plan_brief(&[capp("c1", vec![running(vpn)])], &[t], &c),
+        ["start:app"]
+    );
+}
+
+#[test]
+fn c6_service_waits_for_its_volume() {
+    let s = target_svc(
+        "main",
+        "img1",
+        "c1",
+        json!({"volumes": ["data:/data"]}),
+        json!({}),
+    );
+    let mut t = tapp("c1", vec![s.clone()]);
+    t.volumes.push(Volume {
+        name: "data".into(),
+        app_id: APP,
+        app_uuid: UUID.into(),
+        driver: "local".into(),
+        driver_opts: Default::default(),
+        labels: Default::default(),
+    });
+    let c = locked(with_images(ctx(), &[&s]));
+    assert_eq!(
+        plan_brief(&[capp("c1", vec![])], &[t], &c),
+        ["createVolume:data"]
+    );
+}
+
+#[test]
+fn c12_images_used_by_another_app_are_kept() {
+    let a = running(svc("main", "img-shared", "c1"));
+    let b = running(target_svc_in(
+        "uuid2",
+        2,
+        "other",
+        "img-shared",
+        "c9",
+        json!({}),
+        json!({}),
+    ));
+    let mut rec = avail(&b);
+    rec.app_id = 2;
+    let mut c = with_images(ctx(), &[&a]);
+    c.available_images.push(rec);
+    let t2 = TargetApp {
+        app_id: 2,
+        app_uuid: "uuid2".into(),
+        name: "b".into(),
+        commit: Some("c9".into()),
+        services: vec![target_svc_in(
+            "uuid2",
+            2,
+            "other",
+            "img-shared",
+            "c9",
+            json!({}),
+            json!({}),
+        )],
+        networks: vec![default_net("uuid2", 2)],
+        volumes: vec![],
+        rejected: false,
+    };
+    let cur2 = CurrentApp {
+        app_id: 2,
+        app_uuid: "uuid2".into(),
+        commit: Some("c9".into()),
+        services: vec![b],
+        networks: vec![default_net("uuid2", 2)],
+        volumes: vec![],
+    };
+    assert!(plan(
+        &[capp("c1", vec![a]), cur2],
+        &[tapp("c1", vec![svc("main", "img-shared", "c1")]), t2],
+        &c
+    )
+    .is_empty());
+}
+
+#[test]
+fn j11_several_kills_in_one_iteration_once_all_images_are_ready() {
+    let a = running(svc("a", "img-a1", "c0"));
+    let b = running(svc("b", "img-b1", "c0"));
+    let a2 = svc("a", "img-a2", "c1");
+    let b2 = svc("b", "img-b2", "c1");
+    let c = locked(with_images(ctx(), &[&a, &b, &a2, &b2]));
+    assert_eq!(
+        plan_brief(&[capp("c0", vec![a, b])], &[tapp("c1", vec![a2, b2])], &c),
+        ["kill:a", "kill:b"]
+    );
+}
+
+#[test]
+fn j29_fetches_still_come_first_when_a_network_is_deleted() {
+    let s = running(target_svc(
+        "main",
+        "img1",
+        "c0",
+        json!({"networks": ["backend"]}),
+        json!({}),
+    ));
+    let mut cur = capp("c0", vec![s.clone()]);
+    cur.networks
+        .push(Network::from_target("backend", &Default::default(), APP, UUID).unwrap());
+    let new = svc("main", "img2", "c1");
+    let c = locked(with_images(ctx(), &[&s]));
+    let steps = plan_brief(&[cur], &[tapp("c1", vec![new])], &c);
+    assert_eq!(steps[0], "fetch:main", "{steps:?}");
+}
+
+#[test]
+fn j37_locks_of_another_app_are_not_released_by_this_one() {
+    let s = running(svc("main", "img1", "c1"));
+    let mut c = with_images(ctx(), &[&s]);
+    c.leftover_locks.insert(2);
+    let other = CurrentApp {
+        app_id: 2,
+        app_uuid: "uuid2".into(),
+        services: vec![running(target_svc_in(
+            "uuid2",
+            2,
+            "x",
+            "img-x",
+            "c5",
+            json!({}),
+            json!({}),
+        ))],
+        ..Default::default()
+    };
+    let t2 = TargetApp {
+        app_id: 2,
+        app_uuid: "uuid2".into(),
+        name: "b".into(),
+        commit: Some("c5".into()),
+        services: other.services.clone(),
+        networks: vec![],
+        volumes: vec![],
+        rejected: false,
+    };
+    let mut c2 = c.clone();
+    c2.available_images.push(avail(&other.services[0]));
+    let steps = plan_brief(
+        &[capp("c1", vec![s]), other],
+        &[tapp("c1", vec![svc("main", "img1", "c1")]), t2],
+        &c2,
+    );
+    assert_eq!(
+        steps,
+        ["updateCommit:c5", "releaseLock:2"],
+        "only app 2 releases, after recording its release"
+    );
+}
+
+#[test]
+fn c11_target_running_false_on_a_running_container_never_restarts_it() {
+    let stopped = with_status(
+        running(svc("main", "img1", "c1")),
+        Status::Other("exited".into()),
+        false,
+    );
+    let t = target_svc("main", "img1", "c1", json!({"running": false}), json!({}));
+    let c = with_images(ctx(), &[&t]);
+    assert!(plan(&[capp("c1", vec![stopped])], &[tapp("c1", vec![t])], &c).is_empty());
+}
+
+#[test]
+fn c4_5_restart_policy_change_recreates() {
+    let cur = running(svc("main", "img1", "c1"));
+    let t = target_svc("main", "img1", "c1", json!({"restart": "no"}), json!({}));
+    let c = locked(with_images(ctx(), &[&cur]));
+    let steps = plan(&[capp("c1", vec![cur])], &[tapp("c1", vec![t])], &c);
+    assert!(
+        matches!(&steps[..], [Step::Kill { reason, .. }] if reason == &vec!["restart".to_string()]),
+        "{steps:?}"
+    );
+}
+
+#[test]
+fn c4_5_image_change_with_same_name_recreates() {
+    let cur = running(svc("main", "img1", "c1"));
+    let mut t = svc("main", "img1", "c1");
+    t.config.image = "sha256:rebuilt".into();
+    let c = locked(with_images(ctx(), &[&cur, &t]));
+    let steps = plan(&[capp("c1", vec![cur])], &[tapp("c1", vec![t])], &c);
+    assert!(
+        matches!(&steps[..], [Step::Kill { reason, .. }] if reason.contains(&"image".to_string())),
+        "{steps:?}"
+    );
+}
+
+#[test]
+fn c2_4_app_only_in_current_with_nothing_left_but_a_lock_releases_it() {
+    let mut c = ctx();
+    c.locks_held.insert(7);
+    assert_eq!(
+        plan_brief(&[], &[tapp("c1", vec![])], &c),
+        ["createNetwork:default", "releaseLock:7"]
+    );
+}
+
 mod property;
