@@ -3,9 +3,11 @@
 
 pub mod compose;
 pub mod config;
+pub mod db;
 pub mod dry_run;
 pub mod engine;
 pub mod fsutil;
+pub mod locks;
 pub mod planner;
 pub mod state;
 

@@ -60,6 +60,30 @@ pub struct TargetState {
     pub apps: BTreeMap<String, TargetApp>,
 }
 
+impl TargetState {
+    /// The same state with config variable names stripped of `BALENA_`/`RESIN_` (the
+    /// `BALENA_` form wins when both are given), as the database stores them (config.md §3.1).
+    pub fn normalised(&self) -> TargetState {
+        let mut config = BTreeMap::new();
+        for (k, v) in &self.config {
+            if let Some(bare) = k.strip_prefix("RESIN_") {
+                config.entry(bare.to_string()).or_insert_with(|| v.clone());
+            }
+        }
+        for (k, v) in &self.config {
+            if k.starts_with("RESIN_") {
+                continue;
+            }
+            let bare = k.strip_prefix("BALENA_").unwrap_or(k);
+            config.insert(bare.to_string(), v.clone());
+        }
+        TargetState {
+            config,
+            ..self.clone()
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TargetApp {
     pub uuid: String,
@@ -91,6 +115,9 @@ pub struct TargetService {
     pub running: bool,
     pub contract: Option<Value>,
     pub composition: Composition,
+    /// The composition as received, kept for the database.
+    #[serde(skip)]
+    pub composition_raw: Value,
 }
 
 /// Names of services, volumes and networks: they end up in container/volume names and paths.
@@ -534,9 +561,10 @@ fn parse_service(v: &Value, path: &str) -> Result<TargetService> {
             Some(v.clone())
         }
     };
-    let composition = match m.get("composition") {
-        None | Some(Value::Null) => Composition::default(),
-        Some(v) => composition::parse(v, &join(path, "composition"))?,
+    let composition_raw = m.get("composition").cloned().unwrap_or(Value::Null);
+    let composition = match &composition_raw {
+        Value::Null => Composition::default(),
+        v => composition::parse(v, &join(path, "composition"))?,
     };
     Ok(TargetService {
         id,
@@ -547,6 +575,7 @@ fn parse_service(v: &Value, path: &str) -> Result<TargetService> {
         running,
         contract,
         composition,
+        composition_raw,
     })
 }
 

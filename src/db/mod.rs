@@ -1,0 +1,451 @@
+//! The database: the only module that speaks SQL. Same file and tables as balena-supervisor
+//! v19 (engine.md (f)), so a device can switch between the two; our own state lives in
+//! `tv_`-prefixed tables. WAL journal; writes only when a value changes.
+
+use crate::compose::target::{parse_device_target, TargetState};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde_json::{json, Map, Value};
+use std::path::Path;
+
+pub use rusqlite::Error;
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Our schema version (tables with the `tv_` prefix); bumped by additive migrations.
+const TV_SCHEMA_VERSION: i64 = 1;
+
+/// Knex migration names of v19: recorded in a new database so that the Node supervisor, if it
+/// runs on this file later, sees its schema as current instead of re-creating tables.
+const KNEX_MIGRATIONS: &[&str] = &[
+    "20171129013519_legacy.js",
+    "20171129064057_multicontainer.js",
+    "20171214172530_image_docker_id.js",
+    "20180516164000-endpoint-specific-apps.js",
+    "20181907164000-endpoint-specific-logschannel.js",
+    "20190619152500-engine-snapshot.js",
+    "M00000.js",
+    "M00001.js",
+    "M00002.js",
+    "M00003.js",
+    "M00004.js",
+    "M00005.js",
+    "M00006.js",
+    "M00007.js",
+    "M00008.js",
+    "M00009.js",
+    "M00010.js",
+    "M00011.js",
+    "M00012.js",
+];
+
+const V19_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS config (key VARCHAR(255) PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS deviceConfig (targetValues TEXT);
+CREATE TABLE IF NOT EXISTS app (
+  id INTEGER PRIMARY KEY AUTOINCREMENT, name VARCHAR(255), releaseId INTEGER, `commit` VARCHAR(255),
+  appId INTEGER, services JSON, networks JSON, volumes JSON, source VARCHAR(255),
+  uuid VARCHAR(255), class VARCHAR(255) DEFAULT 'fleet', isHost BOOLEAN DEFAULT 0,
+  rejected BOOLEAN DEFAULT 0);
+CREATE UNIQUE INDEX IF NOT EXISTS app_uuid_unique ON app (uuid);
+CREATE TABLE IF NOT EXISTS image (
+  id INTEGER PRIMARY KEY AUTOINCREMENT, name VARCHAR(255), appId INTEGER, serviceId INTEGER,
+  serviceName VARCHAR(255), imageId INTEGER, releaseId INTEGER, dockerImageId VARCHAR(255),
+  appUuid VARCHAR(255), `commit` VARCHAR(255));
+CREATE TABLE IF NOT EXISTS currentCommit (
+  id INTEGER PRIMARY KEY AUTOINCREMENT, appId INTEGER NOT NULL UNIQUE, `commit` VARCHAR(255) NOT NULL);
+CREATE TABLE IF NOT EXISTS apiSecret (
+  id INTEGER PRIMARY KEY AUTOINCREMENT, appId INTEGER, key VARCHAR(255), scopes TEXT,
+  serviceName VARCHAR(255), UNIQUE (appId, serviceName));
+CREATE TABLE IF NOT EXISTS engineSnapshot (snapshot TEXT, timestamp VARCHAR(255));
+CREATE TABLE IF NOT EXISTS logsChannelSecret (backend VARCHAR(255), secret VARCHAR(255));
+CREATE TABLE IF NOT EXISTS knex_migrations (
+  id INTEGER PRIMARY KEY AUTOINCREMENT, name VARCHAR(255), batch INTEGER, migration_time DATETIME);
+CREATE TABLE IF NOT EXISTS knex_migrations_lock (\"index\" INTEGER PRIMARY KEY AUTOINCREMENT, is_locked INTEGER);
+CREATE TABLE IF NOT EXISTS tv_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+";
+
+/// A row of the `image` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRow {
+    pub name: String,
+    pub app_id: i64,
+    pub app_uuid: String,
+    pub service_id: i64,
+    pub service_name: String,
+    pub image_id: i64,
+    pub release_id: i64,
+    pub commit: String,
+    pub docker_image_id: Option<String>,
+}
+
+pub struct Db {
+    conn: Connection,
+}
+
+impl Db {
+    /// Opens (creating if needed) the database, in WAL mode, and brings the schema up to date.
+    pub fn open(path: &Path) -> Result<Db> {
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let conn = Connection::open(path)?;
+        Db::init(conn)
+    }
+
+    /// An in-memory database (tests).
+    pub fn open_in_memory() -> Result<Db> {
+        Db::init(Connection::open_in_memory()?)
+    }
+
+    fn init(conn: Connection) -> Result<Db> {
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // WAL: readers never block the writer, and a torn write never corrupts the file.
+        let _mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=OFF;")?;
+        let fresh: bool = conn.query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'knex_migrations'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )? == 0;
+        let db = Db { conn };
+        let version: Option<i64> = if fresh {
+            None
+        } else {
+            db.conn
+                .query_row(
+                    "SELECT value FROM tv_meta WHERE key = 'schema_version'",
+                    [],
+                    |r| r.get::<_, String>(0),
+                )
+                .optional()
+                .unwrap_or(None)
+                .and_then(|v| v.parse().ok())
+        };
+        if version != Some(TV_SCHEMA_VERSION) {
+            let tx = db.conn.unchecked_transaction()?;
+            tx.execute_batch(V19_SCHEMA)?;
+            if fresh {
+                for name in KNEX_MIGRATIONS {
+                    tx.execute(
+                        "INSERT INTO knex_migrations (name, batch, migration_time) VALUES (?1, 1, datetime('now'))",
+                        params![name],
+                    )?;
+                }
+                tx.execute(
+                    "INSERT INTO knex_migrations_lock (is_locked) VALUES (0)",
+                    [],
+                )?;
+            }
+            tx.execute(
+                "INSERT OR REPLACE INTO tv_meta (key, value) VALUES ('schema_version', ?1)",
+                params![TV_SCHEMA_VERSION.to_string()],
+            )?;
+            tx.commit()?;
+        }
+        Ok(db)
+    }
+
+    // ---- config key/value store ----
+
+    pub fn config_get(&self, key: &str) -> Result<Option<String>> {
+        self.conn
+            .query_row(
+                "SELECT value FROM config WHERE key = ?1",
+                params![key],
+                |r| r.get(0),
+            )
+            .optional()
+            .map(Option::flatten)
+    }
+
+    /// Sets (or with None deletes) a key; returns whether anything was written.
+    pub fn config_set(&self, key: &str, value: Option<&str>) -> Result<bool> {
+        if self.config_get(key)?.as_deref() == value {
+            return Ok(false);
+        }
+        match value {
+            Some(v) => self.conn.execute(
+                "INSERT OR REPLACE INTO config (key, value) VALUES (?1, ?2)",
+                params![key, v],
+            )?,
+            None => self
+                .conn
+                .execute("DELETE FROM config WHERE key = ?1", params![key])?,
+        };
+        Ok(true)
+    }
+
+    // ---- target state ----
+
+    /// Stores a target for `source` (the API endpoint, or "local") in one transaction: device
+    /// name, device config, every app (apps of the same source missing from it are deleted),
+    /// `targetStateSet`. Returns whether anything changed.
+    pub fn save_target(&mut self, state: &TargetState, source: &str) -> Result<bool> {
+        let state = &state.normalised();
+        let before = self.load_target(source)?;
+        if before.as_ref() == Some(state) {
+            return Ok(false);
+        }
+        let tx = self.conn.transaction()?;
+        let set = |k: &str, v: &str| {
+            tx.execute(
+                "INSERT OR REPLACE INTO config (key, value) VALUES (?1, ?2)",
+                params![k, v],
+            )
+        };
+        set("name", &state.name)?;
+        set("targetStateSet", "true")?;
+        let device_config: Map<String, Value> = state
+            .config
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        tx.execute("DELETE FROM deviceConfig", [])?;
+        tx.execute(
+            "INSERT INTO deviceConfig (targetValues) VALUES (?1)",
+            params![Value::Object(device_config).to_string()],
+        )?;
+        let uuids: Vec<String> = state.apps.keys().cloned().collect();
+        let existing: Vec<String> = {
+            let mut stmt = tx.prepare("SELECT uuid FROM app WHERE source = ?1")?;
+            let rows = stmt.query_map(params![source], |r| r.get::<_, String>(0))?;
+            rows.collect::<Result<_>>()?
+        };
+        for old in existing.iter().filter(|u| !uuids.contains(u)) {
+            tx.execute(
+                "DELETE FROM app WHERE uuid = ?1 AND source = ?2",
+                params![old, source],
+            )?;
+        }
+        for app in state.apps.values() {
+            let (release_id, commit, services, networks, volumes) = match &app.release {
+                Some(rel) => {
+                    let services: Vec<Value> = rel
+                        .services
+                        .iter()
+                        .map(|(name, s)| {
+                            json!({
+                                "id": s.id, "image_id": s.image_id, "image": s.image,
+                                "environment": s.environment, "labels": s.labels, "running": s.running,
+                                "contract": s.contract, "composition": s.composition_raw,
+                                "appId": app.id, "appUuid": app.uuid, "releaseId": rel.id, "commit": rel.commit,
+                                "imageId": s.image_id, "serviceId": s.id, "serviceName": name,
+                            })
+                        })
+                        .collect();
+                    (
+                        Some(rel.id),
+                        Some(rel.commit.clone()),
+                        Value::Array(services),
+                        json!(rel.networks),
+                        json!(rel.volumes),
+                    )
+                }
+                None => (None, None, json!([]), json!({}), json!({})),
+            };
+            let class = serde_json::to_value(app.class)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_else(|| "fleet".into());
+            // An app that changed uuid but kept its id replaces the old row (engine.md j.54).
+            tx.execute(
+                "DELETE FROM app WHERE appId = ?1 AND uuid != ?2 AND source = ?3",
+                params![app.id, app.uuid, source],
+            )?;
+            tx.execute(
+                "INSERT INTO app (name, releaseId, `commit`, appId, services, networks, volumes, source, uuid, class, isHost, rejected)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 0)
+                 ON CONFLICT(uuid) DO UPDATE SET name=excluded.name, releaseId=excluded.releaseId, `commit`=excluded.`commit`,
+                   appId=excluded.appId, services=excluded.services, networks=excluded.networks, volumes=excluded.volumes,
+                   source=excluded.source, class=excluded.class, isHost=excluded.isHost, rejected=0",
+                params![app.name, release_id, commit, app.id, services.to_string(), networks.to_string(), volumes.to_string(), source, app.uuid, class, app.is_host],
+            )?;
+        }
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// The stored target for `source`, rebuilt and validated like a received one.
+    pub fn load_target(&self, source: &str) -> Result<Option<TargetState>> {
+        if self.config_get("targetStateSet")?.as_deref() != Some("true") {
+            return Ok(None);
+        }
+        let name = self.config_get("name")?.unwrap_or_else(|| "local".into());
+        let config: Map<String, Value> = self
+            .conn
+            .query_row("SELECT targetValues FROM deviceConfig LIMIT 1", [], |r| {
+                r.get::<_, String>(0)
+            })
+            .optional()?
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or_default();
+        let mut apps = Map::new();
+        let mut stmt = self.conn.prepare(
+            "SELECT uuid, appId, name, class, isHost, releaseId, `commit`, services, networks, volumes FROM app WHERE source = ?1 OR class != 'fleet'",
+        )?;
+        let rows = stmt.query_map(params![source], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, Option<bool>>(4)?,
+                r.get::<_, Option<i64>>(5)?,
+                r.get::<_, Option<String>>(6)?,
+                r.get::<_, Option<String>>(7)?,
+                r.get::<_, Option<String>>(8)?,
+                r.get::<_, Option<String>>(9)?,
+            ))
+        })?;
+        for row in rows {
+            let (
+                uuid,
+                app_id,
+                name,
+                class,
+                is_host,
+                release_id,
+                commit,
+                services,
+                networks,
+                volumes,
+            ) = row?;
+            let parse = |s: Option<String>| s.and_then(|s| serde_json::from_str::<Value>(&s).ok());
+            let mut releases = Map::new();
+            if let (Some(commit), Some(release_id)) = (commit, release_id) {
+                let mut svc_map = Map::new();
+                for s in parse(services)
+                    .and_then(|v| v.as_array().cloned())
+                    .unwrap_or_default()
+                {
+                    let Some(name) = s
+                        .get("serviceName")
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                    else {
+                        continue;
+                    };
+                    let mut v3 = Map::new();
+                    for k in [
+                        "id",
+                        "image_id",
+                        "image",
+                        "environment",
+                        "labels",
+                        "running",
+                        "contract",
+                        "composition",
+                    ] {
+                        if let Some(v) = s.get(k).filter(|v| !v.is_null()) {
+                            v3.insert(k.into(), v.clone());
+                        }
+                    }
+                    svc_map.insert(name, Value::Object(v3));
+                }
+                releases.insert(
+                    commit,
+                    json!({"id": release_id, "services": svc_map, "networks": parse(networks).unwrap_or(json!({})), "volumes": parse(volumes).unwrap_or(json!({}))}),
+                );
+            }
+            apps.insert(
+                uuid,
+                json!({"id": app_id, "name": name.unwrap_or_default(), "class": class.unwrap_or_else(|| "fleet".into()), "is_host": is_host.unwrap_or(false), "releases": releases}),
+            );
+        }
+        let config: Map<String, Value> =
+            config.into_iter().filter(|(_, v)| v.is_string()).collect();
+        let doc = json!({"name": name, "config": config, "apps": apps});
+        // What we stored passed validation; a row edited by hand that no longer does is
+        // treated as no target rather than crashing the loop.
+        Ok(parse_device_target(&doc).ok())
+    }
+
+    // ---- images ----
+
+    pub fn images(&self) -> Result<Vec<ImageRow>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT name, appId, appUuid, serviceId, serviceName, imageId, releaseId, `commit`, dockerImageId FROM image",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(ImageRow {
+                name: r.get(0)?,
+                app_id: r.get::<_, Option<i64>>(1)?.unwrap_or(0),
+                app_uuid: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
+                service_id: r.get::<_, Option<i64>>(3)?.unwrap_or(0),
+                service_name: r.get::<_, Option<String>>(4)?.unwrap_or_default(),
+                image_id: r.get::<_, Option<i64>>(5)?.unwrap_or(0),
+                release_id: r.get::<_, Option<i64>>(6)?.unwrap_or(0),
+                commit: r.get::<_, Option<String>>(7)?.unwrap_or_default(),
+                docker_image_id: r.get(8)?,
+            })
+        })?;
+        rows.collect()
+    }
+
+    /// Inserts the row unless an identical one exists (v19's upsert semantic); fills in the
+    /// engine id of a matching row that lacks it.
+    pub fn upsert_image(&self, i: &ImageRow) -> Result<bool> {
+        let existing = self.images()?;
+        let same = |r: &ImageRow| {
+            r.name == i.name
+                && r.app_id == i.app_id
+                && r.service_name == i.service_name
+                && r.image_id == i.image_id
+                && r.release_id == i.release_id
+                && r.commit == i.commit
+        };
+        if let Some(row) = existing.iter().find(|r| same(r)) {
+            if row.docker_image_id == i.docker_image_id {
+                return Ok(false);
+            }
+            self.conn.execute(
+                "UPDATE image SET dockerImageId = ?1 WHERE name = ?2 AND appId = ?3 AND serviceName = ?4 AND imageId = ?5 AND releaseId = ?6 AND `commit` = ?7",
+                params![i.docker_image_id, i.name, i.app_id, i.service_name, i.image_id, i.release_id, i.commit],
+            )?;
+            return Ok(true);
+        }
+        self.conn.execute(
+            "INSERT INTO image (name, appId, appUuid, serviceId, serviceName, imageId, releaseId, `commit`, dockerImageId) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![i.name, i.app_id, i.app_uuid, i.service_id, i.service_name, i.image_id, i.release_id, i.commit, i.docker_image_id],
+        )?;
+        Ok(true)
+    }
+
+    pub fn delete_image(&self, i: &ImageRow) -> Result<bool> {
+        let n = self.conn.execute(
+            "DELETE FROM image WHERE name = ?1 AND appId = ?2 AND serviceName = ?3 AND imageId = ?4 AND releaseId = ?5 AND `commit` = ?6",
+            params![i.name, i.app_id, i.service_name, i.image_id, i.release_id, i.commit],
+        )?;
+        Ok(n > 0)
+    }
+
+    // ---- applied release per app ----
+
+    pub fn current_commit(&self, app_id: i64) -> Result<Option<String>> {
+        self.conn
+            .query_row(
+                "SELECT `commit` FROM currentCommit WHERE appId = ?1",
+                params![app_id],
+                |r| r.get(0),
+            )
+            .optional()
+    }
+
+    pub fn set_current_commit(&self, app_id: i64, commit: &str) -> Result<bool> {
+        if self.current_commit(app_id)?.as_deref() == Some(commit) {
+            return Ok(false);
+        }
+        self.conn.execute(
+            "INSERT INTO currentCommit (appId, `commit`) VALUES (?1, ?2) ON CONFLICT(appId) DO UPDATE SET `commit` = excluded.`commit`",
+            params![app_id, commit],
+        )?;
+        Ok(true)
+    }
+
+    /// Number of database pages written since open, for the "no writes while idle" checks.
+    pub fn total_changes(&self) -> u64 {
+        self.conn.total_changes()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,184 @@
+use super::*;
+use crate::testutil::TempDir;
+
+fn target() -> TargetState {
+    parse_device_target(&json!({
+        "name": "dev-name",
+        "config": {"RESIN_SUPERVISOR_POLL_INTERVAL": "600000", "BALENA_HOST_CONFIG_gpu_mem": "64"},
+        "apps": {"uuid1": {"id": 1, "name": "fleet", "releases": {"c1": {"id": 9,
+            "services": {"main": {"id": 3, "image_id": 4, "image": "reg/img:1", "environment": {"A": "1"},
+                "labels": {"x": "y"}, "running": false,
+                "composition": {"ports": ["80"], "networks": ["backend", "default"], "volumes": ["data:/data"]},
+                "contract": {"requires": [{"type": "sw.supervisor", "version": ">=1"}]}}},
+            "volumes": {"data": {"driver": "local"}}, "networks": {"backend": {"internal": true}}}}},
+          "uuid2": {"id": 2, "name": "empty", "class": "app", "releases": {}}}
+    }))
+    .unwrap()
+}
+
+#[test]
+fn target_round_trips_through_the_v19_tables() {
+    let mut db = Db::open_in_memory().unwrap();
+    assert_eq!(
+        db.load_target("local").unwrap(),
+        None,
+        "nothing before a target is set"
+    );
+    let t = target();
+    assert!(db.save_target(&t, "local").unwrap());
+    assert_eq!(db.load_target("local").unwrap(), Some(t.normalised()));
+    // Same target again: nothing written.
+    let changes = db.total_changes();
+    assert!(!db.save_target(&t, "local").unwrap());
+    assert_eq!(db.total_changes(), changes);
+    // Device config is stored without prefixes, as v19 does (engine.md j.51).
+    let raw: String = db
+        .conn
+        .query_row("SELECT targetValues FROM deviceConfig", [], |r| r.get(0))
+        .unwrap();
+    let v: Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(v["HOST_CONFIG_gpu_mem"], "64");
+    assert_eq!(v["SUPERVISOR_POLL_INTERVAL"], "600000");
+    // The services column has the v19 fields.
+    let services: String = db
+        .conn
+        .query_row("SELECT services FROM app WHERE uuid = 'uuid1'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let s: Value = serde_json::from_str(&services).unwrap();
+    assert_eq!(s[0]["serviceName"], "main");
+    assert_eq!(s[0]["serviceId"], 3);
+    assert_eq!(s[0]["imageId"], 4);
+    assert_eq!(s[0]["commit"], "c1");
+    assert_eq!(db.config_get("name").unwrap().as_deref(), Some("dev-name"));
+}
+
+#[test]
+fn apps_missing_from_a_new_target_are_deleted_for_that_source_only() {
+    let mut db = Db::open_in_memory().unwrap();
+    db.save_target(&target(), "https://api.example").unwrap();
+    let mut t = target();
+    t.apps.remove("uuid1");
+    db.save_target(&t, "https://api.example").unwrap();
+    let loaded = db.load_target("https://api.example").unwrap().unwrap();
+    assert!(!loaded.apps.contains_key("uuid1"));
+    assert!(loaded.apps.contains_key("uuid2"));
+}
+
+#[test]
+fn images_upsert_and_delete() {
+    let db = Db::open_in_memory().unwrap();
+    let mut row = ImageRow {
+        name: "reg/img:1".into(),
+        app_id: 1,
+        app_uuid: "u".into(),
+        service_id: 2,
+        service_name: "main".into(),
+        image_id: 3,
+        release_id: 4,
+        commit: "c".into(),
+        docker_image_id: None,
+    };
+    assert!(db.upsert_image(&row).unwrap());
+    assert!(!db.upsert_image(&row).unwrap(), "identical row: no write");
+    row.docker_image_id = Some("sha256:x".into());
+    assert!(db.upsert_image(&row).unwrap());
+    assert_eq!(db.images().unwrap(), vec![row.clone()]);
+    assert!(db.delete_image(&row).unwrap());
+    assert!(db.images().unwrap().is_empty());
+}
+
+#[test]
+fn current_commit_and_config_write_only_on_change() {
+    let db = Db::open_in_memory().unwrap();
+    assert_eq!(db.current_commit(1).unwrap(), None);
+    assert!(db.set_current_commit(1, "c1").unwrap());
+    assert!(!db.set_current_commit(1, "c1").unwrap());
+    assert!(db.set_current_commit(1, "c2").unwrap());
+    assert_eq!(db.current_commit(1).unwrap().as_deref(), Some("c2"));
+    assert!(db.config_set("localMode", Some("true")).unwrap());
+    assert!(!db.config_set("localMode", Some("true")).unwrap());
+    assert!(db.config_set("localMode", None).unwrap());
+    assert_eq!(db.config_get("localMode").unwrap(), None);
+}
+
+#[test]
+fn file_database_is_wal_with_v19_tables_and_knex_records() {
+    let dir = TempDir::new("db");
+    let path = dir.path().join("data").join("database.sqlite");
+    {
+        let mut db = Db::open(&path).unwrap();
+        db.save_target(&target(), "local").unwrap();
+    }
+    let db = Db::open(&path).unwrap();
+    let mode: String = db
+        .conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    for table in [
+        "config",
+        "deviceConfig",
+        "app",
+        "image",
+        "currentCommit",
+        "apiSecret",
+        "engineSnapshot",
+        "logsChannelSecret",
+        "knex_migrations",
+        "tv_meta",
+    ] {
+        let n: i64 = db
+            .conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type='table' AND name=?1",
+                [table],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(n, 1, "{table}");
+    }
+    let migrations: i64 = db
+        .conn
+        .query_row("SELECT count(*) FROM knex_migrations", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(migrations, 19, "recorded once, not again on reopen");
+    assert!(
+        db.load_target("local").unwrap().is_some(),
+        "the target survives a restart"
+    );
+}
+
+#[test]
+fn an_existing_v19_database_is_adopted_without_touching_its_rows() {
+    let dir = TempDir::new("db");
+    let path = dir.path().join("database.sqlite");
+    {
+        // What the Node supervisor leaves: its tables and migration records, no tv_ tables.
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch(V19_SCHEMA.replace("CREATE TABLE IF NOT EXISTS tv_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);", "").as_str()).unwrap();
+        c.execute(
+            "INSERT INTO knex_migrations (name, batch) VALUES ('M00012.js', 1)",
+            [],
+        )
+        .unwrap();
+        c.execute("INSERT INTO apiSecret (appId, key, scopes, serviceName) VALUES (0, 'globalkey', '[]', NULL)", []).unwrap();
+    }
+    let db = Db::open(&path).unwrap();
+    let key: String = db
+        .conn
+        .query_row("SELECT key FROM apiSecret WHERE appId = 0", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(key, "globalkey");
+    let migrations: i64 = db
+        .conn
+        .query_row("SELECT count(*) FROM knex_migrations", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        migrations, 1,
+        "the Node supervisor's records are left as they are"
+    );
+}
