@@ -1,6 +1,7 @@
 //! tinyvisor: a small, synchronous re-implementation of the balena Supervisor.
 //! See ARCHITECTURE.md for the map of modules, threads and channels.
 
+pub mod api;
 pub mod compose;
 pub mod config;
 pub mod db;

@@ -2,9 +2,14 @@ use argh::FromArgs;
 use log::{error, info, warn};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tinyvisor::api::{self, Api};
 use tinyvisor::config::{Overrides, Settings};
+use tinyvisor::db::Db;
 use tinyvisor::dry_run::{dry_run, CurrentSource};
 use tinyvisor::engine::Engine;
+use tinyvisor::state::apply::{self, Status};
 
 #[derive(FromArgs)]
 /// tinyvisor keeps this device's containers in line with its target state, like the balena
@@ -59,6 +64,20 @@ struct Cli {
 #[argh(subcommand)]
 enum Command {
     Plan(PlanCmd),
+    Apply(ApplyCmd),
+}
+
+#[derive(FromArgs)]
+/// hand a target state to the running daemon (POST /v2/local/target-state) and return
+#[argh(subcommand, name = "apply")]
+struct ApplyCmd {
+    /// target state file: the v2 local-mode format or a v3 device object
+    #[argh(positional)]
+    target: PathBuf,
+
+    /// override update locks held by the apps
+    #[argh(switch)]
+    force: bool,
 }
 
 #[derive(FromArgs)]
@@ -104,8 +123,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Some(Command::Plan(cmd)) = cli.command {
-        return plan(&settings, &cmd);
+    match cli.command {
+        Some(Command::Plan(cmd)) => return plan(&settings, &cmd),
+        Some(Command::Apply(cmd)) => return apply(&settings, &cmd),
+        None => {}
     }
     info!(
         "tinyvisor {} starting: engine {}, config {}, API port {}, device type {} ({})",
@@ -129,8 +150,20 @@ fn main() -> ExitCode {
         Err(e) => warn!("engine not reachable yet: {e}"),
     }
 
-    // The state engine, API and cloud threads arrive with their issues; until then the daemon
-    // only waits for a stop signal, so it can already be supervised and measured.
+    if let Err(e) = ensure_uuid(&settings) {
+        error!("{e}");
+        return ExitCode::FAILURE;
+    }
+    let db = match Db::open(&settings.paths.database_path) {
+        Ok(db) => db,
+        Err(e) => {
+            error!(
+                "cannot open the database {}: {e}",
+                settings.paths.database_path.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
     let mut signals = match signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
@@ -141,8 +174,40 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let settings = Arc::new(settings);
+    let status = Arc::new(Mutex::new(Status::default()));
+    let (engine_tx, engine_thread) =
+        match apply::spawn(Arc::clone(&settings), db, Arc::clone(&status)) {
+            Ok(x) => x,
+            Err(e) => {
+                error!("cannot start the state engine: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+    let server = match api::start(Api {
+        settings: Arc::clone(&settings),
+        engine: engine_tx.clone(),
+        status,
+    }) {
+        Ok(s) => s,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
     if let Some(sig) = signals.forever().next() {
         info!("signal {sig} received, stopping");
+    }
+    // Steps are idempotent: whatever is cut short here is finished after the next start.
+    let _ = engine_tx.send_timeout(apply::Command::Shutdown, Duration::from_secs(1));
+    server.unblock();
+    let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || {
+        let _ = engine_thread.join();
+        let _ = done_tx.send(());
+    });
+    if done_rx.recv_timeout(Duration::from_secs(10)).is_err() {
+        warn!("state engine still busy after 10 s; exiting anyway");
     }
     ExitCode::SUCCESS
 }
@@ -188,4 +253,93 @@ fn plan(settings: &Settings, cmd: &PlanCmd) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Generates and stores the device uuid on first start, as the real supervisor does.
+fn ensure_uuid(settings: &Settings) -> Result<(), String> {
+    if settings
+        .config_json
+        .get_str("uuid")
+        .is_some_and(|u| !u.is_empty())
+    {
+        return Ok(());
+    }
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .map_err(|e| format!("cannot read random bytes: {e}"))?;
+    let uuid: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    settings
+        .config_json
+        .update(&[("uuid", Some(serde_json::Value::String(uuid)))])
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+fn apply(settings: &Settings, cmd: &ApplyCmd) -> ExitCode {
+    let body = match std::fs::read(&cmd.target) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("tinyvisor: {}: {e}", cmd.target.display());
+            return ExitCode::from(2);
+        }
+    };
+    let mut doc: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("tinyvisor: {}: invalid JSON: {e}", cmd.target.display());
+            return ExitCode::from(2);
+        }
+    };
+    if cmd.force {
+        doc["force"] = serde_json::Value::Bool(true);
+    }
+    match local_post(
+        settings.listen_port,
+        "/v2/local/target-state",
+        &doc.to_string(),
+    ) {
+        Ok((200, _)) => {
+            println!("target accepted");
+            ExitCode::SUCCESS
+        }
+        Ok((status, text)) => {
+            eprintln!("tinyvisor: the daemon refused the target ({status}): {text}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!(
+                "tinyvisor: cannot reach the daemon on port {}: {e}",
+                settings.listen_port
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A POST to the local API; returns the status and the `message` (or body) of the answer.
+fn local_post(port: u16, path: &str, body: &str) -> std::io::Result<(u16, String)> {
+    use tinyvisor::engine::http;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    http::write_request(
+        &mut stream,
+        "POST",
+        path,
+        &[("Connection", "close".into())],
+        Some(body.as_bytes()),
+    )?;
+    let mut reader = std::io::BufReader::new(stream);
+    let head = http::read_head(&mut reader)?;
+    let framing = http::framing(&head, false)?;
+    let raw = http::Body::new(reader, framing).read_to_end_limited(1 << 20)?;
+    let text = serde_json::from_slice::<serde_json::Value>(&raw)
+        .ok()
+        .and_then(|v| {
+            v.get("message")
+                .and_then(|m| m.as_str())
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| String::from_utf8_lossy(&raw).into_owned());
+    Ok((head.status, text))
 }

@@ -323,6 +323,21 @@ impl Engine {
         .map(drop)
     }
 
+    /// Changes settings of an existing container (e.g. `{"RestartPolicy": {"Name": "no"}}`).
+    pub fn update_container(&self, id: &str, body: &serde_json::Value) -> Result<()> {
+        let raw = serde_json::to_vec(body)
+            .map_err(|e| EngineError::Protocol(format!("cannot encode request: {e}")))?;
+        let mut resp = self.call(
+            "POST",
+            &format!("/containers/{}/update", seg(id)),
+            Some(&raw),
+        )?;
+        resp.body
+            .read_to_end_limited(MAX_ERROR_BODY)
+            .map_err(|e| EngineError::from_io(e, "container update"))?;
+        Ok(())
+    }
+
     /// Blocks until the container reaches `condition` (`not-running`, `next-exit`, `removed`)
     /// or `timeout` passes, and returns its exit code.
     pub fn wait_container(

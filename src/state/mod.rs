@@ -1,6 +1,9 @@
 //! The state engine: reads the device's current state and (with the state-engine issue)
 //! drives it towards the target.
 
+pub mod apply;
+pub mod device;
+pub mod executor;
 pub mod snapshot;
 pub mod target;
 

@@ -1,0 +1,236 @@
+//! The Supervisor API on :48484 (tiny_http). This first cut serves what local mode needs:
+//! `/ping`, `/v2/version`, `/v2/local/device-info`, `/v2/local/target-state` (GET/POST) and
+//! `/v2/state/status`. It never calls the engine: it asks the state engine over its channel.
+
+use crate::compose::target::{parse_device_target, parse_v2_local, MAX_TARGET_BYTES};
+use crate::config::Settings;
+use crate::state::apply::{Command, Status};
+use crossbeam_channel::Sender;
+use log::{info, warn};
+use serde_json::{json, Value};
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tiny_http::{Header, Method, Request, Response, Server};
+
+/// Worker threads serving requests.
+const WORKERS: usize = 2;
+/// How long a request waits for the state engine.
+const ENGINE_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct Api {
+    pub settings: Arc<Settings>,
+    pub engine: Sender<Command>,
+    pub status: Arc<Mutex<Status>>,
+}
+
+/// Binds the port and starts the workers; returns the server so the caller can unblock it.
+pub fn start(api: Api) -> std::io::Result<Arc<Server>> {
+    let addr = format!("0.0.0.0:{}", api.settings.listen_port);
+    let server = Arc::new(
+        Server::http(&addr)
+            .map_err(|e| std::io::Error::other(format!("cannot listen on {addr}: {e}")))?,
+    );
+    let api = Arc::new(api);
+    for i in 0..WORKERS {
+        let server = Arc::clone(&server);
+        let api = Arc::clone(&api);
+        std::thread::Builder::new()
+            .name(format!("api-{i}"))
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                for request in server.incoming_requests() {
+                    api.handle(request);
+                }
+            })?;
+    }
+    info!("Supervisor API listening on {addr}");
+    Ok(server)
+}
+
+fn json_response(status: u16, body: Value) -> Response<std::io::Cursor<Vec<u8>>> {
+    let header = Header::from_bytes("Content-Type", "application/json; charset=utf-8")
+        .expect("static header");
+    Response::from_data(body.to_string().into_bytes())
+        .with_status_code(status)
+        .with_header(header)
+}
+
+fn failed(status: u16, message: impl Into<String>) -> Response<std::io::Cursor<Vec<u8>>> {
+    json_response(
+        status,
+        json!({"status": "failed", "message": message.into()}),
+    )
+}
+
+fn truthy(v: Option<&Value>) -> bool {
+    match v {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::Number(n)) => n.as_i64() == Some(1),
+        Some(Value::String(s)) => matches!(s.to_ascii_lowercase().as_str(), "true" | "1" | "on"),
+        _ => false,
+    }
+}
+
+impl Api {
+    fn handle(&self, mut req: Request) {
+        let started = std::time::Instant::now();
+        let method = req.method().clone();
+        let path = req.url().split('?').next().unwrap_or_default().to_string();
+        let response = match (&method, path.as_str()) {
+            (Method::Get | Method::Head, "/ping") => Response::from_string("OK").with_header(
+                Header::from_bytes("Content-Type", "text/plain; charset=utf-8")
+                    .expect("static header"),
+            ),
+            (Method::Get, "/v2/version") => json_response(
+                200,
+                json!({"status": "success", "version": crate::SUPERVISOR_VERSION}),
+            ),
+            (Method::Get, "/v2/local/device-info") => json_response(
+                200,
+                json!({"status": "success", "info": {"arch": self.settings.device_type.arch, "deviceType": self.settings.device_type.slug}}),
+            ),
+            (Method::Get, "/v2/local/target-state") => self.get_target(),
+            (Method::Post, "/v2/local/target-state") => self.post_target(&mut req),
+            (Method::Get, "/v2/state/status") => self.state_status(),
+            (m, p) => Response::from_string(format!("Cannot {m} {p}")).with_status_code(404),
+        };
+        let code = response.status_code().0;
+        if let Err(e) = req.respond(response) {
+            warn!("API response failed: {e}");
+        }
+        info!(
+            "{method} {path} {code} - {} ms",
+            started.elapsed().as_millis()
+        );
+    }
+
+    fn get_target(&self) -> Response<std::io::Cursor<Vec<u8>>> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        if self
+            .engine
+            .send_timeout(Command::GetTarget { reply: tx }, ENGINE_TIMEOUT)
+            .is_err()
+        {
+            return failed(503, "state engine is not answering");
+        }
+        let state = match rx.recv_timeout(ENGINE_TIMEOUT) {
+            Ok(s) => s,
+            Err(_) => return failed(503, "state engine is not answering"),
+        };
+        let local = match state {
+            Some(s) => {
+                let apps: serde_json::Map<String, Value> = s
+                    .apps
+                    .values()
+                    .map(|a| {
+                        let services: Vec<Value> = a
+                            .release
+                            .iter()
+                            .flat_map(|r| r.services.iter().map(move |(n, svc)| (r, n, svc)))
+                            .map(|(r, n, svc)| {
+                                json!({"appId": a.id, "appUuid": a.uuid, "serviceName": n, "serviceId": svc.id, "imageId": svc.image_id,
+                                       "releaseId": r.id, "commit": r.commit, "imageName": svc.image,
+                                       "config": {"image": svc.image, "environment": svc.environment, "labels": svc.labels, "running": svc.running}})
+                            })
+                            .collect();
+                        (a.id.to_string(), json!({"appId": a.id, "appUuid": a.uuid, "appName": a.name,
+                            "commit": a.release.as_ref().map(|r| r.commit.clone()), "source": "local", "isHost": a.is_host,
+                            "isTargetState": true, "services": services}))
+                    })
+                    .collect();
+                json!({"name": s.name, "config": s.config, "apps": apps})
+            }
+            None => json!({"name": "local", "config": {}, "apps": {}}),
+        };
+        json_response(200, json!({"status": "success", "state": {"local": local}}))
+    }
+
+    fn post_target(&self, req: &mut Request) -> Response<std::io::Cursor<Vec<u8>>> {
+        let local_mode = self.settings.config_json.unmanaged();
+        if !local_mode {
+            return failed(
+                400,
+                "Target state can only set when device is in local mode",
+            );
+        }
+        let mut body = Vec::new();
+        let read = req
+            .as_reader()
+            .take(MAX_TARGET_BYTES as u64 + 1)
+            .read_to_end(&mut body);
+        if read.is_err() {
+            return failed(400, "could not read the request body");
+        }
+        if body.len() > MAX_TARGET_BYTES {
+            return failed(
+                400,
+                format!("request body larger than {MAX_TARGET_BYTES} bytes"),
+            );
+        }
+        let doc: Value = match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(e) => return failed(400, format!("invalid JSON: {e}")),
+        };
+        let parsed = if doc.get("local").is_some() {
+            parse_v2_local(&doc)
+        } else {
+            parse_device_target(&doc)
+        };
+        let state = match parsed {
+            Ok(s) => s,
+            Err(e) => return failed(400, e.to_string()),
+        };
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let cmd = Command::SetTarget {
+            state,
+            force: truthy(doc.get("force")),
+            reply: tx,
+        };
+        if self.engine.send_timeout(cmd, ENGINE_TIMEOUT).is_err() {
+            return failed(503, "state engine is not answering");
+        }
+        match rx.recv_timeout(ENGINE_TIMEOUT) {
+            Ok(Ok(())) => json_response(200, json!({"status": "success", "message": "OK"})),
+            Ok(Err(e)) => failed(400, e),
+            Err(_) => failed(503, "state engine is not answering"),
+        }
+    }
+
+    fn state_status(&self) -> Response<std::io::Cursor<Vec<u8>>> {
+        let s = self
+            .status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let downloading: Vec<u8> = s.downloads.values().copied().collect();
+        let overall = (!downloading.is_empty()).then(|| {
+            downloading.iter().map(|p| u64::from(*p)).sum::<u64>() / downloading.len() as u64
+        });
+        let first_app = s
+            .containers
+            .first()
+            .map(|c| c.app_id)
+            .or_else(|| s.images.first().map(|i| i.app_id));
+        let containers: Vec<Value> = s
+            .containers
+            .iter()
+            .filter(|c| Some(c.app_id) == first_app)
+            .map(|c| json!({"status": c.status, "serviceName": c.service_name, "appId": c.app_id, "imageId": c.image_id,
+                            "serviceId": c.service_id, "containerId": c.container_id, "createdAt": c.created_at}))
+            .collect();
+        let images: Vec<Value> = s
+            .images
+            .iter()
+            .filter(|i| Some(i.app_id) == first_app)
+            .map(|i| json!({"name": i.name, "appId": i.app_id, "serviceName": i.service_name, "imageId": i.image_id,
+                            "dockerImageId": i.docker_image_id, "status": i.status, "downloadProgress": i.download_progress}))
+            .collect();
+        let mut body = json!({"status": "success", "appState": if s.app_state.is_empty() { "applied" } else { s.app_state.as_str() },
+            "overallDownloadProgress": overall, "containers": containers, "images": images});
+        if let Some(release) = first_app.and_then(|a| s.releases.get(&a)) {
+            body["release"] = json!(release);
+        }
+        json_response(200, body)
+    }
+}

@@ -1,0 +1,501 @@
+//! The state engine thread: the apply loop (engine.md (a)). It owns the engine client for
+//! changes and the database handle for state; other threads talk to it over a channel.
+
+use super::device::{device_context, universe};
+use super::executor::{supervisor_network_ok, Executor, StepError, EXTRA_FIRMWARE_VOLUME};
+use super::snapshot::EngineSnapshot;
+use super::target::target_apps;
+use crate::compose::service::ImageDefaults;
+use crate::compose::target::TargetState;
+use crate::config::Settings;
+use crate::db::Db;
+use crate::engine::Engine;
+use crate::locks::Locks;
+use crate::planner::{plan, Context, ImageRef, Step};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use log::{error, info, warn};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Requests to the state engine.
+pub enum Command {
+    /// Store and apply a new target (validated by the sender).
+    SetTarget {
+        state: TargetState,
+        force: bool,
+        reply: Sender<Result<(), String>>,
+    },
+    /// The stored target, if any.
+    GetTarget {
+        reply: Sender<Option<TargetState>>,
+    },
+    Shutdown,
+}
+
+/// What the state engine is doing, for the API and the cloud report.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Status {
+    /// `applying` while an apply has work left, else `applied`.
+    pub app_state: String,
+    pub last_error: Option<String>,
+    pub failures: u32,
+    pub iterations: u64,
+    /// Download progress per image name.
+    pub downloads: BTreeMap<String, u8>,
+    /// Current containers: (app id, service name, image id, service id, container id, status, created).
+    pub containers: Vec<ContainerStatus>,
+    pub images: Vec<ImageStatus>,
+    /// Applied release per app id.
+    pub releases: BTreeMap<i64, String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ContainerStatus {
+    pub app_id: i64,
+    pub service_name: String,
+    pub image_id: i64,
+    pub service_id: i64,
+    pub container_id: String,
+    pub status: String,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageStatus {
+    pub name: String,
+    pub app_id: i64,
+    pub service_name: String,
+    pub image_id: i64,
+    pub docker_image_id: Option<String>,
+    pub status: String,
+    pub download_progress: Option<u8>,
+}
+
+/// The source name of targets set in local mode.
+pub const LOCAL_SOURCE: &str = "local";
+
+pub struct StateEngine {
+    settings: Arc<Settings>,
+    engine: Engine,
+    db: Mutex<Db>,
+    locks: Locks,
+    status: Arc<Mutex<Status>>,
+    progress: Mutex<BTreeMap<String, u8>>,
+    locks_held: BTreeSet<i64>,
+    boot_time: i64,
+}
+
+/// Unix seconds of the last boot, from /proc/stat.
+pub fn boot_time() -> i64 {
+    std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("btime ").and_then(|v| v.trim().parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// Starts the state engine thread. The returned sender is the only way in.
+pub fn spawn(
+    settings: Arc<Settings>,
+    db: Db,
+    status: Arc<Mutex<Status>>,
+) -> std::io::Result<(Sender<Command>, std::thread::JoinHandle<()>)> {
+    let (tx, rx) = crossbeam_channel::bounded(16);
+    let engine = Engine::new(&settings.paths.docker_socket);
+    let locks = Locks::new(&settings.paths.root_mountpoint);
+    let handle = std::thread::Builder::new()
+        .name("state-engine".into())
+        .stack_size(512 * 1024)
+        .spawn(move || {
+            let mut se = StateEngine {
+                settings,
+                engine,
+                db: Mutex::new(db),
+                locks,
+                status,
+                progress: Mutex::new(BTreeMap::new()),
+                locks_held: BTreeSet::new(),
+                boot_time: boot_time(),
+            };
+            se.run(rx);
+        })?;
+    Ok((tx, handle))
+}
+
+enum Outcome {
+    Converged,
+    /// Steps ran; `all_noop` when nothing but waiting happened.
+    Progress {
+        all_noop: bool,
+    },
+}
+
+impl StateEngine {
+    fn db(&self) -> std::sync::MutexGuard<'_, Db> {
+        self.db.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_status(&self, f: impl FnOnce(&mut Status)) {
+        f(&mut self.status.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    fn run(&mut self, rx: Receiver<Command>) {
+        let mut target = match self.db().load_target(LOCAL_SOURCE) {
+            Ok(t) => t,
+            Err(e) => {
+                error!("cannot read the stored target: {e}");
+                None
+            }
+        };
+        let mut force = false;
+        let mut failures: u32 = 0;
+        // None: converged (or no target): wait for a command, re-checking now and then.
+        let mut delay: Option<Duration> = Some(Duration::ZERO);
+        let idle_recheck = Duration::from_millis(self.settings.config_json.poll_interval_ms());
+        loop {
+            let cmd = match rx.recv_timeout(delay.unwrap_or(idle_recheck)) {
+                Ok(c) => Some(c),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            match cmd {
+                Some(Command::Shutdown) => return,
+                Some(Command::GetTarget { reply }) => {
+                    let _ = reply.send(target.clone());
+                    if delay.is_none() {
+                        continue;
+                    }
+                }
+                Some(Command::SetTarget {
+                    state,
+                    force: f,
+                    reply,
+                }) => {
+                    // Persist before applying, so a power cut resumes towards it.
+                    let saved = self.db().save_target(&state, LOCAL_SOURCE);
+                    match saved {
+                        Ok(_) => {
+                            target = Some(state.normalised());
+                            force = f;
+                            failures = 0;
+                            let _ = reply.send(Ok(()));
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err(format!("cannot store the target: {e}")));
+                            continue;
+                        }
+                    }
+                }
+                None => {}
+            }
+            let Some(t) = target.as_ref() else {
+                self.set_status(|s| s.app_state = "applied".into());
+                delay = None;
+                continue;
+            };
+            let started = Instant::now();
+            match self.iterate(t, force) {
+                Ok(Outcome::Converged) => {
+                    if delay.is_some() {
+                        info!("Device state applied");
+                    }
+                    failures = 0;
+                    force = false;
+                    delay = None;
+                    self.set_status(|s| {
+                        s.app_state = "applied".into();
+                        s.last_error = None;
+                        s.failures = 0;
+                    });
+                }
+                Ok(Outcome::Progress { all_noop }) => {
+                    self.set_status(|s| s.app_state = "applying".into());
+                    delay = Some(if all_noop {
+                        Duration::from_secs(1)
+                    } else {
+                        Duration::from_millis(200)
+                    });
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    let backoff = Duration::from_millis(
+                        (500u64 << failures.min(20))
+                            .min(self.settings.config_json.poll_interval_ms()),
+                    );
+                    if e.locked {
+                        info!(
+                            "Updates are locked, retrying in {:?}. Reason: {}",
+                            backoff, e.message
+                        );
+                    } else {
+                        error!("Failed to apply state transition steps. {e}");
+                    }
+                    self.set_status(|s| {
+                        s.app_state = "applying".into();
+                        s.last_error = Some(e.to_string());
+                        s.failures = failures;
+                    });
+                    delay = Some(backoff);
+                }
+            }
+            log::debug!("iteration took {:?}", started.elapsed());
+        }
+    }
+
+    /// One iteration: read the device, plan, execute every step concurrently.
+    fn iterate(&mut self, target: &TargetState, force: bool) -> Result<Outcome, StepError> {
+        let internal = |m: String| StepError {
+            step: "read state".into(),
+            message: m,
+            locked: false,
+        };
+        let snapshot = EngineSnapshot::read(&self.engine).map_err(|e| internal(e.to_string()))?;
+        let mut current = snapshot.current_apps();
+        {
+            let db = self.db();
+            for app in &mut current {
+                app.commit = db.current_commit(app.app_id).ok().flatten();
+            }
+        }
+        let device = device_context(&self.settings, &target.name);
+        let universe = universe(&self.settings);
+        let engine = &self.engine;
+        let image_defaults = |name: &str| {
+            engine
+                .inspect_image(name)
+                .ok()
+                .map(|i| ImageDefaults::from_inspect(&i))
+        };
+        let built = target_apps(target, &device, &universe, &image_defaults, &|_, _| None);
+        for m in &built.messages {
+            warn!("{m}");
+        }
+        let ctx = self.context(&snapshot, target, force);
+        let steps = plan(&current, &built.apps, &ctx);
+        self.publish(&snapshot, &current);
+        if steps.is_empty() {
+            return Ok(Outcome::Converged);
+        }
+        self.set_status(|s| s.iterations += 1);
+        let all_noop = steps.iter().all(|s| matches!(s, Step::Noop));
+        let container_ids = current
+            .iter()
+            .map(|a| {
+                (
+                    a.app_id,
+                    a.services
+                        .iter()
+                        .filter_map(|s| Some((s.service_name.clone(), s.container_id.clone()?)))
+                        .collect(),
+                )
+            })
+            .collect();
+        let exec = Executor {
+            engine: &self.engine,
+            db: &self.db,
+            locks: &self.locks,
+            config_json: &self.settings.config_json,
+            root: self.settings.paths.root_mountpoint.clone(),
+            device_name: target.name.clone(),
+            container_ids,
+            progress: &self.progress,
+            boot_time: self.boot_time,
+        };
+        for s in &steps {
+            if !matches!(s, Step::Noop) {
+                info!("Applying step: {s}");
+            }
+        }
+        let results: Vec<Result<(), StepError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = steps
+                .iter()
+                .map(|step| {
+                    let exec = &exec;
+                    std::thread::Builder::new()
+                        .stack_size(256 * 1024)
+                        .spawn_scoped(scope, move || exec.execute(step))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| match h {
+                    Ok(h) => h
+                        .join()
+                        .unwrap_or_else(|_| Err(internal("step panicked".into()))),
+                    Err(e) => Err(internal(format!("cannot start a step thread: {e}"))),
+                })
+                .collect()
+        });
+        let mut first_error = None;
+        for (step, result) in steps.iter().zip(results) {
+            match (step, result) {
+                (Step::TakeLock { app_id, .. }, Ok(())) => {
+                    self.locks_held.insert(*app_id);
+                }
+                (Step::ReleaseLock { app_id }, Ok(())) => {
+                    self.locks_held.remove(app_id);
+                }
+                (_, Err(e)) => {
+                    first_error.get_or_insert(e);
+                }
+                _ => {}
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(Outcome::Progress { all_noop }),
+        }
+    }
+
+    fn context(&self, snapshot: &EngineSnapshot, target: &TargetState, force: bool) -> Context {
+        let engine_ids: BTreeSet<&str> = snapshot.images.iter().map(|i| i.id.as_str()).collect();
+        let rows = self.db().images().unwrap_or_default();
+        let available_images: Vec<ImageRef> = rows
+            .iter()
+            .filter(|r| {
+                r.docker_image_id
+                    .as_deref()
+                    .is_some_and(|id| engine_ids.contains(id))
+            })
+            .map(|r| ImageRef {
+                name: r.name.clone(),
+                app_id: r.app_id,
+                app_uuid: r.app_uuid.clone(),
+                service_id: r.service_id,
+                service_name: r.service_name.clone(),
+                image_id: r.image_id,
+                release_id: r.release_id,
+                commit: r.commit.clone(),
+                docker_image_id: r.docker_image_id.clone(),
+            })
+            .collect();
+        let recorded: BTreeSet<&str> = rows
+            .iter()
+            .filter_map(|r| r.docker_image_id.as_deref())
+            .collect();
+        let dangling_images = snapshot
+            .images
+            .iter()
+            .any(|i| i.references.is_empty() && !recorded.contains(i.id.as_str()));
+        let leftover_locks: BTreeSet<i64> = self
+            .locks
+            .leftover_apps()
+            .into_iter()
+            .filter(|a| !self.locks_held.contains(a))
+            .collect();
+        let local = self.settings.config_json.unmanaged()
+            || target
+                .config
+                .get("SUPERVISOR_LOCAL_MODE")
+                .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "on"));
+        let lock_override = ["SUPERVISOR_OVERRIDE_LOCK", "OVERRIDE_LOCK"]
+            .iter()
+            .any(|k| {
+                target
+                    .config
+                    .get(*k)
+                    .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "on"))
+            });
+        let extra_firmware_ready = self.engine.inspect_volume(EXTRA_FIRMWARE_VOLUME).is_ok()
+            && self
+                .settings
+                .config_json
+                .snapshot()
+                .get("os")
+                .and_then(|o| o.pointer("/kernel/extraFirmwareVol"))
+                .and_then(|v| v.as_str())
+                == Some(EXTRA_FIRMWARE_VOLUME);
+        let breadcrumb = self
+            .settings
+            .paths
+            .root_mountpoint
+            .join("tmp/balena-supervisor/reboot-after-apply");
+        let reboot_breadcrumb = std::fs::metadata(&breadcrumb)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .is_some_and(|t| t.as_secs() as i64 > self.boot_time);
+        Context {
+            available_images,
+            engine_images: snapshot.images.clone(),
+            downloading: BTreeSet::new(),
+            locks_held: self.locks_held.clone(),
+            leftover_locks,
+            force: force || lock_override,
+            keep_images: local,
+            keep_volumes: local,
+            delta: false,
+            supervisor_network_ready: self
+                .engine
+                .inspect_network(crate::compose::service::SUPERVISOR_NETWORK)
+                .is_ok_and(|n| supervisor_network_ok(&n)),
+            extra_firmware_ready,
+            dangling_images: !local && dangling_images,
+            reboot_breadcrumb,
+            boot_time: self.boot_time,
+        }
+    }
+
+    /// Refreshes the status with what the engine shows now.
+    fn publish(&self, snapshot: &EngineSnapshot, current: &[crate::planner::CurrentApp]) {
+        let downloads = self
+            .progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let containers = current
+            .iter()
+            .flat_map(|a| &a.services)
+            .map(|s| ContainerStatus {
+                app_id: s.app_id,
+                service_name: s.service_name.clone(),
+                image_id: s.image_id,
+                service_id: s.service_id,
+                container_id: s.container_id.clone().unwrap_or_default(),
+                status: match &s.status {
+                    crate::compose::Status::Other(o) => o.clone(),
+                    other => format!("{other:?}"),
+                },
+                created_at: s.created_at.clone().unwrap_or_default(),
+            })
+            .collect();
+        let engine_ids: BTreeSet<&str> = snapshot.images.iter().map(|i| i.id.as_str()).collect();
+        let images = self
+            .db()
+            .images()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| ImageStatus {
+                status: if r
+                    .docker_image_id
+                    .as_deref()
+                    .is_some_and(|i| engine_ids.contains(i))
+                {
+                    "Downloaded".into()
+                } else {
+                    "Downloading".into()
+                },
+                download_progress: downloads.get(&r.name).copied(),
+                name: r.name,
+                app_id: r.app_id,
+                service_name: r.service_name,
+                image_id: r.image_id,
+                docker_image_id: r.docker_image_id,
+            })
+            .collect();
+        let releases = current
+            .iter()
+            .filter_map(|a| Some((a.app_id, a.commit.clone()?)))
+            .collect();
+        self.set_status(|s| {
+            s.downloads = downloads;
+            s.containers = containers;
+            s.images = images;
+            s.releases = releases;
+        });
+    }
+}

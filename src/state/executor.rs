@@ -1,0 +1,506 @@
+//! The executor: carries out the planner's steps on the engine, the database and the lock
+//! files. Every step is idempotent, so a restart at any instant converges.
+
+use crate::compose::labels::{self, REQUIRES_REBOOT};
+use crate::compose::service::{SUPERVISOR_GATEWAY, SUPERVISOR_NETWORK};
+use crate::compose::{Service, Volume};
+use crate::config::ConfigJson;
+use crate::db::{Db, ImageRow};
+use crate::engine::types::{Ipam, IpamConfig, NetworkCreate, VolumeCreate};
+use crate::engine::{Engine, EngineError};
+use crate::locks::{LockError, Locks};
+use crate::planner::{ImageRef, Step};
+use log::{info, warn};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+pub const EXTRA_FIRMWARE_VOLUME: &str = "extra-firmware";
+pub const SUPERVISOR_SUBNET: &str = "10.114.104.0/25";
+
+/// Why a step failed.
+#[derive(Debug)]
+pub struct StepError {
+    pub step: String,
+    pub message: String,
+    /// The app holds its update lock (not an error of ours; retried with backoff).
+    pub locked: bool,
+}
+
+impl std::fmt::Display for StepError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.step, self.message)
+    }
+}
+
+/// Everything a step may touch.
+pub struct Executor<'a> {
+    pub engine: &'a Engine,
+    pub db: &'a Mutex<Db>,
+    pub locks: &'a Locks,
+    pub config_json: &'a ConfigJson,
+    /// Host root as tinyvisor sees it (breadcrumbs, handover files).
+    pub root: PathBuf,
+    pub device_name: String,
+    /// Engine ids of the current containers by service name, per app (for `service:` modes).
+    pub container_ids: BTreeMap<i64, BTreeMap<String, String>>,
+    /// Download progress per image name, 0–100, for the status.
+    pub progress: &'a Mutex<BTreeMap<String, u8>>,
+    /// Boot time, Unix seconds: containers created later wait for a reboot when asked to.
+    pub boot_time: i64,
+}
+
+fn ignore_not_found(r: crate::engine::Result<()>) -> crate::engine::Result<()> {
+    match r {
+        Err(e) if e.is_not_found() => Ok(()),
+        other => other,
+    }
+}
+
+impl Executor<'_> {
+    fn db(&self) -> std::sync::MutexGuard<'_, Db> {
+        self.db.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs one step; the error names the step.
+    pub fn execute(&self, step: &Step) -> Result<(), StepError> {
+        let fail = |message: String, locked: bool| StepError {
+            step: step.to_string(),
+            message,
+            locked,
+        };
+        let engine_err = |e: EngineError| fail(e.to_string(), false);
+        match step {
+            Step::Noop => Ok(()),
+            Step::Fetch { image, .. } => self.fetch(image).map_err(|m| fail(m, false)),
+            Step::SaveImage { image } => self
+                .record_image(image, image.docker_image_id.clone())
+                .map_err(|m| fail(m, false)),
+            Step::RemoveImage { image } => {
+                match self.engine.remove_image(&image.name, false) {
+                    Ok(_) => {}
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => return Err(engine_err(e)),
+                }
+                self.db()
+                    .delete_image(&image_row(image, image.docker_image_id.clone()))
+                    .map_err(|e| fail(e.to_string(), false))?;
+                info!("Deleted image {}", image.name);
+                Ok(())
+            }
+            Step::Cleanup => {
+                self.cleanup_images();
+                Ok(())
+            }
+            Step::Kill { current, reason } => {
+                let id = current.container_id.clone().unwrap_or_default();
+                info!(
+                    "Killing service '{}' ({})",
+                    current.service_name,
+                    reason.join(", ")
+                );
+                let grace = u32::try_from(current.config.stop_grace_period).unwrap_or(10);
+                ignore_not_found(self.engine.stop_container(&id, grace)).map_err(engine_err)?;
+                ignore_not_found(self.engine.remove_container(&id, false, true))
+                    .map_err(engine_err)?;
+                info!("Killed service '{}'", current.service_name);
+                Ok(())
+            }
+            Step::Stop { current } => {
+                let id = current.container_id.clone().unwrap_or_default();
+                let grace = u32::try_from(current.config.stop_grace_period).unwrap_or(10);
+                ignore_not_found(self.engine.stop_container(&id, grace)).map_err(engine_err)?;
+                info!("Stopped service '{}'", current.service_name);
+                Ok(())
+            }
+            Step::Remove { current } => {
+                let id = current.container_id.clone().unwrap_or_default();
+                ignore_not_found(self.engine.remove_container(&id, true, true)).map_err(engine_err)
+            }
+            Step::Start { target } => self.start(target).map_err(|m| fail(m, false)),
+            Step::UpdateMetadata { current, target } => {
+                let id = current.container_id.clone().unwrap_or_default();
+                match self.engine.rename_container(&id, &target.container_name()) {
+                    Err(e) if e.is_not_found() => Ok(()),
+                    other => other.map_err(engine_err),
+                }
+            }
+            Step::UpdateCommit { app_id, commit } => self
+                .db()
+                .set_current_commit(*app_id, commit)
+                .map(drop)
+                .map_err(|e| fail(e.to_string(), false)),
+            Step::Handover {
+                current,
+                target,
+                timeout_ms,
+            } => self
+                .handover(current, target, *timeout_ms)
+                .map_err(|m| fail(m, false)),
+            Step::CreateNetwork { target } => match self.engine.create_network(&target.to_create())
+            {
+                Ok(_) => Ok(()),
+                Err(e) if e.is_conflict() => Ok(()),
+                Err(e) => Err(engine_err(e)),
+            },
+            Step::RemoveNetwork { current } => {
+                // Both the uuid and the legacy id form of the name (engine.md (b)).
+                for name in [
+                    format!("{}_{}", current.app_uuid, current.name),
+                    format!("{}_{}", current.app_id, current.name),
+                ] {
+                    ignore_not_found(self.engine.remove_network(&name)).map_err(engine_err)?;
+                }
+                Ok(())
+            }
+            Step::CreateVolume { target } => self.create_volume(target).map_err(|m| fail(m, false)),
+            Step::RemoveVolume { current } => {
+                if let Err(e) =
+                    ignore_not_found(self.engine.remove_volume(&current.engine_name(), false))
+                {
+                    warn!("Failed to remove volume {}: {e}", current.engine_name());
+                }
+                Ok(())
+            }
+            Step::EnsureSupervisorNetwork => self.ensure_supervisor_network().map_err(engine_err),
+            Step::EnsureExtraFirmwareVolume => {
+                self.ensure_extra_firmware().map_err(|m| fail(m, false))
+            }
+            Step::TakeLock {
+                app_id,
+                services,
+                force,
+            } => self
+                .locks
+                .take(*app_id, services, *force)
+                .map_err(|e| match e {
+                    LockError::Held { .. } => fail(e.to_string(), true),
+                    other => fail(other.to_string(), false),
+                }),
+            Step::ReleaseLock { app_id } => self
+                .locks
+                .release(*app_id)
+                .map_err(|e| fail(e.to_string(), false)),
+            Step::RequireReboot { service_name } => {
+                let p = self.root.join("tmp/balena-supervisor/reboot-after-apply");
+                if let Some(d) = p.parent() {
+                    let _ = std::fs::create_dir_all(d);
+                }
+                std::fs::write(&p, b"").map_err(|e| fail(e.to_string(), false))?;
+                info!("Reboot has been scheduled to apply changes: {{\"serviceName\":\"{service_name}\"}}");
+                Ok(())
+            }
+        }
+    }
+
+    fn record_image(&self, image: &ImageRef, docker_id: Option<String>) -> Result<(), String> {
+        self.db()
+            .upsert_image(&image_row(image, docker_id))
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Finds the image on the engine, or pulls it with progress, then records it.
+    fn fetch(&self, image: &ImageRef) -> Result<(), String> {
+        if let Ok(found) = self.engine.inspect_image(&image.name) {
+            return self.record_image(image, Some(found.id));
+        }
+        info!("Downloading image '{}'", image.name);
+        let set = |p: u8| {
+            self.progress
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(image.name.clone(), p);
+        };
+        set(0);
+        let mut layers: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        let result = self
+            .engine
+            .pull_image(&image.name, None)
+            .and_then(|stream| {
+                stream.wait(|p| {
+                    if let (Some(id), Some(d)) = (&p.id, &p.progress_detail) {
+                        if let (Some(cur), Some(total)) = (d.current, d.total) {
+                            if p.status == "Downloading" {
+                                layers.insert(id.clone(), (cur, total));
+                            }
+                        }
+                    }
+                    let (cur, total) = layers.values().fold((0, 0), |a, (c, t)| (a.0 + c, a.1 + t));
+                    if let Some(pct) = (cur * 100).checked_div(total) {
+                        set(pct.min(99) as u8);
+                    }
+                })
+            });
+        self.progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&image.name);
+        result.map_err(|e| format!("Failed to download image '{}': {e}", image.name))?;
+        let found = self
+            .engine
+            .inspect_image(&image.name)
+            .map_err(|e| e.to_string())?;
+        info!("Downloaded image '{}'", image.name);
+        self.record_image(image, Some(found.id))
+    }
+
+    /// Creates the container if needed (reusing an equal one left by an interrupted start),
+    /// connects its other networks and starts it unless it should not run.
+    fn start(&self, target: &Service) -> Result<(), String> {
+        let name = target.container_name();
+        let ids = self
+            .container_ids
+            .get(&target.app_id)
+            .cloned()
+            .unwrap_or_default();
+        let (id, created_at) = match self.engine.inspect_container(&name) {
+            Ok(existing) => match Service::from_inspect(&existing) {
+                Some(s)
+                    if crate::compose::service::config_differences(
+                        &s.config,
+                        &target.config,
+                        &ids,
+                    )
+                    .is_empty() =>
+                {
+                    (
+                        existing.id,
+                        crate::planner::rfc3339_seconds(&existing.created).unwrap_or(0),
+                    )
+                }
+                _ => {
+                    // Same name, different config (a half-done earlier attempt): replace it.
+                    ignore_not_found(self.engine.remove_container(&existing.id, true, true))
+                        .map_err(|e| e.to_string())?;
+                    (self.create(target, &name, &ids)?, i64::MAX)
+                }
+            },
+            Err(e) if e.is_not_found() => (self.create(target, &name, &ids)?, i64::MAX),
+            Err(e) => return Err(e.to_string()),
+        };
+        if !target.config.running {
+            return Ok(());
+        }
+        if labels::truthy(target.label(REQUIRES_REBOOT)) && created_at >= self.boot_time {
+            info!(
+                "Skipping start of service {} until reboot",
+                target.service_name
+            );
+            return Ok(());
+        }
+        match self.engine.start_container(&id) {
+            Ok(()) => {
+                info!("Started service '{}'", target.service_name);
+                Ok(())
+            }
+            Err(e) if e.to_string().contains("exec format error") => Err(format!(
+                "Application architecture incompatible with {}: exec format error",
+                self.config_json.get_str("deviceType").unwrap_or_default()
+            )),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn create(
+        &self,
+        target: &Service,
+        name: &str,
+        ids: &BTreeMap<String, String>,
+    ) -> Result<String, String> {
+        if self.device_name.contains('\n') {
+            return Err("device name contains a newline".into());
+        }
+        info!("Installing service '{}'", target.service_name);
+        let body = target.create_body(&self.device_name, ids);
+        let id = self
+            .engine
+            .create_container(name, &body)
+            .map_err(|e| e.to_string())?
+            .id;
+        for (net, endpoint) in target.extra_networks() {
+            match self.engine.connect_network(&net, &id, &endpoint) {
+                Ok(()) => {}
+                Err(e) if e.status() == Some(403) || e.is_conflict() => {}
+                Err(e) => return Err(format!("cannot connect {name} to {net}: {e}")),
+            }
+        }
+        info!("Installed service '{}'", target.service_name);
+        Ok(id)
+    }
+
+    fn handover(&self, current: &Service, target: &Service, timeout_ms: u64) -> Result<(), String> {
+        let old_id = current.container_id.clone().unwrap_or_default();
+        let old_name = format!("old_{}", current.container_name());
+        ignore_not_found(self.engine.update_container(
+            &old_id,
+            &json!({"RestartPolicy": {"Name": "no", "MaximumRetryCount": 0}}),
+        ))
+        .map_err(|e| e.to_string())?;
+        match self.engine.rename_container(&old_id, &old_name) {
+            Ok(()) => {}
+            Err(e) if e.is_not_found() || e.is_conflict() => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        self.start(target)?;
+        // Wait for the new container to say the old one may go (or the timeout).
+        let dir = self.root.join(format!(
+            "tmp/balena-supervisor/services/{}/{}",
+            current.app_id, current.service_name
+        ));
+        let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+        loop {
+            let marker = ["handover-complete", "resin-kill-me"]
+                .iter()
+                .map(|f| dir.join(f))
+                .find(|p| p.exists());
+            if let Some(p) = marker {
+                let _ = std::fs::remove_file(p);
+                break;
+            }
+            if Instant::now() >= deadline {
+                info!(
+                    "Handover timeout has passed, assuming handover was completed for service {}",
+                    current.service_name
+                );
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let grace = u32::try_from(current.config.stop_grace_period).unwrap_or(10);
+        ignore_not_found(self.engine.stop_container(&old_id, grace)).map_err(|e| e.to_string())?;
+        ignore_not_found(self.engine.remove_container(&old_id, false, true))
+            .map_err(|e| e.to_string())
+    }
+
+    fn create_volume(&self, target: &Volume) -> Result<(), String> {
+        match self.engine.inspect_volume(&target.engine_name()) {
+            Ok(existing) => match Volume::from_engine(&existing) {
+                Some(v) if v.is_equal_config(target) => Ok(()),
+                _ => Err(format!(
+                    "volume {} exists with a different configuration",
+                    target.engine_name()
+                )),
+            },
+            Err(e) if e.is_not_found() => self
+                .engine
+                .create_volume(&target.to_create())
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn ensure_supervisor_network(&self) -> crate::engine::Result<()> {
+        if let Ok(n) = self.engine.inspect_network(SUPERVISOR_NETWORK) {
+            if supervisor_network_ok(&n) {
+                return Ok(());
+            }
+            // Wrong configuration: remove it; the next iteration creates it again.
+            return self.engine.remove_network(SUPERVISOR_NETWORK);
+        }
+        let mut options = BTreeMap::new();
+        options.insert(
+            "com.docker.network.bridge.name".to_string(),
+            SUPERVISOR_NETWORK.to_string(),
+        );
+        self.engine
+            .create_network(&NetworkCreate {
+                name: SUPERVISOR_NETWORK.into(),
+                check_duplicate: true,
+                driver: "bridge".into(),
+                ipam: Ipam {
+                    driver: "default".into(),
+                    config: vec![IpamConfig {
+                        subnet: Some(SUPERVISOR_SUBNET.into()),
+                        gateway: Some(SUPERVISOR_GATEWAY.into()),
+                        ..Default::default()
+                    }],
+                    options: BTreeMap::new(),
+                },
+                options,
+                ..Default::default()
+            })
+            .map(drop)
+    }
+
+    fn ensure_extra_firmware(&self) -> Result<(), String> {
+        match self.engine.inspect_volume(EXTRA_FIRMWARE_VOLUME) {
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => {
+                self.engine
+                    .create_volume(&VolumeCreate {
+                        name: EXTRA_FIRMWARE_VOLUME.into(),
+                        ..Default::default()
+                    })
+                    .map_err(|e| e.to_string())?;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+        let mut os = self
+            .config_json
+            .snapshot()
+            .get("os")
+            .cloned()
+            .unwrap_or(json!({}));
+        if !os.is_object() {
+            os = json!({});
+        }
+        if !os["kernel"].is_object() {
+            os["kernel"] = json!({});
+        }
+        os["kernel"]["extraFirmwareVol"] = json!(EXTRA_FIRMWARE_VOLUME);
+        self.config_json
+            .update(&[("os", Some(os))])
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Removes untagged images nothing records; failures are only logged.
+    fn cleanup_images(&self) {
+        let recorded: Vec<String> = self
+            .db()
+            .images()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|i| i.docker_image_id)
+            .collect();
+        for img in self.engine.list_images().unwrap_or_default() {
+            let dangling = img.repo_tags.iter().all(|t| t == "<none>:<none>")
+                && img.repo_digests.iter().all(|d| d == "<none>@<none>");
+            if dangling && !recorded.contains(&img.id) {
+                if let Err(e) = self.engine.remove_image(&img.id, true) {
+                    warn!("Image cleanup error: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// `supervisor0` exists with the bridge name, subnet and gateway the real supervisor uses.
+pub fn supervisor_network_ok(n: &crate::engine::types::Network) -> bool {
+    n.options
+        .get("com.docker.network.bridge.name")
+        .map(String::as_str)
+        == Some(SUPERVISOR_NETWORK)
+        && n.ipam.config.iter().any(|c| {
+            c.subnet.as_deref() == Some(SUPERVISOR_SUBNET)
+                && c.gateway.as_deref() == Some(SUPERVISOR_GATEWAY)
+        })
+}
+
+pub fn image_row(i: &ImageRef, docker_image_id: Option<String>) -> ImageRow {
+    ImageRow {
+        name: i.name.clone(),
+        app_id: i.app_id,
+        app_uuid: i.app_uuid.clone(),
+        service_id: i.service_id,
+        service_name: i.service_name.clone(),
+        image_id: i.image_id,
+        release_id: i.release_id,
+        commit: i.commit.clone(),
+        docker_image_id,
+    }
+}
