@@ -226,7 +226,7 @@ impl Api {
             .map(|i| json!({"name": i.name, "appId": i.app_id, "serviceName": i.service_name, "imageId": i.image_id,
                             "dockerImageId": i.docker_image_id, "status": i.status, "downloadProgress": i.download_progress}))
             .collect();
-        let mut body = json!({"status": "success", "appState": if s.app_state.is_empty() { "applied" } else { s.app_state.as_str() },
+        let mut body = json!({"status": "success", "appState": if s.app_state.is_empty() { "applying" } else { s.app_state.as_str() },
             "overallDownloadProgress": overall, "containers": containers, "images": images});
         if let Some(release) = first_app.and_then(|a| s.releases.get(&a)) {
             body["release"] = json!(release);

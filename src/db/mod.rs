@@ -61,6 +61,7 @@ CREATE TABLE IF NOT EXISTS knex_migrations (
   id INTEGER PRIMARY KEY AUTOINCREMENT, name VARCHAR(255), batch INTEGER, migration_time DATETIME);
 CREATE TABLE IF NOT EXISTS knex_migrations_lock (\"index\" INTEGER PRIMARY KEY AUTOINCREMENT, is_locked INTEGER);
 CREATE TABLE IF NOT EXISTS tv_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tv_stopped (containerId TEXT PRIMARY KEY);
 ";
 
 /// A row of the `image` table.
@@ -439,6 +440,29 @@ impl Db {
             params![app_id, commit],
         )?;
         Ok(true)
+    }
+
+    // ---- containers stopped by us (running: false) ----
+
+    pub fn stopped_containers(&self) -> Result<std::collections::BTreeSet<String>> {
+        let mut stmt = self.conn.prepare("SELECT containerId FROM tv_stopped")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        rows.collect()
+    }
+
+    pub fn set_stopped(&self, container_id: &str, stopped: bool) -> Result<()> {
+        if stopped {
+            self.conn.execute(
+                "INSERT OR IGNORE INTO tv_stopped (containerId) VALUES (?1)",
+                params![container_id],
+            )?;
+        } else {
+            self.conn.execute(
+                "DELETE FROM tv_stopped WHERE containerId = ?1",
+                params![container_id],
+            )?;
+        }
+        Ok(())
     }
 
     /// Number of database pages written since open, for the "no writes while idle" checks.

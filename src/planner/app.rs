@@ -490,10 +490,15 @@ pub(super) fn update_steps(
             continue;
         };
         let equal = config_differences(&c.config, &t.config, &plan.container_ids).is_empty();
+        let stopped_by_us = c
+            .container_id
+            .as_ref()
+            .is_some_and(|id| ctx.stopped_by_us.contains(id));
         let should_start = t.config.running
             && !c.config.running
             && (matches!(c.status, Status::Installing | Status::Installed)
-                || userland_proxy_race(c, t))
+                || userland_proxy_race(c, t)
+                || stopped_by_us)
             && equal
             && c.commit == t.commit;
         let should_stop =

@@ -120,6 +120,10 @@ pub struct Context {
     pub reboot_breadcrumb: bool,
     /// Boot time, Unix seconds (containers created later were created since boot).
     pub boot_time: i64,
+    /// Containers tinyvisor itself stopped for `running: false`; they are started again when
+    /// the target wants them running (a container that exited on its own is left to its
+    /// restart policy, engine.md j.1).
+    pub stopped_by_us: BTreeSet<String>,
 }
 
 /// At most this many concurrent downloads when deltas are on (engine.md C.2.5).

@@ -144,6 +144,8 @@ impl StateEngine {
     }
 
     fn run(&mut self, rx: Receiver<Command>) {
+        // Nothing is known to be applied until the first iteration has looked.
+        self.set_status(|s| s.app_state = "applying".into());
         let mut target = match self.db().load_target(LOCAL_SOURCE) {
             Ok(t) => t,
             Err(e) => {
@@ -182,6 +184,8 @@ impl StateEngine {
                             target = Some(state.normalised());
                             force = f;
                             failures = 0;
+                            // Until an iteration has looked, the new target is not applied.
+                            self.set_status(|s| s.app_state = "applying".into());
                             let _ = reply.send(Ok(()));
                         }
                         Err(e) => {
@@ -419,7 +423,9 @@ impl StateEngine {
             .ok()
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .is_some_and(|t| t.as_secs() as i64 > self.boot_time);
+        let stopped_by_us = self.db().stopped_containers().unwrap_or_default();
         Context {
+            stopped_by_us,
             available_images,
             engine_images: snapshot.images.clone(),
             downloading: BTreeSet::new(),

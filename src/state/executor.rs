@@ -111,6 +111,10 @@ impl Executor<'_> {
             Step::Stop { current } => {
                 let id = current.container_id.clone().unwrap_or_default();
                 let grace = u32::try_from(current.config.stop_grace_period).unwrap_or(10);
+                // Recorded first: a crash after the stop must still know it was ours.
+                self.db()
+                    .set_stopped(&id, true)
+                    .map_err(|e| fail(e.to_string(), false))?;
                 ignore_not_found(self.engine.stop_container(&id, grace)).map_err(engine_err)?;
                 info!("Stopped service '{}'", current.service_name);
                 Ok(())
@@ -293,6 +297,7 @@ impl Executor<'_> {
         }
         match self.engine.start_container(&id) {
             Ok(()) => {
+                let _ = self.db().set_stopped(&id, false);
                 info!("Started service '{}'", target.service_name);
                 Ok(())
             }

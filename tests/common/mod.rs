@@ -94,3 +94,202 @@ impl Drop for Cleanup {
         }
     }
 }
+
+/// A tinyvisor daemon with its own scratch directories and port, killed on drop.
+pub struct Daemon {
+    pub dir: std::path::PathBuf,
+    pub port: u16,
+    pub child: Option<std::process::Child>,
+    pub log: std::path::PathBuf,
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Daemon {
+    pub fn new() -> Daemon {
+        let dir = std::env::temp_dir().join(unique("daemon"));
+        for d in ["boot", "root", "data"] {
+            std::fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        std::fs::write(dir.join("boot/config.json"), "{}").unwrap();
+        std::fs::write(
+            dir.join("boot/device-type.json"),
+            r#"{"slug":"generic-amd64","arch":"amd64"}"#,
+        )
+        .unwrap();
+        let log = dir.join("tinyvisor.log");
+        let mut d = Daemon {
+            dir,
+            port: free_port(),
+            child: None,
+            log,
+        };
+        d.start();
+        d
+    }
+
+    pub fn args(&self) -> Vec<String> {
+        let p = |s: &str| self.dir.join(s).display().to_string();
+        vec![
+            "--docker-socket".into(),
+            socket(),
+            "--boot-mountpoint".into(),
+            p("boot"),
+            // The engine binds host paths (lock directories): tinyvisor runs on this host, so
+            // the host root is "/".
+            "--root-mountpoint".into(),
+            "/".into(),
+            "--data-mountpoint".into(),
+            p("data"),
+            "--database-path".into(),
+            p("data/database.sqlite"),
+            "--listen-port".into(),
+            self.port.to_string(),
+        ]
+    }
+
+    pub fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_tinyvisor"))
+            .args(self.args())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if self.get("/ping").is_ok_and(|(s, _)| s == 200) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("daemon did not answer /ping: {}", self.log_text());
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        unsafe_kill_term(c.id());
+        c.wait().ok()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> std::io::Result<(u16, serde_json::Value)> {
+        use tinyvisor::engine::http;
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port))?;
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+        http::write_request(
+            &mut stream,
+            method,
+            path,
+            &[("Connection", "close".into())],
+            body.map(str::as_bytes),
+        )?;
+        let mut reader = std::io::BufReader::new(stream);
+        let head = http::read_head(&mut reader)?;
+        let framing = http::framing(&head, false)?;
+        let raw = http::Body::new(reader, framing).read_to_end_limited(1 << 22)?;
+        let v = serde_json::from_slice(&raw).unwrap_or(serde_json::Value::String(
+            String::from_utf8_lossy(&raw).into(),
+        ));
+        Ok((head.status, v))
+    }
+
+    pub fn get(&self, path: &str) -> std::io::Result<(u16, serde_json::Value)> {
+        self.request("GET", path, None)
+    }
+
+    pub fn post_target(&self, target: &serde_json::Value) -> (u16, serde_json::Value) {
+        self.request("POST", "/v2/local/target-state", Some(&target.to_string()))
+            .unwrap()
+    }
+
+    /// Waits until the daemon reports `applied` with `expect` containers running, all of
+    /// `commit` when given.
+    pub fn wait_applied(&self, expect: usize, timeout_s: u64) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout_s);
+        let mut last = serde_json::Value::Null;
+        while std::time::Instant::now() < deadline {
+            if let Ok((200, v)) = self.get("/v2/state/status") {
+                let n = v["containers"].as_array().map(|a| a.len()).unwrap_or(0);
+                let running = v["containers"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().all(|c| c["status"] == "Running"));
+                if v["appState"] == "applied" && n == expect && running {
+                    return v;
+                }
+                last = v;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!(
+            "not applied within {timeout_s} s; last status {last}\nlog:\n{}",
+            self.log_text()
+        );
+    }
+}
+
+fn unsafe_kill_term(pid: u32) {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Daemon tests own every supervised container on the engine: run them one at a time.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Removes everything supervised from the engine (between daemon tests).
+pub fn reset_engine(e: &tinyvisor::engine::Engine) {
+    for c in e
+        .list_containers(true, &["io.balena.supervised"])
+        .unwrap_or_default()
+    {
+        let _ = e.remove_container(&c.id, true, true);
+    }
+    for n in e
+        .list_networks(&["io.balena.supervised"])
+        .unwrap_or_default()
+    {
+        let _ = e.remove_network(&n.id);
+    }
+    // Lock files left by an earlier test's app (tests run tinyvisor with host root "/").
+    let _ = std::fs::remove_dir_all("/tmp/balena-supervisor/services/4242");
+}

@@ -1,0 +1,379 @@
+//! The daemon on the real engine: install, update, remove, locks, running:false, and
+//! kill -9 at random moments of an update. One test at a time (they own every supervised
+//! container).
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+fn service(id: u32, name: &str, env: &str, extra: Value) -> Value {
+    let mut s = json!({
+        "serviceName": name, "serviceId": id, "imageId": id, "image": BUSYBOX, "running": true,
+        "environment": {"VERSION": env}, "labels": {}, "init": true,
+        "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2; done"]
+    });
+    s.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    s
+}
+
+fn target(commit: &str, services: Vec<Value>) -> Value {
+    let services: serde_json::Map<String, Value> = services
+        .into_iter()
+        .map(|s| (s["serviceId"].to_string(), s))
+        .collect();
+    json!({"local": {"name": "test-device", "config": {}, "apps": {"4242": {
+        "name": "testapp", "commit": commit, "releaseId": 1, "services": services,
+        "volumes": {"data": {}}, "networks": {}}}}})
+}
+
+fn container_ids(status: &Value) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = status["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["serviceName"].as_str().unwrap().to_string(),
+                c["containerId"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn cleanup(d: &Daemon) {
+    // Forced: a test app may still hold its own update lock.
+    let (code, _) = d.post_target(
+        &json!({"local": {"name": "test-device", "config": {}, "apps": {}}, "force": true}),
+    );
+    assert_eq!(code, 200);
+    d.wait_applied(0, 60);
+    let e = engine();
+    reset_engine(&e);
+    let _ = e.remove_volume("4242_data", true);
+}
+
+#[test]
+fn install_update_and_remove_an_app() {
+    let _serial = serial();
+    let e = engine();
+    reset_engine(&e);
+    let d = Daemon::new();
+    let v1 = target(
+        "c1",
+        vec![
+            service(1, "web", "1", json!({})),
+            service(
+                2,
+                "worker",
+                "1",
+                json!({"volumes": ["data:/data"], "depends_on": ["web"]}),
+            ),
+        ],
+    );
+    let (code, body) = d.post_target(&v1);
+    assert_eq!(
+        (code, body["status"].as_str()),
+        (200, Some("success")),
+        "{body}"
+    );
+    let s1 = d.wait_applied(2, 60);
+    assert_eq!(s1["release"], "c1");
+    let ids1 = container_ids(&s1);
+    // Containers are named and labelled like the real supervisor's.
+    let web = e.inspect_container("web_1_1_c1").unwrap();
+    assert_eq!(web.config.labels["io.balena.app-id"], "4242");
+    assert_eq!(web.config.labels["io.balena.supervised"], "true");
+    // depends_on: the worker was created after the web service started.
+    let worker = e.inspect_container("worker_2_1_c1").unwrap();
+    assert!(
+        worker.created > web.state.started_at,
+        "worker {} before web start {}",
+        worker.created,
+        web.state.started_at
+    );
+
+    // Update: only web's environment changes; worker is renamed to the new release.
+    let v2 = target(
+        "c2",
+        vec![
+            service(1, "web", "2", json!({})),
+            service(
+                2,
+                "worker",
+                "1",
+                json!({"volumes": ["data:/data"], "depends_on": ["web"]}),
+            ),
+        ],
+    );
+    assert_eq!(d.post_target(&v2).0, 200);
+    let s2 = d.wait_applied(2, 60);
+    assert_eq!(s2["release"], "c2");
+    let ids2 = container_ids(&s2);
+    assert_ne!(ids1[0].1, ids2[0].1, "web recreated");
+    assert_eq!(ids1[1].1, ids2[1].1, "worker kept (renamed only)");
+    assert!(e.inspect_container("worker_2_1_c2").is_ok());
+    assert!(
+        d.log_text().contains("kill web_1_1_c1 (environment)"),
+        "{}",
+        d.log_text()
+    );
+
+    // The same target again changes nothing.
+    assert_eq!(d.post_target(&v2).0, 200);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(container_ids(&d.wait_applied(2, 10)), ids2);
+
+    // A target that fails validation is refused and the running one stays.
+    let bad = target(
+        "c3",
+        vec![service(1, "web", "3", json!({"ports": ["80", "80"]}))],
+    );
+    let (code, body) = d.post_target(&bad);
+    assert_eq!(code, 400);
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("duplicate host port"),
+        "{body}"
+    );
+    assert_eq!(container_ids(&d.wait_applied(2, 10)), ids2);
+
+    // Removal: containers go, the volume stays (local mode keeps volumes).
+    cleanup_keep_volume(&d);
+    assert!(e.inspect_volume("4242_data").is_ok());
+    let _ = e.remove_volume("4242_data", true);
+}
+
+fn cleanup_keep_volume(d: &Daemon) {
+    assert_eq!(
+        d.post_target(&json!({"local": {"name": "test-device", "config": {}, "apps": {}}}))
+            .0,
+        200
+    );
+    d.wait_applied(0, 60);
+}
+
+#[test]
+fn restart_adopts_the_running_app_without_changes() {
+    let _serial = serial();
+    let e = engine();
+    reset_engine(&e);
+    let mut d = Daemon::new();
+    let v1 = target(
+        "c1",
+        vec![
+            service(1, "main", "1", json!({})),
+            service(2, "side", "1", json!({})),
+        ],
+    );
+    assert_eq!(d.post_target(&v1).0, 200);
+    let before = container_ids(&d.wait_applied(2, 60));
+    let status = d.stop().unwrap();
+    assert!(status.success(), "SIGTERM exits cleanly: {status:?}");
+    // Containers keep running while tinyvisor is down.
+    assert!(e.inspect_container("main_1_1_c1").unwrap().state.running);
+    d.start();
+    let after = container_ids(&d.wait_applied(2, 30));
+    assert_eq!(before, after);
+    cleanup(&d);
+}
+
+#[test]
+fn running_false_stops_and_keeps_the_container() {
+    let _serial = serial();
+    let e = engine();
+    reset_engine(&e);
+    let d = Daemon::new();
+    assert_eq!(
+        d.post_target(&target("c1", vec![service(1, "main", "1", json!({}))]))
+            .0,
+        200
+    );
+    let ids = container_ids(&d.wait_applied(1, 60));
+    assert_eq!(
+        d.post_target(&target(
+            "c1",
+            vec![service(1, "main", "1", json!({"running": false}))]
+        ))
+        .0,
+        200
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let c = e.inspect_container(&ids[0].1).unwrap();
+        if !c.state.running {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not stopped: {}", d.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        d.post_target(&target("c1", vec![service(1, "main", "1", json!({}))]))
+            .0,
+        200
+    );
+    let again = container_ids(&d.wait_applied(1, 60));
+    assert_eq!(again, ids, "the same container is started again");
+    cleanup(&d);
+}
+
+#[test]
+fn an_app_lock_blocks_the_update_until_forced() {
+    let _serial = serial();
+    let e = engine();
+    reset_engine(&e);
+    let d = Daemon::new();
+    // The service takes its own update lock, as an app does with `lockfile`.
+    // Like `lockfile`: create the lock exclusively, retrying while tinyvisor holds it.
+    let locking = json!({"command": ["sh", "-c", "trap 'exit 0' TERM; until (set -C; : > /tmp/balena/updates.lock) 2>/dev/null; do sleep 0.2; done; while true; do sleep 0.2; done"]});
+    assert_eq!(
+        d.post_target(&target(
+            "c1",
+            vec![service(1, "main", "1", locking.clone())]
+        ))
+        .0,
+        200
+    );
+    let ids = container_ids(&d.wait_applied(1, 60));
+    let lockfile =
+        std::path::PathBuf::from("/tmp/balena-supervisor/services/4242/main/updates.lock");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !lockfile.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the service did not create its lock"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        d.post_target(&target(
+            "c2",
+            vec![service(1, "main", "2", locking.clone())]
+        ))
+        .0,
+        200
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let (_, status) = d.get("/v2/state/status").unwrap();
+    assert_eq!(status["appState"], "applying");
+    assert_eq!(
+        container_ids(&status),
+        ids,
+        "the locked service was not touched"
+    );
+    assert!(
+        d.log_text().contains("Updates are locked"),
+        "{}",
+        d.log_text()
+    );
+    assert!(d
+        .log_text()
+        .contains("Lockfile exists for { appId: 4242, service: main }"));
+
+    let mut forced = target("c2", vec![service(1, "main", "2", locking)]);
+    forced["force"] = json!(true);
+    assert_eq!(d.post_target(&forced).0, 200);
+    let after = container_ids(&d.wait_applied(1, 60));
+    assert_ne!(after, ids);
+    cleanup(&d);
+}
+
+/// A pseudo-random sequence, fixed per run so a failure can be replayed (TV_CHAOS_SEED).
+struct Rng(u64);
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+#[test]
+fn kill_9_at_random_moments_of_an_update_always_converges() {
+    let _serial = serial();
+    let e = engine();
+    reset_engine(&e);
+    let mut d = Daemon::new();
+    let trials: u64 = std::env::var("TV_CHAOS_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let seed = std::env::var("TV_CHAOS_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0x7e57_5eed);
+    let mut rng = Rng(seed);
+    let spec = |version: u64| {
+        target(
+            &format!("c{version}"),
+            vec![
+                service(
+                    1,
+                    "alpha",
+                    &version.to_string(),
+                    json!({"volumes": ["data:/data"]}),
+                ),
+                service(
+                    2,
+                    "beta",
+                    &version.to_string(),
+                    json!({"depends_on": ["alpha"]}),
+                ),
+                service(3, "gamma", &version.to_string(), json!({})),
+            ],
+        )
+    };
+    assert_eq!(d.post_target(&spec(0)).0, 200);
+    d.wait_applied(3, 60);
+    // Data in the volume must survive every crash.
+    let mountpoint = e.inspect_volume("4242_data").unwrap().mountpoint;
+    std::fs::write(
+        std::path::Path::new(&mountpoint).join("precious"),
+        b"keep me",
+    )
+    .unwrap();
+
+    for trial in 1..=trials {
+        assert_eq!(d.post_target(&spec(trial)).0, 200);
+        std::thread::sleep(Duration::from_millis(rng.below(1500)));
+        d.kill9();
+        d.start();
+        let status = d.wait_applied(3, 90);
+        assert_eq!(status["release"], format!("c{trial}"), "trial {trial}");
+        // Exactly one container per service, all of this release, with this release's env.
+        let supervised = e.list_containers(true, &["io.balena.supervised"]).unwrap();
+        assert_eq!(
+            supervised.len(),
+            3,
+            "trial {trial}: {:?}",
+            supervised.iter().map(|c| &c.names).collect::<Vec<_>>()
+        );
+        for c in &supervised {
+            let i = e.inspect_container(&c.id).unwrap();
+            assert!(
+                i.name.ends_with(&format!("_c{trial}")),
+                "trial {trial}: {}",
+                i.name
+            );
+            assert!(
+                i.config.env.contains(&format!("VERSION={trial}")),
+                "trial {trial}: {:?}",
+                i.config.env
+            );
+        }
+        assert_eq!(
+            std::fs::read(std::path::Path::new(&mountpoint).join("precious")).unwrap(),
+            b"keep me",
+            "trial {trial}"
+        );
+    }
+    cleanup(&d);
+}
