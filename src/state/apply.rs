@@ -146,6 +146,12 @@ impl StateEngine {
     fn run(&mut self, rx: Receiver<Command>) {
         // Nothing is known to be applied until the first iteration has looked.
         self.set_status(|s| s.app_state = "applying".into());
+        let never_set = self.db().config_get("targetStateSet").ok().flatten().as_deref() != Some("true");
+        if never_set {
+            let data = self.settings.paths.data_mountpoint.clone();
+            let mut db = self.db.lock().unwrap_or_else(|p| p.into_inner());
+            super::preload::preload(&data, &mut db, &self.engine, LOCAL_SOURCE);
+        }
         let mut target = match self.db().load_target(LOCAL_SOURCE) {
             Ok(t) => t,
             Err(e) => {

@@ -4,6 +4,7 @@
 pub mod apply;
 pub mod device;
 pub mod executor;
+pub mod preload;
 pub mod snapshot;
 pub mod target;
 
