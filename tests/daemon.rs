@@ -377,3 +377,67 @@ fn kill_9_at_random_moments_of_an_update_always_converges() {
     }
     cleanup(&d);
 }
+
+#[test]
+fn images_are_pulled_from_the_registry_and_a_missing_one_is_retried() {
+    let _serial = serial();
+    let e = engine();
+    reset_engine(&e);
+    let d = Daemon::new();
+    let image = format!("{}/tinyvisor/busybox:1", registry());
+    let _ = e.remove_image(&image, true);
+    let mut svc = service(1, "main", "1", json!({}));
+    svc["image"] = json!(image);
+    assert_eq!(d.post_target(&target("c1", vec![svc])).0, 200);
+    let status = d.wait_applied(1, 90);
+    let pulled = e.inspect_image(&image).expect("pulled through the engine");
+    assert_eq!(status["images"][0]["status"], "Downloaded");
+    assert_eq!(status["images"][0]["dockerImageId"], json!(pulled.id));
+    assert!(
+        d.log_text()
+            .contains(&format!("Downloading image '{image}'")),
+        "{}",
+        d.log_text()
+    );
+
+    // An image the registry does not have: the apply fails, retries with backoff, and the
+    // running release stays.
+    let missing = format!("{}/tinyvisor/{}:1", registry(), unique("absent"));
+    let mut bad = service(1, "main", "2", json!({}));
+    bad["image"] = json!(missing);
+    assert_eq!(d.post_target(&target("c2", vec![bad])).0, 200);
+    std::thread::sleep(Duration::from_secs(3));
+    let (_, s) = d.get("/v2/state/status").unwrap();
+    assert_eq!(s["appState"], "applying");
+    assert_eq!(s["release"], "c1");
+    let log = d.log_text();
+    assert!(
+        log.matches("Failed to download image").count() >= 2,
+        "retried: {log}"
+    );
+    cleanup(&d);
+    let _ = e.remove_image(&image, true);
+}
+
+#[test]
+fn a_preloaded_apps_json_is_applied_on_first_start() {
+    let _serial = serial();
+    let e = engine();
+    reset_engine(&e);
+    let mut d = Daemon::create();
+    let apps = json!({"config": {}, "apps": {"preload-uuid": {"id": 4242, "name": "preloaded", "class": "fleet", "releases": {"pre1": {"id": 3,
+        "services": {"main": {"id": 1, "image_id": 1, "image": BUSYBOX, "environment": {}, "labels": {},
+            "composition": {"init": true, "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2; done"]}}},
+        "volumes": {}, "networks": {}}}}}});
+    std::fs::write(d.dir.join("data/apps.json"), apps.to_string()).unwrap();
+    d.start();
+    let s = d.wait_applied(1, 60);
+    assert_eq!(s["release"], "pre1");
+    assert!(d.dir.join("data/apps.json.preloaded").exists());
+    assert_eq!(std::fs::read(d.dir.join("data/apps.json")).unwrap(), b"{}");
+    assert!(
+        !d.log_text().contains("Downloading image"),
+        "preloaded images are not pulled"
+    );
+    cleanup(&d);
+}

@@ -73,6 +73,9 @@ pub struct ImageStatus {
     pub download_progress: Option<u8>,
 }
 
+/// Iterations re-planned without a pause before the loop slows to one per second.
+const MAX_QUICK_ITERATIONS: u32 = 20;
+
 /// The source name of targets set in local mode.
 pub const LOCAL_SOURCE: &str = "local";
 
@@ -146,7 +149,13 @@ impl StateEngine {
     fn run(&mut self, rx: Receiver<Command>) {
         // Nothing is known to be applied until the first iteration has looked.
         self.set_status(|s| s.app_state = "applying".into());
-        let never_set = self.db().config_get("targetStateSet").ok().flatten().as_deref() != Some("true");
+        let never_set = self
+            .db()
+            .config_get("targetStateSet")
+            .ok()
+            .flatten()
+            .as_deref()
+            != Some("true");
         if never_set {
             let data = self.settings.paths.data_mountpoint.clone();
             let mut db = self.db.lock().unwrap_or_else(|p| p.into_inner());
@@ -161,6 +170,8 @@ impl StateEngine {
         };
         let mut force = false;
         let mut failures: u32 = 0;
+        // Iterations with steps since the last convergence.
+        let mut streak: u32 = 0;
         // None: converged (or no target): wait for a command, re-checking now and then.
         let mut delay: Option<Duration> = Some(Duration::ZERO);
         let idle_recheck = Duration::from_millis(self.settings.config_json.poll_interval_ms());
@@ -190,6 +201,7 @@ impl StateEngine {
                             target = Some(state.normalised());
                             force = f;
                             failures = 0;
+                            streak = 0;
                             // Until an iteration has looked, the new target is not applied.
                             self.set_status(|s| s.app_state = "applying".into());
                             let _ = reply.send(Ok(()));
@@ -210,6 +222,7 @@ impl StateEngine {
             let started = Instant::now();
             match self.iterate(t, force) {
                 Ok(Outcome::Converged) => {
+                    streak = 0;
                     if delay.is_some() {
                         info!("Device state applied");
                     }
@@ -224,10 +237,16 @@ impl StateEngine {
                 }
                 Ok(Outcome::Progress { all_noop }) => {
                     self.set_status(|s| s.app_state = "applying".into());
-                    delay = Some(if all_noop {
-                        Duration::from_secs(1)
+                    // Steps are awaited, so real progress is re-planned at once; noops wait
+                    // for something outside (a download, a container stopping). A target
+                    // that keeps producing steps without converging is slowed down rather
+                    // than spun on.
+                    streak += 1;
+                    let quick = !all_noop && streak <= MAX_QUICK_ITERATIONS;
+                    delay = Some(if quick {
+                        Duration::ZERO
                     } else {
-                        Duration::from_millis(200)
+                        Duration::from_secs(1)
                     });
                 }
                 Err(e) => {

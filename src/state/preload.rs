@@ -38,7 +38,8 @@ pub fn preload(data_dir: &Path, db: &mut Db, engine: &Engine, source: &str) -> b
 
 fn try_preload(path: &Path, db: &mut Db, engine: &Engine, source: &str) -> Result<bool, String> {
     let raw = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let doc: Value = serde_json::from_slice(&raw).map_err(|e| format!("{}: invalid JSON: {e}", path.display()))?;
+    let doc: Value = serde_json::from_slice(&raw)
+        .map_err(|e| format!("{}: invalid JSON: {e}", path.display()))?;
     if doc.is_array() {
         return Err("legacy (v1) apps.json is not supported".into());
     }
@@ -48,13 +49,20 @@ fn try_preload(path: &Path, db: &mut Db, engine: &Engine, source: &str) -> Resul
     if empty(&apps) && empty(&config) {
         return Ok(false);
     }
-    if apps.as_object().is_some_and(|m| m.keys().all(|k| k.bytes().all(|b| b.is_ascii_digit()))) && !empty(&apps) {
+    if apps
+        .as_object()
+        .is_some_and(|m| m.keys().all(|k| k.bytes().all(|b| b.is_ascii_digit())))
+        && !empty(&apps)
+    {
         return Err("Cannot migrate from v2 apps.json without Internet connectivity".into());
     }
-    let state = parse_device_target(&json!({"name": "", "config": config, "apps": apps})).map_err(|e| e.to_string())?;
+    let state = parse_device_target(&json!({"name": "", "config": config, "apps": apps}))
+        .map_err(|e| e.to_string())?;
     for (uuid, app) in &state.apps {
         if app.release.is_none() {
-            return Err(format!("apps.{uuid}: a preloaded app needs exactly one release"));
+            return Err(format!(
+                "apps.{uuid}: a preloaded app needs exactly one release"
+            ));
         }
     }
     // The images were loaded into the engine with the OS image: record them as present.
@@ -77,19 +85,29 @@ fn try_preload(path: &Path, db: &mut Db, engine: &Engine, source: &str) -> Resul
         }
     }
     if doc.get("pinDevice").and_then(Value::as_bool) == Some(true) {
-        if let Some(app) = state.apps.values().find(|a| a.class == crate::compose::target::AppClass::Fleet) {
-            let pin = json!({"app": app.id, "commit": app.release.as_ref().map(|r| r.commit.clone())});
-            db.config_set("pinDevice", Some(&pin.to_string())).map_err(|e| e.to_string())?;
+        if let Some(app) = state
+            .apps
+            .values()
+            .find(|a| a.class == crate::compose::target::AppClass::Fleet)
+        {
+            let pin =
+                json!({"app": app.id, "commit": app.release.as_ref().map(|r| r.commit.clone())});
+            db.config_set("pinDevice", Some(&pin.to_string()))
+                .map_err(|e| e.to_string())?;
         }
     }
     db.save_target(&state, source).map_err(|e| e.to_string())?;
     // Used once: renamed, and an empty file left so the OS does not provide it again.
     let preloaded = path.with_file_name("apps.json.preloaded");
     if !preloaded.exists() {
-        std::fs::rename(path, &preloaded).map_err(|e| format!("cannot rename {}: {e}", path.display()))?;
+        std::fs::rename(path, &preloaded)
+            .map_err(|e| format!("cannot rename {}: {e}", path.display()))?;
         write_atomic(path, b"{}").map_err(|e| e.to_string())?;
     }
-    info!("Preloading applications from apps.json: {} app(s)", state.apps.len());
+    info!(
+        "Preloading applications from apps.json: {} app(s)",
+        state.apps.len()
+    );
     Ok(true)
 }
 
@@ -118,7 +136,10 @@ mod tests {
         assert_eq!(t.config["SUPERVISOR_POLL_INTERVAL"], "600000");
         let images = db.images().unwrap();
         assert_eq!(images[0].name, "registry/main:latest");
-        assert_eq!(db.config_get("pinDevice").unwrap().unwrap(), r#"{"app":1234,"commit":"f00d"}"#);
+        assert_eq!(
+            db.config_get("pinDevice").unwrap().unwrap(),
+            r#"{"app":1234,"commit":"f00d"}"#
+        );
         assert!(dir.path().join("apps.json.preloaded").exists());
         assert_eq!(std::fs::read(dir.path().join("apps.json")).unwrap(), b"{}");
         // The emptied file preloads nothing the next time.
@@ -137,7 +158,10 @@ mod tests {
             let dir = TempDir::new("preload");
             std::fs::write(dir.path().join("apps.json"), &content).unwrap();
             let mut db = Db::open_in_memory().unwrap();
-            assert!(!preload(dir.path(), &mut db, &engine(), "local"), "{content}");
+            assert!(
+                !preload(dir.path(), &mut db, &engine(), "local"),
+                "{content}"
+            );
             assert!(db.load_target("local").unwrap().is_none());
             assert!(dir.path().join("apps.json").exists(), "left in place");
         }
@@ -149,7 +173,10 @@ mod tests {
     #[test]
     fn image_names_get_a_tag() {
         assert_eq!(normalise_image_name("busybox"), "busybox:latest");
-        assert_eq!(normalise_image_name("127.0.0.1:5000/a/b"), "127.0.0.1:5000/a/b:latest");
+        assert_eq!(
+            normalise_image_name("127.0.0.1:5000/a/b"),
+            "127.0.0.1:5000/a/b:latest"
+        );
         assert_eq!(normalise_image_name("a/b:1"), "a/b:1");
         assert_eq!(normalise_image_name("r/x@sha256:abc"), "r/x@sha256:abc");
     }

@@ -114,6 +114,13 @@ pub fn free_port() -> u16 {
 
 impl Daemon {
     pub fn new() -> Daemon {
+        let mut d = Daemon::create();
+        d.start();
+        d
+    }
+
+    /// Scratch directories and config, not started yet.
+    pub fn create() -> Daemon {
         let dir = std::env::temp_dir().join(unique("daemon"));
         for d in ["boot", "root", "data"] {
             std::fs::create_dir_all(dir.join(d)).unwrap();
@@ -125,14 +132,12 @@ impl Daemon {
         )
         .unwrap();
         let log = dir.join("tinyvisor.log");
-        let mut d = Daemon {
+        Daemon {
             dir,
             port: free_port(),
             child: None,
             log,
-        };
-        d.start();
-        d
+        }
     }
 
     pub fn args(&self) -> Vec<String> {
