@@ -441,3 +441,59 @@ fn a_preloaded_apps_json_is_applied_on_first_start() {
     );
     cleanup(&d);
 }
+
+/// Stops the engine and starts it again with the project's own script.
+fn restart_dockerd() {
+    let sh = |cmd: &str| {
+        std::process::Command::new("sh")
+            .args(["-c", cmd])
+            .status()
+            .unwrap()
+    };
+    sh("kill $(pidof dockerd) 2>/dev/null; true");
+    // Wait for the process itself to end (it holds its pid file until then).
+    assert!(
+        sh("for i in $(seq 1 300); do pidof dockerd >/dev/null || exit 0; sleep 0.1; done; exit 1")
+            .success(),
+        "dockerd did not stop"
+    );
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/setup-engine");
+    assert!(
+        sh(&format!("bash {script} >/dev/null")).success(),
+        "engine did not come back"
+    );
+}
+
+#[test]
+fn an_engine_restart_in_the_middle_of_an_update_converges() {
+    let _serial = serial();
+    let e = engine();
+    reset_engine(&e);
+    let d = Daemon::new();
+    let spec = |v: &str| {
+        target(
+            &format!("c{v}"),
+            vec![
+                service(1, "one", v, json!({})),
+                service(2, "two", v, json!({})),
+            ],
+        )
+    };
+    assert_eq!(d.post_target(&spec("1")).0, 200);
+    d.wait_applied(2, 60);
+    assert_eq!(d.post_target(&spec("2")).0, 200);
+    std::thread::sleep(Duration::from_millis(300));
+    restart_dockerd();
+    let s = d.wait_applied(2, 120);
+    assert_eq!(s["release"], "c2");
+    let e = engine();
+    let names: Vec<String> = e
+        .list_containers(true, &["io.balena.supervised"])
+        .unwrap()
+        .into_iter()
+        .flat_map(|c| c.names)
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names.iter().all(|n| n.ends_with("_c2")), "{names:?}");
+    cleanup(&d);
+}
