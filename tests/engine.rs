@@ -600,3 +600,71 @@ fn request_bytes_are_well_formed() {
     assert!(req.contains("\r\nContent-Length: 40\r\n\r\n"), "{req}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A layer that fails verification: the engine answers 200 and reports the error inside the
+/// pull stream; the client must turn it into an error.
+#[test]
+fn corrupt_layer_fails_the_pull() {
+    let e = engine();
+    let repo = format!("tinyvisor/{}", unique("corrupt"));
+    let reference = format!("{}/{repo}:1", registry());
+    let dir = std::env::temp_dir().join(unique("layer"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let noise: Vec<u8> = (0..20_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(dir.join("blob.bin"), noise).unwrap();
+    let docker = if std::path::Path::new("/usr/bin/docker").exists() {
+        "/usr/bin/docker"
+    } else {
+        "docker"
+    };
+    let sh = |cmd: String| {
+        let out = std::process::Command::new("sh")
+            .args(["-c", &cmd])
+            .env("DOCKER_HOST", format!("unix://{}", socket()))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    sh(format!("cd {} && tar cf layer.tar blob.bin && {docker} import layer.tar {reference} >/dev/null && {docker} push {reference} >/dev/null", dir.display()));
+    e.remove_image(&reference, true).unwrap();
+    // Flip a byte in the middle of the stored layer, keeping its size.
+    let manifest = sh(format!(
+        "curl -fs -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' http://{}/v2/{repo}/manifests/1",
+        registry()
+    ));
+    let manifest: serde_json::Value = serde_json::from_str(&manifest).unwrap();
+    let digest = manifest["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
+    let store = std::env::var("TV_LOG_DIR").unwrap_or_else(|_| "/tmp/tinyvisor-ci".into());
+    let blob = format!(
+        "{store}/registry/docker/registry/v2/blobs/sha256/{}/{digest}/data",
+        &digest[..2]
+    );
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&blob, bytes).unwrap();
+
+    let err = e
+        .pull_image(&reference, None)
+        .and_then(|s| s.wait(|_| {}))
+        .unwrap_err();
+    match err {
+        EngineError::Stream { message } => {
+            assert!(message.contains("verification failed"), "{message}")
+        }
+        other => panic!("expected an in-band pull error, got {other:?}"),
+    }
+    assert!(e.inspect_image(&reference).unwrap_err().is_not_found());
+    let _ = std::fs::remove_dir_all(dir);
+}

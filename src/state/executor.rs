@@ -251,6 +251,23 @@ impl Executor<'_> {
         self.record_image(image, Some(found.id))
     }
 
+    /// Credentials for images on a registry host (engine.md (i)): `d_<uuid>` and the API key
+    /// (the provisioning key while it is still there). Unmanaged devices pull anonymously.
+    fn registry_auth(&self, image: &str) -> Option<String> {
+        let server = registry_host(image)?;
+        let cfg = self.config_json;
+        let key = cfg
+            .get_str("apiKey")
+            .or_else(|| cfg.get_str("deviceApiKey"))
+            .filter(|k| !k.is_empty())?;
+        let uuid = cfg.get_str("uuid")?;
+        Some(crate::engine::registry_auth(
+            &format!("d_{uuid}"),
+            &key,
+            server,
+        ))
+    }
+
     /// Creates the container if needed (reusing an equal one left by an interrupted start),
     /// connects its other networks and starts it unless it should not run.
     fn start(&self, target: &Service) -> Result<(), String> {
@@ -484,6 +501,14 @@ impl Executor<'_> {
     }
 }
 
+/// The registry part of an image reference: a first path component with a dot or a colon,
+/// or `localhost`.
+pub fn registry_host(image: &str) -> Option<&str> {
+    let (first, rest) = image.split_once('/')?;
+    (!rest.is_empty() && (first.contains('.') || first.contains(':') || first == "localhost"))
+        .then_some(first)
+}
+
 /// `supervisor0` exists with the bridge name, subnet and gateway the real supervisor uses.
 pub fn supervisor_network_ok(n: &crate::engine::types::Network) -> bool {
     n.options
@@ -507,5 +532,25 @@ pub fn image_row(i: &ImageRef, docker_image_id: Option<String>) -> ImageRow {
         release_id: i.release_id,
         commit: i.commit.clone(),
         docker_image_id,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::registry_host;
+
+    #[test]
+    fn i1_registry_part_of_image_names() {
+        assert_eq!(
+            registry_host("registry2.balena-cloud.com/v2/abc@sha256:1"),
+            Some("registry2.balena-cloud.com")
+        );
+        assert_eq!(
+            registry_host("127.0.0.1:5858/tinyvisor/busybox:1"),
+            Some("127.0.0.1:5858")
+        );
+        assert_eq!(registry_host("localhost/x"), Some("localhost"));
+        assert_eq!(registry_host("library/busybox"), None);
+        assert_eq!(registry_host("busybox:1"), None);
     }
 }
