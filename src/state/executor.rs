@@ -220,9 +220,10 @@ impl Executor<'_> {
         };
         set(0);
         let mut layers: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        let auth = self.registry_auth(&image.name);
         let result = self
             .engine
-            .pull_image(&image.name, None)
+            .pull_image(&image.name, auth.as_deref())
             .and_then(|stream| {
                 stream.wait(|p| {
                     if let (Some(id), Some(d)) = (&p.id, &p.progress_detail) {
