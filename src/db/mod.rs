@@ -64,19 +64,8 @@ CREATE TABLE IF NOT EXISTS tv_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tv_stopped (containerId TEXT PRIMARY KEY);
 ";
 
-/// A row of the `image` table.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImageRow {
-    pub name: String,
-    pub app_id: i64,
-    pub app_uuid: String,
-    pub service_id: i64,
-    pub service_name: String,
-    pub image_id: i64,
-    pub release_id: i64,
-    pub commit: String,
-    pub docker_image_id: Option<String>,
-}
+/// A row of the `image` table is the planner's image record.
+pub use crate::planner::ImageRef as ImageRow;
 
 pub struct Db {
     conn: Connection,

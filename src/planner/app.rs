@@ -379,6 +379,42 @@ impl<'a> AppPlan<'a> {
     }
 }
 
+/// Steps for one changing volume or network (engine.md C.3.6): a current component is removed
+/// once no container uses it (its users are killed first, unless they are changing anyway or
+/// already stopping); a new one is created.
+fn component_steps_for<T>(
+    change: &Change<'_, T>,
+    plan: &AppPlan<'_>,
+    changing: &BTreeSet<&str>,
+    used_by: impl Fn(&Service, &T) -> bool,
+    why: impl Fn(&T) -> String,
+    remove: impl Fn(&T) -> Step,
+    create: impl Fn(&T) -> Step,
+) -> Vec<Step> {
+    match (change.current, change.target) {
+        (Some(cur), _) => {
+            let users: Vec<&Service> = plan
+                .current
+                .services
+                .iter()
+                .filter(|s| used_by(s, cur))
+                .collect();
+            if users.is_empty() {
+                return vec![remove(cur)];
+            }
+            users
+                .into_iter()
+                .filter(|d| {
+                    d.status != Status::Stopping && !changing.contains(d.service_name.as_str())
+                })
+                .map(|d| plan.kill(d, vec![why(cur)]))
+                .collect()
+        }
+        (None, Some(t)) => vec![create(t)],
+        (None, None) => vec![],
+    }
+}
+
 /// Copies the legacy container's service id to the target so a preloaded legacy app is not
 /// restarted (engine.md C.3.1).
 fn migrate_legacy(current: &CurrentApp, target: &TargetApp) -> Option<Vec<Service>> {
@@ -546,58 +582,26 @@ pub(super) fn update_steps(
         .collect();
     let mut component_steps = Vec::new();
     for c in &plan.volume_changes {
-        match (c.current, c.target) {
-            (Some(cur), _) => {
-                let deps: Vec<&Service> = current
-                    .services
-                    .iter()
-                    .filter(|s| uses_volume(s, cur))
-                    .collect();
-                if deps.is_empty() {
-                    component_steps.push(Step::RemoveVolume {
-                        current: cur.clone(),
-                    });
-                } else {
-                    for d in deps {
-                        if d.status != Status::Stopping
-                            && !changing.contains(d.service_name.as_str())
-                        {
-                            component_steps
-                                .push(plan.kill(d, vec![format!("volume {} changes", cur.name)]));
-                        }
-                    }
-                }
-            }
-            (None, Some(t)) => component_steps.push(Step::CreateVolume { target: t.clone() }),
-            (None, None) => {}
-        }
+        component_steps.extend(component_steps_for(
+            c,
+            &plan,
+            &changing,
+            uses_volume,
+            |v| format!("volume {} changes", v.name),
+            |v| Step::RemoveVolume { current: v.clone() },
+            |v| Step::CreateVolume { target: v.clone() },
+        ));
     }
     for c in &plan.network_changes {
-        match (c.current, c.target) {
-            (Some(cur), _) => {
-                let deps: Vec<&Service> = current
-                    .services
-                    .iter()
-                    .filter(|s| uses_network(s, cur))
-                    .collect();
-                if deps.is_empty() {
-                    component_steps.push(Step::RemoveNetwork {
-                        current: cur.clone(),
-                    });
-                } else {
-                    for d in deps {
-                        if d.status != Status::Stopping
-                            && !changing.contains(d.service_name.as_str())
-                        {
-                            component_steps
-                                .push(plan.kill(d, vec![format!("network {} changes", cur.name)]));
-                        }
-                    }
-                }
-            }
-            (None, Some(t)) => component_steps.push(Step::CreateNetwork { target: t.clone() }),
-            (None, None) => {}
-        }
+        component_steps.extend(component_steps_for(
+            c,
+            &plan,
+            &changing,
+            uses_network,
+            |n| format!("network {} changes", n.name),
+            |n| Step::RemoveNetwork { current: n.clone() },
+            |n| Step::CreateNetwork { target: n.clone() },
+        ));
     }
     for step in component_steps {
         push(&mut steps, step, false);

@@ -5,7 +5,7 @@ use crate::compose::labels::{self, REQUIRES_REBOOT};
 use crate::compose::service::{SUPERVISOR_GATEWAY, SUPERVISOR_NETWORK};
 use crate::compose::{Service, Volume};
 use crate::config::ConfigJson;
-use crate::db::{Db, ImageRow};
+use crate::db::Db;
 use crate::engine::types::{Ipam, IpamConfig, NetworkCreate, VolumeCreate};
 use crate::engine::{Engine, EngineError};
 use crate::locks::{LockError, Locks};
@@ -85,7 +85,7 @@ impl Executor<'_> {
                     Err(e) => return Err(engine_err(e)),
                 }
                 self.db()
-                    .delete_image(&image_row(image, image.docker_image_id.clone()))
+                    .delete_image(image)
                     .map_err(|e| fail(e.to_string(), false))?;
                 info!("Deleted image {}", image.name);
                 Ok(())
@@ -201,7 +201,10 @@ impl Executor<'_> {
 
     fn record_image(&self, image: &ImageRef, docker_id: Option<String>) -> Result<(), String> {
         self.db()
-            .upsert_image(&image_row(image, docker_id))
+            .upsert_image(&ImageRef {
+                docker_image_id: docker_id,
+                ..image.clone()
+            })
             .map(drop)
             .map_err(|e| e.to_string())
     }
@@ -520,20 +523,6 @@ pub fn supervisor_network_ok(n: &crate::engine::types::Network) -> bool {
             c.subnet.as_deref() == Some(SUPERVISOR_SUBNET)
                 && c.gateway.as_deref() == Some(SUPERVISOR_GATEWAY)
         })
-}
-
-pub fn image_row(i: &ImageRef, docker_image_id: Option<String>) -> ImageRow {
-    ImageRow {
-        name: i.name.clone(),
-        app_id: i.app_id,
-        app_uuid: i.app_uuid.clone(),
-        service_id: i.service_id,
-        service_name: i.service_name.clone(),
-        image_id: i.image_id,
-        release_id: i.release_id,
-        commit: i.commit.clone(),
-        docker_image_id,
-    }
 }
 
 #[cfg(test)]
