@@ -95,6 +95,20 @@ fn tapp(commit: &str, services: Vec<Service>) -> TargetApp {
     }
 }
 
+/// The target of a second app, `uuid2` / id 2, with its default network.
+fn tapp2(commit: &str, services: Vec<Service>) -> TargetApp {
+    TargetApp {
+        app_id: 2,
+        app_uuid: "uuid2".into(),
+        name: "b".into(),
+        commit: Some(commit.into()),
+        services,
+        networks: vec![default_net("uuid2", 2)],
+        volumes: vec![],
+        rejected: false,
+    }
+}
+
 fn capp(commit: &str, services: Vec<Service>) -> CurrentApp {
     CurrentApp {
         app_id: APP,
@@ -784,16 +798,7 @@ fn j19_rejected_apps_get_no_steps() {
 fn j20_apps_are_planned_independently() {
     let a = svc("main", "img1", "c1");
     let b = target_svc_in("uuid2", 2, "other", "img2", "c9", json!({}), json!({}));
-    let t2 = TargetApp {
-        app_id: 2,
-        app_uuid: "uuid2".into(),
-        name: "b".into(),
-        commit: Some("c9".into()),
-        services: vec![b],
-        networks: vec![default_net("uuid2", 2)],
-        volumes: vec![],
-        rejected: false,
-    };
+    let t2 = tapp2("c9", vec![b]);
     let steps = plan_brief(&[], &[tapp("c1", vec![a]), t2], &ctx());
     assert_eq!(
         steps,
@@ -1240,12 +1245,9 @@ fn c12_images_used_by_another_app_are_kept() {
     rec.app_id = 2;
     let mut c = with_images(ctx(), &[&a]);
     c.available_images.push(rec);
-    let t2 = TargetApp {
-        app_id: 2,
-        app_uuid: "uuid2".into(),
-        name: "b".into(),
-        commit: Some("c9".into()),
-        services: vec![target_svc_in(
+    let t2 = tapp2(
+        "c9",
+        vec![target_svc_in(
             "uuid2",
             2,
             "other",
@@ -1254,10 +1256,7 @@ fn c12_images_used_by_another_app_are_kept() {
             json!({}),
             json!({}),
         )],
-        networks: vec![default_net("uuid2", 2)],
-        volumes: vec![],
-        rejected: false,
-    };
+    );
     let cur2 = CurrentApp {
         app_id: 2,
         app_uuid: "uuid2".into(),
@@ -1325,14 +1324,8 @@ fn j37_locks_of_another_app_are_not_released_by_this_one() {
         ..Default::default()
     };
     let t2 = TargetApp {
-        app_id: 2,
-        app_uuid: "uuid2".into(),
-        name: "b".into(),
-        commit: Some("c5".into()),
-        services: other.services.clone(),
         networks: vec![],
-        volumes: vec![],
-        rejected: false,
+        ..tapp2("c5", other.services.clone())
     };
     let mut c2 = c.clone();
     c2.available_images.push(avail(&other.services[0]));
