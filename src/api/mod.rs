@@ -1,9 +1,13 @@
-//! The Supervisor API on :48484 (tiny_http). This first cut serves what local mode needs:
-//! `/ping`, `/v2/version`, `/v2/local/device-info`, `/v2/local/target-state` (GET/POST) and
-//! `/v2/state/status`. It never calls the engine: it asks the state engine over its channel.
+//! The Supervisor API on :48484 (tiny_http). So far: `/ping`, `/v1/healthy`, `/v2/version`,
+//! `/v2/local/device-info`, `/v2/local/target-state` (GET/POST), `/v2/state/status`,
+//! `/v2/applications/state`, `/v2/containerId`, `/v2/device/name` and the service actions
+//! `/v2/applications/:appId/{restart,stop,start}-service`. It never calls the engine: it asks
+//! the state engine over its channel.
 
+use crate::compose::target::TargetState;
 use crate::compose::target::{parse_device_target, parse_v2_local, MAX_TARGET_BYTES};
 use crate::config::Settings;
+use crate::state::actions::{ActionError, ServiceAction, ServiceRef};
 use crate::state::apply::{Command, Status};
 use crossbeam_channel::Sender;
 use log::{info, warn};
@@ -63,6 +67,22 @@ fn failed(status: u16, message: impl Into<String>) -> Response<std::io::Cursor<V
     )
 }
 
+/// Integer parameters: JSON numbers or strings like `12`, `"12"`, `"12.0"` (device-api.md §0).
+fn int_param(v: &Value) -> Option<i64> {
+    match v {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => {
+            let s = s.trim();
+            let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+            if !frac.bytes().all(|b| b == b'0') {
+                return None;
+            }
+            int.parse().ok()
+        }
+        _ => None,
+    }
+}
+
 fn truthy(v: Option<&Value>) -> bool {
     match v {
         Some(Value::Bool(b)) => *b,
@@ -93,6 +113,24 @@ impl Api {
             (Method::Get, "/v2/local/target-state") => self.get_target(),
             (Method::Post, "/v2/local/target-state") => self.post_target(&mut req),
             (Method::Get, "/v2/state/status") => self.state_status(),
+            (Method::Get | Method::Head, "/v1/healthy") => self.healthy(),
+            (Method::Get, "/v2/applications/state") => self.applications_state(),
+            (Method::Get, "/v2/containerId") => self.container_id(req.url()),
+            (Method::Get, "/v2/device/name") => {
+                let name = self
+                    .target()
+                    .ok()
+                    .flatten()
+                    .map(|t| t.name)
+                    .filter(|n| !n.is_empty());
+                json_response(
+                    200,
+                    json!({"status": "success", "deviceName": name.unwrap_or_else(|| "local".into())}),
+                )
+            }
+            (Method::Post, p) if p.starts_with("/v2/applications/") && p.ends_with("-service") => {
+                self.service_action(p, &mut req)
+            }
             (m, p) => Response::from_string(format!("Cannot {m} {p}")).with_status_code(404),
         };
         let code = response.status_code().0;
@@ -105,18 +143,18 @@ impl Api {
         );
     }
 
-    fn get_target(&self) -> Response<std::io::Cursor<Vec<u8>>> {
+    /// The stored target, asked of the state engine.
+    fn target(&self) -> Result<Option<TargetState>, ()> {
         let (tx, rx) = crossbeam_channel::bounded(1);
-        if self
-            .engine
+        self.engine
             .send_timeout(Command::GetTarget { reply: tx }, ENGINE_TIMEOUT)
-            .is_err()
-        {
+            .map_err(drop)?;
+        rx.recv_timeout(ENGINE_TIMEOUT).map_err(drop)
+    }
+
+    fn get_target(&self) -> Response<std::io::Cursor<Vec<u8>>> {
+        let Ok(state) = self.target() else {
             return failed(503, "state engine is not answering");
-        }
-        let state = match rx.recv_timeout(ENGINE_TIMEOUT) {
-            Ok(s) => s,
-            Err(_) => return failed(503, "state engine is not answering"),
         };
         let local = match state {
             Some(s) => {
@@ -193,6 +231,163 @@ impl Api {
         match rx.recv_timeout(ENGINE_TIMEOUT) {
             Ok(Ok(())) => json_response(200, json!({"status": "success", "message": "OK"})),
             Ok(Err(e)) => failed(400, e),
+            Err(_) => failed(503, "state engine is not answering"),
+        }
+    }
+
+    fn status(&self) -> Status {
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Unhealthy when an apply has been busy (not downloading) for twice the poll interval.
+    fn healthy(&self) -> Response<std::io::Cursor<Vec<u8>>> {
+        let s = self.status();
+        let limit = Duration::from_millis(2 * self.settings.config_json.poll_interval_ms());
+        let stuck =
+            s.downloads.is_empty() && s.applying_since.is_some_and(|t| t.elapsed() >= limit);
+        if stuck {
+            Response::from_string("Unhealthy").with_status_code(500)
+        } else {
+            Response::from_string("OK")
+        }
+    }
+
+    fn applications_state(&self) -> Response<std::io::Cursor<Vec<u8>>> {
+        let Ok(target) = self.target() else {
+            return failed(503, "state engine is not answering");
+        };
+        let s = self.status();
+        let mut out = serde_json::Map::new();
+        for app in target.iter().flat_map(|t| t.apps.values()) {
+            let Some(rel) = &app.release else { continue };
+            let applied = s.releases.get(&app.id) == Some(&rel.commit);
+            let mut services = serde_json::Map::new();
+            let mut downloading = false;
+            for (name, svc) in &rel.services {
+                let progress = s.downloads.get(&svc.image).copied();
+                downloading |= progress.is_some();
+                let container = s
+                    .containers
+                    .iter()
+                    .find(|c| c.app_id == app.id && &c.service_name == name);
+                let status = match (progress, container) {
+                    (Some(_), _) => "Downloading".to_string(),
+                    (None, Some(c)) => c.status.clone(),
+                    (None, None) => "Downloaded".to_string(),
+                };
+                services.insert(
+                    name.clone(),
+                    json!({"status": status, "image": svc.image, "downloadProgress": progress, "releaseId": rel.id}),
+                );
+            }
+            let update_status = if downloading {
+                "downloading"
+            } else if !applied || s.app_state == "applying" {
+                "applying changes"
+            } else {
+                "done"
+            };
+            out.insert(
+                app.name.clone(),
+                json!({"appId": app.id, "appUuid": app.uuid, "commit": rel.commit, "updateStatus": update_status, "services": services}),
+            );
+        }
+        json_response(200, Value::Object(out))
+    }
+
+    fn container_id(&self, url: &str) -> Response<std::io::Cursor<Vec<u8>>> {
+        let query = url.split_once('?').map(|(_, q)| q).unwrap_or_default();
+        let wanted = query.split('&').find_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            matches!(k, "serviceName" | "service").then(|| v.to_string())
+        });
+        let s = self.status();
+        match wanted {
+            Some(name) => match s.containers.iter().find(|c| c.service_name == name) {
+                Some(c) => json_response(
+                    200,
+                    json!({"status": "success", "containerId": c.container_id}),
+                ),
+                None => failed(503, "Could not find service with that name"),
+            },
+            None => {
+                let services: serde_json::Map<String, Value> = s
+                    .containers
+                    .iter()
+                    .map(|c| (c.service_name.clone(), json!(c.container_id)))
+                    .collect();
+                json_response(200, json!({"status": "success", "services": services}))
+            }
+        }
+    }
+
+    /// `POST /v2/applications/:appId/{restart,stop,start}-service` (device-api.md 3.9).
+    fn service_action(&self, path: &str, req: &mut Request) -> Response<std::io::Cursor<Vec<u8>>> {
+        let mut parts = path.trim_start_matches("/v2/applications/").splitn(2, '/');
+        let app_param = parts.next().unwrap_or_default();
+        let action = match parts.next() {
+            Some("restart-service") => ServiceAction::Restart,
+            Some("stop-service") => ServiceAction::Stop,
+            Some("start-service") => ServiceAction::Start,
+            _ => return Response::from_string(format!("Cannot POST {path}")).with_status_code(404),
+        };
+        let app_id = match int_param(&Value::String(app_param.to_string())) {
+            Some(id) if id > 0 => id,
+            _ => return failed(400, "Invalid app id"),
+        };
+        let mut body = Vec::new();
+        if req
+            .as_reader()
+            .take(MAX_TARGET_BYTES as u64 + 1)
+            .read_to_end(&mut body)
+            .is_err()
+            || body.len() > MAX_TARGET_BYTES
+        {
+            return failed(400, "could not read the request body");
+        }
+        let doc: Value = if body.is_empty() {
+            json!({})
+        } else {
+            match serde_json::from_slice(&body) {
+                Ok(v) => v,
+                Err(e) => return failed(400, format!("invalid JSON: {e}")),
+            }
+        };
+        let which = ServiceRef {
+            service_name: doc
+                .get("serviceName")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            image_id: doc.get("imageId").and_then(int_param),
+        };
+        if which.service_name.is_none() && which.image_id.is_none() {
+            return Response::from_string(
+                "serviceName or imageId parameters were not provided or the app is multi-container. Use the v2 service action endpoints.",
+            )
+            .with_status_code(400);
+        }
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let cmd = Command::ServiceAction {
+            app_id,
+            which,
+            action,
+            force: truthy(doc.get("force")),
+            reply: tx,
+        };
+        if self.engine.send_timeout(cmd, ENGINE_TIMEOUT).is_err() {
+            return failed(503, "state engine is not answering");
+        }
+        // A stop waits for the container's grace period: allow for it.
+        match rx.recv_timeout(ENGINE_TIMEOUT * 4) {
+            Ok(Ok(())) => Response::from_string("OK"),
+            Ok(Err(ActionError::NotFound(text))) => {
+                Response::from_string(text).with_status_code(404)
+            }
+            Ok(Err(ActionError::Locked(m))) => failed(423, m),
+            Ok(Err(ActionError::Failed(m))) => failed(503, m),
             Err(_) => failed(503, "state engine is not answering"),
         }
     }

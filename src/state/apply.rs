@@ -1,6 +1,7 @@
 //! The state engine thread: the apply loop (engine.md (a)). It owns the engine client for
 //! changes and the database handle for state; other threads talk to it over a channel.
 
+use super::actions::{ActionError, Actions, ServiceAction, ServiceRef};
 use super::device::{device_context, universe};
 use super::executor::{supervisor_network_ok, Executor, StepError, EXTRA_FIRMWARE_VOLUME};
 use super::snapshot::EngineSnapshot;
@@ -31,6 +32,14 @@ pub enum Command {
     GetTarget {
         reply: Sender<Option<TargetState>>,
     },
+    /// Stop, start or restart one service (API service actions).
+    ServiceAction {
+        app_id: i64,
+        which: ServiceRef,
+        action: ServiceAction,
+        force: bool,
+        reply: Sender<Result<(), ActionError>>,
+    },
     Shutdown,
 }
 
@@ -49,6 +58,9 @@ pub struct Status {
     pub images: Vec<ImageStatus>,
     /// Applied release per app id.
     pub releases: BTreeMap<i64, String>,
+    /// Since when an apply has had work left (for `/v1/healthy`).
+    #[serde(skip)]
+    pub applying_since: Option<Instant>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -189,6 +201,27 @@ impl StateEngine {
                         continue;
                     }
                 }
+                Some(Command::ServiceAction {
+                    app_id,
+                    which,
+                    action,
+                    force,
+                    reply,
+                }) => {
+                    let actions = Actions {
+                        settings: &self.settings,
+                        engine: &self.engine,
+                        locks: &self.locks,
+                    };
+                    let held = self.locks_held.contains(&app_id);
+                    let result = actions.run(app_id, &which, action, force, target.as_ref(), held);
+                    if let Err(e) = &result {
+                        warn!("Service action {action:?} on app {app_id} failed: {e:?}");
+                    }
+                    // The status is stale until the iteration below refreshes it.
+                    self.set_status(|s| s.app_state = "applying".into());
+                    let _ = reply.send(result);
+                }
                 Some(Command::SetTarget {
                     state,
                     force: f,
@@ -233,10 +266,14 @@ impl StateEngine {
                         s.app_state = "applied".into();
                         s.last_error = None;
                         s.failures = 0;
+                        s.applying_since = None;
                     });
                 }
                 Ok(Outcome::Progress { all_noop }) => {
-                    self.set_status(|s| s.app_state = "applying".into());
+                    self.set_status(|s| {
+                        s.app_state = "applying".into();
+                        s.applying_since.get_or_insert_with(Instant::now);
+                    });
                     // Steps are awaited, so real progress is re-planned at once; noops wait
                     // for something outside (a download, a container stopping). A target
                     // that keeps producing steps without converging is slowed down rather
@@ -267,6 +304,7 @@ impl StateEngine {
                         s.app_state = "applying".into();
                         s.last_error = Some(e.to_string());
                         s.failures = failures;
+                        s.applying_since.get_or_insert_with(Instant::now);
                     });
                     delay = Some(backoff);
                 }

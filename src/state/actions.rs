@@ -1,0 +1,160 @@
+//! Actions on one service asked for through the API (device-api.md 3.9): stop, start,
+//! restart. They run on the state engine thread between iterations, so they never race an
+//! apply; stop and restart hold the app's update locks while they work (engine.md (e) 15).
+
+use super::device::{device_context, universe};
+use super::snapshot::EngineSnapshot;
+use super::target::target_apps;
+use crate::compose::service::ImageDefaults;
+use crate::compose::target::TargetState;
+use crate::compose::Service;
+use crate::config::Settings;
+use crate::engine::Engine;
+use crate::locks::{LockError, Locks};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceAction {
+    Start,
+    Stop,
+    Restart,
+}
+
+/// Which service: by name or by image id (the API accepts either).
+#[derive(Debug, Clone, Default)]
+pub struct ServiceRef {
+    pub service_name: Option<String>,
+    pub image_id: Option<i64>,
+}
+
+impl ServiceRef {
+    fn matches(&self, s: &Service) -> bool {
+        self.service_name.as_deref() == Some(s.service_name.as_str())
+            || self.image_id == Some(s.image_id)
+    }
+}
+
+/// An action's failure, with the status and body the real supervisor answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ActionError {
+    /// Plain-text 404 bodies (their exact texts are part of the API).
+    NotFound(&'static str),
+    /// 423: an update lock is held.
+    Locked(String),
+    /// 503: anything else.
+    Failed(String),
+}
+
+pub const APP_NOT_FOUND: &str = "App not found: an app needs to be installed for this endpoint to work.\n\tIf you've recently moved this device from another app,\n\tplease push an app and wait for it to be installed first.";
+pub const SERVICE_NOT_FOUND: &str =
+    "Service not found, a container must exist for this endpoint to work";
+pub const NOT_IN_TARGET: &str = "Service does not exist in target release";
+
+pub struct Actions<'a> {
+    pub settings: &'a Settings,
+    pub engine: &'a Engine,
+    pub locks: &'a Locks,
+}
+
+impl Actions<'_> {
+    pub fn run(
+        &self,
+        app_id: i64,
+        which: &ServiceRef,
+        action: ServiceAction,
+        force: bool,
+        target: Option<&TargetState>,
+        lock_already_held: bool,
+    ) -> Result<(), ActionError> {
+        let failed = |e: &dyn std::fmt::Display| ActionError::Failed(e.to_string());
+        let snapshot = EngineSnapshot::read(self.engine).map_err(|e| failed(&e))?;
+        let apps = snapshot.current_apps();
+        let app = apps
+            .iter()
+            .find(|a| a.app_id == app_id && !a.services.is_empty())
+            .ok_or(ActionError::NotFound(APP_NOT_FOUND))?;
+        let current = app
+            .services
+            .iter()
+            .find(|s| which.matches(s))
+            .ok_or(ActionError::NotFound(SERVICE_NOT_FOUND))?;
+        // The service must also be in the target release (device-api.md 3.9).
+        let state = target.ok_or(ActionError::NotFound(NOT_IN_TARGET))?;
+        let device = device_context(self.settings, &state.name);
+        let engine = self.engine;
+        let defaults = |name: &str| {
+            engine
+                .inspect_image(name)
+                .ok()
+                .map(|i| ImageDefaults::from_inspect(&i))
+        };
+        let built = target_apps(
+            state,
+            &device,
+            &universe(self.settings),
+            &defaults,
+            &|_, _| None,
+        );
+        let target = built
+            .apps
+            .iter()
+            .filter(|a| a.app_id == app_id)
+            .flat_map(|a| &a.services)
+            .find(|s| which.matches(s))
+            .ok_or(ActionError::NotFound(NOT_IN_TARGET))?;
+        let id = current.container_id.clone().unwrap_or_default();
+        let grace = u32::try_from(current.config.stop_grace_period).unwrap_or(10);
+        if action == ServiceAction::Start {
+            return self.engine.start_container(&id).map_err(|e| failed(&e));
+        }
+        let override_lock = force
+            || state
+                .config
+                .get("SUPERVISOR_OVERRIDE_LOCK")
+                .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "on"));
+        let names = vec![current.service_name.clone()];
+        if !lock_already_held {
+            self.locks
+                .take(app_id, &names, override_lock)
+                .map_err(|e| match e {
+                    LockError::Held { .. } => ActionError::Locked(e.to_string()),
+                    other => failed(&other),
+                })?;
+        }
+        let result = (|| {
+            self.engine
+                .stop_container(&id, grace)
+                .map_err(|e| failed(&e))?;
+            if action == ServiceAction::Restart {
+                self.engine
+                    .remove_container(&id, false, true)
+                    .map_err(|e| failed(&e))?;
+                let ids: BTreeMap<String, String> = app
+                    .services
+                    .iter()
+                    .filter_map(|s| Some((s.service_name.clone(), s.container_id.clone()?)))
+                    .collect();
+                let body = target.create_body(&state.name, &ids);
+                let new_id = self
+                    .engine
+                    .create_container(&target.container_name(), &body)
+                    .map_err(|e| failed(&e))?
+                    .id;
+                for (net, endpoint) in target.extra_networks() {
+                    self.engine
+                        .connect_network(&net, &new_id, &endpoint)
+                        .map_err(|e| failed(&e))?;
+                }
+                self.engine
+                    .start_container(&new_id)
+                    .map_err(|e| failed(&e))?;
+            }
+            Ok(())
+        })();
+        // Unlocked again whatever happened, unless the apply loop holds the lock for an update.
+        if !lock_already_held {
+            let _ = self.locks.release(app_id);
+        }
+        result
+    }
+}

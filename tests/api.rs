@@ -1,0 +1,286 @@
+//! The Supervisor API of a running daemon on the real engine.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+fn service(id: u32, name: &str, extra: Value) -> Value {
+    let mut s = json!({
+        "serviceName": name, "serviceId": id, "imageId": id, "image": BUSYBOX, "running": true,
+        "environment": {}, "labels": {}, "init": true,
+        "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2; done"]
+    });
+    s.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    s
+}
+
+fn target(services: Vec<Value>) -> Value {
+    let services: serde_json::Map<String, Value> = services
+        .into_iter()
+        .map(|s| (s["serviceId"].to_string(), s))
+        .collect();
+    json!({"local": {"name": "api-device", "config": {}, "apps": {"4242": {
+        "name": "apiapp", "commit": "a1", "releaseId": 1, "services": services, "volumes": {}, "networks": {}}}}})
+}
+
+fn post(d: &Daemon, path: &str, body: Value) -> (u16, Value) {
+    d.request("POST", path, Some(&body.to_string())).unwrap()
+}
+
+fn running(id: &str) -> bool {
+    engine()
+        .inspect_container(id)
+        .map(|c| c.state.running)
+        .unwrap_or(false)
+}
+
+fn wait_for(what: &str, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn finish(d: &Daemon) {
+    let empty = json!({"local": {"name": "api-device", "config": {}, "apps": {}}, "force": true});
+    assert_eq!(d.post_target(&empty).0, 200);
+    d.wait_applied(0, 60);
+    reset_engine(&engine());
+}
+
+#[test]
+fn read_endpoints_answer_like_the_real_supervisor() {
+    let _serial = serial();
+    reset_engine(&engine());
+    let d = Daemon::new();
+    assert_eq!(d.get("/ping").unwrap(), (200, json!("OK")));
+    assert_eq!(d.get("/v1/healthy").unwrap(), (200, json!("OK")));
+    let (code, v) = d.get("/v2/version").unwrap();
+    assert_eq!(code, 200);
+    assert!(v["version"].as_str().unwrap().starts_with("19.0.5"), "{v}");
+    assert_eq!(
+        d.get("/v2/local/device-info").unwrap().1,
+        json!({"status": "success", "info": {"arch": "amd64", "deviceType": "generic-amd64"}})
+    );
+    assert_eq!(d.get("/v2/device/name").unwrap().1["deviceName"], "local");
+
+    assert_eq!(
+        d.post_target(&target(vec![
+            service(1, "main", json!({})),
+            service(2, "side", json!({}))
+        ]))
+        .0,
+        200
+    );
+    let status = d.wait_applied(2, 60);
+    assert_eq!(
+        d.get("/v2/device/name").unwrap().1["deviceName"],
+        "api-device"
+    );
+    let (code, apps) = d.get("/v2/applications/state").unwrap();
+    assert_eq!(code, 200);
+    let app = &apps["apiapp"];
+    assert_eq!(
+        (
+            app["appId"].as_i64(),
+            app["commit"].as_str(),
+            app["updateStatus"].as_str()
+        ),
+        (Some(4242), Some("a1"), Some("done")),
+        "{apps}"
+    );
+    assert_eq!(app["services"]["main"]["status"], "Running");
+    assert_eq!(app["services"]["main"]["releaseId"], 1);
+
+    let main_id = status["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["serviceName"] == "main")
+        .unwrap()["containerId"]
+        .clone();
+    assert_eq!(
+        d.get("/v2/containerId?serviceName=main").unwrap().1,
+        json!({"status": "success", "containerId": main_id})
+    );
+    assert_eq!(
+        d.get("/v2/containerId?service=main").unwrap().1["containerId"],
+        main_id
+    );
+    assert_eq!(
+        d.get("/v2/containerId").unwrap().1["services"]["main"],
+        main_id
+    );
+    assert_eq!(
+        d.get("/v2/containerId?serviceName=nope").unwrap(),
+        (
+            503,
+            json!({"status": "failed", "message": "Could not find service with that name"})
+        )
+    );
+    let (code, local) = d.get("/v2/local/target-state").unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(local["state"]["local"]["name"], "api-device");
+    assert!(local["state"]["local"]["apps"]["4242"]["services"].is_array());
+
+    assert_eq!(
+        d.get("/nothing/here").unwrap(),
+        (404, json!("Cannot GET /nothing/here"))
+    );
+    let (code, v) = d
+        .request("POST", "/v2/local/target-state", Some("{not json"))
+        .unwrap();
+    assert_eq!((code, v["status"].as_str()), (400, Some("failed")));
+    finish(&d);
+}
+
+#[test]
+fn service_actions_stop_start_and_restart_one_service() {
+    let _serial = serial();
+    reset_engine(&engine());
+    let d = Daemon::new();
+    assert_eq!(
+        d.post_target(&target(vec![
+            service(1, "main", json!({})),
+            service(2, "side", json!({}))
+        ]))
+        .0,
+        200
+    );
+    let status = d.wait_applied(2, 60);
+    let id_of = |s: &Value, n: &str| {
+        s["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["serviceName"] == n)
+            .unwrap()["containerId"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let main = id_of(&status, "main");
+
+    assert_eq!(
+        post(
+            &d,
+            "/v2/applications/4242/stop-service",
+            json!({"serviceName": "main"})
+        ),
+        (200, json!("OK"))
+    );
+    assert!(!running(&main));
+    // It stays stopped: the state engine does not start containers it did not stop itself.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!running(&main), "restarted behind the API's back");
+
+    assert_eq!(
+        post(
+            &d,
+            "/v2/applications/4242/start-service",
+            json!({"imageId": "1"})
+        ),
+        (200, json!("OK"))
+    );
+    wait_for("main running", || running(&main));
+
+    assert_eq!(
+        post(
+            &d,
+            "/v2/applications/4242/restart-service",
+            json!({"serviceName": "main", "force": true})
+        ),
+        (200, json!("OK"))
+    );
+    let after = d.wait_applied(2, 30);
+    let new_main = id_of(&after, "main");
+    assert_ne!(new_main, main, "restart recreates the container");
+    assert!(running(&new_main));
+    assert_eq!(
+        id_of(&after, "side"),
+        id_of(&status, "side"),
+        "other services untouched"
+    );
+
+    // Errors, with the real supervisor's statuses and texts.
+    assert_eq!(
+        post(
+            &d,
+            "/v2/applications/abc/stop-service",
+            json!({"serviceName": "main"})
+        ),
+        (
+            400,
+            json!({"status": "failed", "message": "Invalid app id"})
+        )
+    );
+    let (code, text) = post(&d, "/v2/applications/4242/stop-service", json!({}));
+    assert_eq!(code, 400);
+    assert!(text
+        .as_str()
+        .unwrap()
+        .starts_with("serviceName or imageId parameters were not provided"));
+    assert_eq!(
+        post(
+            &d,
+            "/v2/applications/4242/stop-service",
+            json!({"serviceName": "ghost"})
+        ),
+        (
+            404,
+            json!("Service not found, a container must exist for this endpoint to work")
+        )
+    );
+    let (code, text) = post(
+        &d,
+        "/v2/applications/999/stop-service",
+        json!({"serviceName": "main"}),
+    );
+    assert_eq!(code, 404);
+    assert!(text
+        .as_str()
+        .unwrap()
+        .starts_with("App not found: an app needs to be installed"));
+    finish(&d);
+}
+
+#[test]
+fn a_held_lock_answers_423_and_force_overrides() {
+    let _serial = serial();
+    reset_engine(&engine());
+    let d = Daemon::new();
+    let locking = json!({"command": ["sh", "-c", "trap 'exit 0' TERM; until (set -C; : > /tmp/balena/updates.lock) 2>/dev/null; do sleep 0.2; done; while true; do sleep 0.2; done"]});
+    assert_eq!(
+        d.post_target(&target(vec![service(1, "main", locking)])).0,
+        200
+    );
+    d.wait_applied(1, 60);
+    wait_for("the app's lock", || {
+        std::path::Path::new("/tmp/balena-supervisor/services/4242/main/updates.lock").exists()
+    });
+    let (code, v) = post(
+        &d,
+        "/v2/applications/4242/restart-service",
+        json!({"serviceName": "main"}),
+    );
+    assert_eq!(code, 423, "{v}");
+    assert_eq!(
+        v["message"],
+        "Lockfile exists for { appId: 4242, service: main }"
+    );
+    assert_eq!(
+        post(
+            &d,
+            "/v2/applications/4242/restart-service",
+            json!({"serviceName": "main", "force": true})
+        )
+        .0,
+        200
+    );
+    finish(&d);
+}
