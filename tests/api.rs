@@ -284,3 +284,75 @@ fn a_held_lock_answers_423_and_force_overrides() {
     );
     finish(&d);
 }
+
+#[test]
+fn restart_recreates_containers_and_purge_empties_volumes() {
+    let _serial = serial();
+    let e = engine();
+    reset_engine(&e);
+    let _ = e.remove_volume("4242_data", true);
+    let d = Daemon::new();
+    let mut t = target(vec![service(1, "main", json!({"volumes": ["data:/data"]}))]);
+    t["local"]["apps"]["4242"]["volumes"] = json!({"data": {}});
+    assert_eq!(d.post_target(&t).0, 200);
+    let ids = |s: &Value| {
+        s["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["containerId"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    let first = ids(&d.wait_applied(1, 60));
+    let data =
+        std::path::PathBuf::from(e.inspect_volume("4242_data").unwrap().mountpoint).join("kept");
+    std::fs::write(&data, b"x").unwrap();
+
+    assert_eq!(
+        post(&d, "/v1/restart", json!({"appId": 4242})),
+        (200, json!("OK"))
+    );
+    let second = ids(&d.wait_applied(1, 60));
+    assert_ne!(first, second, "restart recreates");
+    assert!(data.exists(), "restart keeps volume data");
+
+    assert_eq!(
+        post(&d, "/v2/applications/4242/purge", json!({"force": true})),
+        (200, json!("OK"))
+    );
+    let third = ids(&d.wait_applied(1, 60));
+    assert_ne!(second, third);
+    let data =
+        std::path::PathBuf::from(e.inspect_volume("4242_data").unwrap().mountpoint).join("kept");
+    assert!(!data.exists(), "purge empties the volume");
+
+    assert_eq!(
+        post(&d, "/v1/purge", json!({"appId": 4242})),
+        (200, json!({"Data": "OK", "Error": ""}))
+    );
+    d.wait_applied(1, 60);
+    assert_eq!(
+        post(&d, "/v1/restart", json!({})),
+        (400, json!("Missing app id"))
+    );
+    assert_eq!(
+        post(&d, "/v1/purge", json!({"appId": "x"})),
+        (400, json!("Invalid or missing appId"))
+    );
+    assert_eq!(
+        post(&d, "/v2/applications/0/restart", json!({})),
+        (
+            400,
+            json!({"status": "failed", "message": "Missing app id"})
+        )
+    );
+    assert_eq!(
+        post(&d, "/v2/applications/999/restart", json!({})),
+        (
+            503,
+            json!({"status": "failed", "message": "Application with ID 999 is not in the current state"})
+        )
+    );
+    finish(&d);
+    let _ = e.remove_volume("4242_data", true);
+}

@@ -7,7 +7,7 @@
 use crate::compose::target::TargetState;
 use crate::compose::target::{parse_device_target, parse_v2_local, MAX_TARGET_BYTES};
 use crate::config::Settings;
-use crate::state::actions::{ActionError, ServiceAction, ServiceRef};
+use crate::state::actions::{ActionError, AppAction, ServiceAction, ServiceRef};
 use crate::state::apply::{Command, Status};
 use crossbeam_channel::Sender;
 use log::{info, warn};
@@ -130,6 +130,14 @@ impl Api {
             }
             (Method::Post, p) if p.starts_with("/v2/applications/") && p.ends_with("-service") => {
                 self.service_action(p, &mut req)
+            }
+            (Method::Post, "/v1/restart") => self.app_action_v1(AppAction::Restart, &mut req),
+            (Method::Post, "/v1/purge") => self.app_action_v1(AppAction::Purge, &mut req),
+            (Method::Post, p)
+                if p.starts_with("/v2/applications/")
+                    && (p.ends_with("/restart") || p.ends_with("/purge")) =>
+            {
+                self.app_action_v2(p, &mut req)
             }
             (m, p) => Response::from_string(format!("Cannot {m} {p}")).with_status_code(404),
         };
@@ -324,6 +332,97 @@ impl Api {
         }
     }
 
+    fn read_json_body(req: &mut Request) -> Result<Value, Response<std::io::Cursor<Vec<u8>>>> {
+        let mut body = Vec::new();
+        if req
+            .as_reader()
+            .take(MAX_TARGET_BYTES as u64 + 1)
+            .read_to_end(&mut body)
+            .is_err()
+            || body.len() > MAX_TARGET_BYTES
+        {
+            return Err(failed(400, "could not read the request body"));
+        }
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(json!({}));
+        }
+        serde_json::from_slice(&body).map_err(|e| failed(400, format!("invalid JSON: {e}")))
+    }
+
+    fn run_app_action(
+        &self,
+        app_id: i64,
+        action: AppAction,
+        force: bool,
+    ) -> Result<(), Response<std::io::Cursor<Vec<u8>>>> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let cmd = Command::AppAction {
+            app_id,
+            action,
+            force,
+            reply: tx,
+        };
+        if self.engine.send_timeout(cmd, ENGINE_TIMEOUT).is_err() {
+            return Err(failed(503, "state engine is not answering"));
+        }
+        match rx.recv_timeout(ENGINE_TIMEOUT * 4) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(ActionError::Locked(m))) => Err(failed(423, m)),
+            Ok(Err(ActionError::Failed(m))) => Err(failed(503, m)),
+            Ok(Err(ActionError::NotFound(t))) => Err(failed(503, t)),
+            Err(_) => Err(failed(503, "state engine is not answering")),
+        }
+    }
+
+    /// `POST /v1/restart`, `POST /v1/purge` with `{"appId", "force"}` (device-api.md 3.7, 3.8).
+    fn app_action_v1(
+        &self,
+        action: AppAction,
+        req: &mut Request,
+    ) -> Response<std::io::Cursor<Vec<u8>>> {
+        let doc = match Self::read_json_body(req) {
+            Ok(d) => d,
+            Err(r) => return r,
+        };
+        let missing = match action {
+            AppAction::Restart => "Missing app id",
+            AppAction::Purge => "Invalid or missing appId",
+        };
+        let Some(app_id) = doc.get("appId").and_then(int_param).filter(|id| *id > 0) else {
+            return Response::from_string(missing).with_status_code(400);
+        };
+        match (
+            self.run_app_action(app_id, action, truthy(doc.get("force"))),
+            action,
+        ) {
+            (Ok(()), AppAction::Restart) => Response::from_string("OK"),
+            (Ok(()), AppAction::Purge) => json_response(200, json!({"Data": "OK", "Error": ""})),
+            (Err(r), _) => r,
+        }
+    }
+
+    /// `POST /v2/applications/:appId/restart|purge` with `{"force"}`.
+    fn app_action_v2(&self, path: &str, req: &mut Request) -> Response<std::io::Cursor<Vec<u8>>> {
+        let rest = path.trim_start_matches("/v2/applications/");
+        let (app_param, action) = match rest.split_once('/') {
+            Some((a, "restart")) => (a, AppAction::Restart),
+            Some((a, "purge")) => (a, AppAction::Purge),
+            _ => return Response::from_string(format!("Cannot POST {path}")).with_status_code(404),
+        };
+        let Some(app_id) = int_param(&Value::String(app_param.to_string())).filter(|id| *id > 0)
+        else {
+            return failed(400, "Missing app id");
+        };
+        let doc = match Self::read_json_body(req) {
+            Ok(d) => d,
+            Err(r) => return r,
+        };
+        match self.run_app_action(app_id, action, truthy(doc.get("force"))) {
+            Ok(()) => Response::from_string("OK"),
+            Err(r) => r,
+        }
+    }
+
     /// `POST /v2/applications/:appId/{restart,stop,start}-service` (device-api.md 3.9).
     fn service_action(&self, path: &str, req: &mut Request) -> Response<std::io::Cursor<Vec<u8>>> {
         let mut parts = path.trim_start_matches("/v2/applications/").splitn(2, '/');
@@ -338,23 +437,9 @@ impl Api {
             Some(id) if id > 0 => id,
             _ => return failed(400, "Invalid app id"),
         };
-        let mut body = Vec::new();
-        if req
-            .as_reader()
-            .take(MAX_TARGET_BYTES as u64 + 1)
-            .read_to_end(&mut body)
-            .is_err()
-            || body.len() > MAX_TARGET_BYTES
-        {
-            return failed(400, "could not read the request body");
-        }
-        let doc: Value = if body.is_empty() {
-            json!({})
-        } else {
-            match serde_json::from_slice(&body) {
-                Ok(v) => v,
-                Err(e) => return failed(400, format!("invalid JSON: {e}")),
-            }
+        let doc = match Self::read_json_body(req) {
+            Ok(d) => d,
+            Err(r) => return r,
         };
         let which = ServiceRef {
             service_name: doc

@@ -158,3 +158,82 @@ impl Actions<'_> {
         result
     }
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppAction {
+    /// Stop and remove every container of the app; the apply loop creates them again.
+    Restart,
+    /// The same, and the app's volumes are emptied (removed, then created again by the loop).
+    Purge,
+}
+
+impl Actions<'_> {
+    /// Restart or purge a whole app (device-api.md 3.7, 3.8). The containers (and for a purge
+    /// the volumes) are removed here under the app's update locks; the apply loop that runs
+    /// right after recreates them from the target.
+    pub fn run_app(
+        &self,
+        app_id: i64,
+        action: AppAction,
+        force: bool,
+        target: Option<&TargetState>,
+        lock_already_held: bool,
+    ) -> Result<(), ActionError> {
+        let failed = |e: &dyn std::fmt::Display| ActionError::Failed(e.to_string());
+        let snapshot = EngineSnapshot::read(self.engine).map_err(|e| failed(&e))?;
+        let apps = snapshot.current_apps();
+        let app = apps.iter().find(|a| a.app_id == app_id).ok_or_else(|| {
+            ActionError::Failed(format!(
+                "Application with ID {app_id} is not in the current state"
+            ))
+        })?;
+        let override_lock = force
+            || target.is_some_and(|t| {
+                t.config
+                    .get("SUPERVISOR_OVERRIDE_LOCK")
+                    .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "on"))
+            });
+        let names: Vec<String> = app
+            .services
+            .iter()
+            .map(|s| s.service_name.clone())
+            .collect();
+        if !lock_already_held {
+            self.locks
+                .take(app_id, &names, override_lock)
+                .map_err(|e| match e {
+                    LockError::Held { .. } => ActionError::Locked(e.to_string()),
+                    other => failed(&other),
+                })?;
+        }
+        let result = (|| {
+            for s in &app.services {
+                let id = s.container_id.clone().unwrap_or_default();
+                let grace = u32::try_from(s.config.stop_grace_period).unwrap_or(10);
+                match self.engine.stop_container(&id, grace) {
+                    Err(e) if !e.is_not_found() => return Err(failed(&e)),
+                    _ => {}
+                }
+                match self.engine.remove_container(&id, false, true) {
+                    Err(e) if !e.is_not_found() => return Err(failed(&e)),
+                    _ => {}
+                }
+            }
+            if action == AppAction::Purge {
+                log::info!("Purging data for app {app_id}");
+                for v in &app.volumes {
+                    match self.engine.remove_volume(&v.engine_name(), false) {
+                        Err(e) if !e.is_not_found() => return Err(failed(&e)),
+                        _ => {}
+                    }
+                }
+                log::info!("Purged data");
+            }
+            Ok(())
+        })();
+        if !lock_already_held {
+            let _ = self.locks.release(app_id);
+        }
+        result
+    }
+}

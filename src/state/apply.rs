@@ -1,7 +1,7 @@
 //! The state engine thread: the apply loop (engine.md (a)). It owns the engine client for
 //! changes and the database handle for state; other threads talk to it over a channel.
 
-use super::actions::{ActionError, Actions, ServiceAction, ServiceRef};
+use super::actions::{ActionError, Actions, AppAction, ServiceAction, ServiceRef};
 use super::device::{device_context, universe};
 use super::executor::{supervisor_network_ok, Executor, StepError, EXTRA_FIRMWARE_VOLUME};
 use super::snapshot::EngineSnapshot;
@@ -31,6 +31,13 @@ pub enum Command {
     /// The stored target, if any.
     GetTarget {
         reply: Sender<Option<TargetState>>,
+    },
+    /// Restart or purge a whole app (API).
+    AppAction {
+        app_id: i64,
+        action: AppAction,
+        force: bool,
+        reply: Sender<Result<(), ActionError>>,
     },
     /// Stop, start or restart one service (API service actions).
     ServiceAction {
@@ -200,6 +207,26 @@ impl StateEngine {
                     if delay.is_none() {
                         continue;
                     }
+                }
+                Some(Command::AppAction {
+                    app_id,
+                    action,
+                    force,
+                    reply,
+                }) => {
+                    let actions = Actions {
+                        settings: &self.settings,
+                        engine: &self.engine,
+                        locks: &self.locks,
+                    };
+                    let held = self.locks_held.contains(&app_id);
+                    let result = actions.run_app(app_id, action, force, target.as_ref(), held);
+                    if let Err(e) = &result {
+                        warn!("App action {action:?} on app {app_id} failed: {e:?}");
+                    }
+                    // The loop below recreates what the action removed.
+                    self.set_status(|s| s.app_state = "applying".into());
+                    let _ = reply.send(result);
                 }
                 Some(Command::ServiceAction {
                     app_id,
