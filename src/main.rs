@@ -99,6 +99,7 @@ struct PlanCmd {
 }
 
 fn main() -> ExitCode {
+    limit_memory_overhead();
     let cli: Cli = argh::from_env();
     if cli.version {
         println!("tinyvisor {}", tinyvisor::VERSION);
@@ -342,4 +343,24 @@ fn local_post(port: u16, path: &str, body: &str) -> std::io::Result<(u16, String
         })
         .unwrap_or_else(|| String::from_utf8_lossy(&raw).into_owned());
     Ok((head.status, text))
+}
+
+/// Keeps memory small before any thread starts: library threads (tiny_http's) get 256 KiB
+/// stacks like ours unless RUST_MIN_STACK says otherwise, and glibc gets one malloc arena
+/// instead of one per core and thread (musl builds have no arenas).
+fn limit_memory_overhead() {
+    if std::env::var_os("RUST_MIN_STACK").is_none() {
+        std::env::set_var("RUST_MIN_STACK", "262144");
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn mallopt(param: i32, value: i32) -> i32;
+        }
+        const M_ARENA_MAX: i32 = -8;
+        // SAFETY: mallopt only changes allocator tuning; no other thread exists yet.
+        unsafe {
+            mallopt(M_ARENA_MAX, 1);
+        }
+    }
 }
