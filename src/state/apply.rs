@@ -191,11 +191,13 @@ impl StateEngine {
         let mut failures: u32 = 0;
         // Iterations with steps since the last convergence.
         let mut streak: u32 = 0;
-        // None: converged (or no target): wait for a command, re-checking now and then.
-        let mut delay: Option<Duration> = Some(Duration::ZERO);
+        // When the next iteration is due; commands that change nothing (GetTarget) do not move
+        // it, so a client polling the API neither delays nor hurries the loop.
+        let mut due = Instant::now();
+        let mut converged = false;
         let idle_recheck = Duration::from_millis(self.settings.config_json.poll_interval_ms());
         loop {
-            let cmd = match rx.recv_timeout(delay.unwrap_or(idle_recheck)) {
+            let cmd = match rx.recv_timeout(due.saturating_duration_since(Instant::now())) {
                 Ok(c) => Some(c),
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => return,
@@ -204,7 +206,7 @@ impl StateEngine {
                 Some(Command::Shutdown) => return,
                 Some(Command::GetTarget { reply }) => {
                     let _ = reply.send(target.clone());
-                    if delay.is_none() {
+                    if Instant::now() < due {
                         continue;
                     }
                 }
@@ -276,19 +278,20 @@ impl StateEngine {
             }
             let Some(t) = target.as_ref() else {
                 self.set_status(|s| s.app_state = "applied".into());
-                delay = None;
+                due = Instant::now() + idle_recheck;
                 continue;
             };
             let started = Instant::now();
             match self.iterate(t, force) {
                 Ok(Outcome::Converged) => {
                     streak = 0;
-                    if delay.is_some() {
+                    if !converged {
                         info!("Device state applied");
                     }
+                    converged = true;
                     failures = 0;
                     force = false;
-                    delay = None;
+                    due = Instant::now() + idle_recheck;
                     self.set_status(|s| {
                         s.app_state = "applied".into();
                         s.last_error = None;
@@ -307,11 +310,13 @@ impl StateEngine {
                     // than spun on.
                     streak += 1;
                     let quick = !all_noop && streak <= MAX_QUICK_ITERATIONS;
-                    delay = Some(if quick {
-                        Duration::ZERO
-                    } else {
-                        Duration::from_secs(1)
-                    });
+                    converged = false;
+                    due = Instant::now()
+                        + (if quick {
+                            Duration::ZERO
+                        } else {
+                            Duration::from_secs(1)
+                        });
                 }
                 Err(e) => {
                     failures = failures.saturating_add(1);
@@ -333,7 +338,8 @@ impl StateEngine {
                         s.failures = failures;
                         s.applying_since.get_or_insert_with(Instant::now);
                     });
-                    delay = Some(backoff);
+                    converged = false;
+                    due = Instant::now() + backoff;
                 }
             }
             log::debug!("iteration took {:?}", started.elapsed());
