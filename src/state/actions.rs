@@ -107,51 +107,65 @@ impl Actions<'_> {
         if action == ServiceAction::Start {
             return self.engine.start_container(&id).map_err(|e| failed(&e));
         }
-        let override_lock = force
-            || state
-                .config
-                .get("SUPERVISOR_OVERRIDE_LOCK")
-                .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "on"));
         let names = vec![current.service_name.clone()];
-        if !lock_already_held {
-            self.locks
-                .take(app_id, &names, override_lock)
-                .map_err(|e| match e {
-                    LockError::Held { .. } => ActionError::Locked(e.to_string()),
-                    other => failed(&other),
-                })?;
-        }
-        let result = (|| {
-            self.engine
-                .stop_container(&id, grace)
-                .map_err(|e| failed(&e))?;
-            if action == ServiceAction::Restart {
+        self.with_locks(
+            app_id,
+            &names,
+            force || super::lock_override(state),
+            lock_already_held,
+            || {
                 self.engine
-                    .remove_container(&id, false, true)
+                    .stop_container(&id, grace)
                     .map_err(|e| failed(&e))?;
-                let ids: BTreeMap<String, String> = app
-                    .services
-                    .iter()
-                    .filter_map(|s| Some((s.service_name.clone(), s.container_id.clone()?)))
-                    .collect();
-                let body = target.create_body(&state.name, &ids);
-                let new_id = self
-                    .engine
-                    .create_container(&target.container_name(), &body)
-                    .map_err(|e| failed(&e))?
-                    .id;
-                for (net, endpoint) in target.extra_networks() {
+                if action == ServiceAction::Restart {
                     self.engine
-                        .connect_network(&net, &new_id, &endpoint)
+                        .remove_container(&id, false, true)
+                        .map_err(|e| failed(&e))?;
+                    let ids: BTreeMap<String, String> = app
+                        .services
+                        .iter()
+                        .filter_map(|s| Some((s.service_name.clone(), s.container_id.clone()?)))
+                        .collect();
+                    let body = target.create_body(&state.name, &ids);
+                    let new_id = self
+                        .engine
+                        .create_container(&target.container_name(), &body)
+                        .map_err(|e| failed(&e))?
+                        .id;
+                    for (net, endpoint) in target.extra_networks() {
+                        self.engine
+                            .connect_network(&net, &new_id, &endpoint)
+                            .map_err(|e| failed(&e))?;
+                    }
+                    self.engine
+                        .start_container(&new_id)
                         .map_err(|e| failed(&e))?;
                 }
-                self.engine
-                    .start_container(&new_id)
-                    .map_err(|e| failed(&e))?;
-            }
-            Ok(())
-        })();
-        // Unlocked again whatever happened, unless the apply loop holds the lock for an update.
+                Ok(())
+            },
+        )
+    }
+
+    /// Runs `f` holding the update locks of `services` (taken with `force` overriding the
+    /// app's own), released again afterwards whatever happened — unless the apply loop already
+    /// holds them for an update.
+    fn with_locks(
+        &self,
+        app_id: i64,
+        services: &[String],
+        force: bool,
+        lock_already_held: bool,
+        f: impl FnOnce() -> Result<(), ActionError>,
+    ) -> Result<(), ActionError> {
+        if !lock_already_held {
+            self.locks
+                .take(app_id, services, force)
+                .map_err(|e| match e {
+                    LockError::Held { .. } => ActionError::Locked(e.to_string()),
+                    other => ActionError::Failed(other.to_string()),
+                })?;
+        }
+        let result = f();
         if !lock_already_held {
             let _ = self.locks.release(app_id);
         }
@@ -187,26 +201,13 @@ impl Actions<'_> {
                 "Application with ID {app_id} is not in the current state"
             ))
         })?;
-        let override_lock = force
-            || target.is_some_and(|t| {
-                t.config
-                    .get("SUPERVISOR_OVERRIDE_LOCK")
-                    .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "on"))
-            });
         let names: Vec<String> = app
             .services
             .iter()
             .map(|s| s.service_name.clone())
             .collect();
-        if !lock_already_held {
-            self.locks
-                .take(app_id, &names, override_lock)
-                .map_err(|e| match e {
-                    LockError::Held { .. } => ActionError::Locked(e.to_string()),
-                    other => failed(&other),
-                })?;
-        }
-        let result = (|| {
+        let force = force || target.is_some_and(super::lock_override);
+        self.with_locks(app_id, &names, force, lock_already_held, || {
             for s in &app.services {
                 let id = s.container_id.clone().unwrap_or_default();
                 let grace = u32::try_from(s.config.stop_grace_period).unwrap_or(10);
@@ -230,10 +231,6 @@ impl Actions<'_> {
                 log::info!("Purged data");
             }
             Ok(())
-        })();
-        if !lock_already_held {
-            let _ = self.locks.release(app_id);
-        }
-        result
+        })
     }
 }

@@ -165,6 +165,27 @@ impl StateEngine {
         f(&mut self.status.lock().unwrap_or_else(|p| p.into_inner()));
     }
 
+    /// Runs an API action between iterations. The status turns to `applying` until the
+    /// iteration that follows has refreshed it (and recreated what the action removed).
+    fn run_action(
+        &self,
+        app_id: i64,
+        what: &str,
+        f: impl FnOnce(&Actions, bool) -> Result<(), ActionError>,
+    ) -> Result<(), ActionError> {
+        let actions = Actions {
+            settings: &self.settings,
+            engine: &self.engine,
+            locks: &self.locks,
+        };
+        let result = f(&actions, self.locks_held.contains(&app_id));
+        if let Err(e) = &result {
+            warn!("{what} on app {app_id} failed: {e:?}");
+        }
+        self.set_status(|s| s.app_state = "applying".into());
+        result
+    }
+
     fn run(&mut self, rx: Receiver<Command>) {
         // Nothing is known to be applied until the first iteration has looked.
         self.set_status(|s| s.app_state = "applying".into());
@@ -216,18 +237,13 @@ impl StateEngine {
                     force,
                     reply,
                 }) => {
-                    let actions = Actions {
-                        settings: &self.settings,
-                        engine: &self.engine,
-                        locks: &self.locks,
-                    };
-                    let held = self.locks_held.contains(&app_id);
-                    let result = actions.run_app(app_id, action, force, target.as_ref(), held);
-                    if let Err(e) = &result {
-                        warn!("App action {action:?} on app {app_id} failed: {e:?}");
-                    }
-                    // The loop below recreates what the action removed.
-                    self.set_status(|s| s.app_state = "applying".into());
+                    let result = self.run_action(
+                        app_id,
+                        &format!("App action {action:?}"),
+                        |actions, held| {
+                            actions.run_app(app_id, action, force, target.as_ref(), held)
+                        },
+                    );
                     let _ = reply.send(result);
                 }
                 Some(Command::ServiceAction {
@@ -237,18 +253,13 @@ impl StateEngine {
                     force,
                     reply,
                 }) => {
-                    let actions = Actions {
-                        settings: &self.settings,
-                        engine: &self.engine,
-                        locks: &self.locks,
-                    };
-                    let held = self.locks_held.contains(&app_id);
-                    let result = actions.run(app_id, &which, action, force, target.as_ref(), held);
-                    if let Err(e) = &result {
-                        warn!("Service action {action:?} on app {app_id} failed: {e:?}");
-                    }
-                    // The status is stale until the iteration below refreshes it.
-                    self.set_status(|s| s.app_state = "applying".into());
+                    let result = self.run_action(
+                        app_id,
+                        &format!("Service action {action:?}"),
+                        |actions, held| {
+                            actions.run(app_id, &which, action, force, target.as_ref(), held)
+                        },
+                    );
                     let _ = reply.send(result);
                 }
                 Some(Command::SetTarget {
@@ -492,14 +503,7 @@ impl StateEngine {
                 .config
                 .get("SUPERVISOR_LOCAL_MODE")
                 .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "on"));
-        let lock_override = ["SUPERVISOR_OVERRIDE_LOCK", "OVERRIDE_LOCK"]
-            .iter()
-            .any(|k| {
-                target
-                    .config
-                    .get(*k)
-                    .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "on"))
-            });
+        let lock_override = super::lock_override(target);
         let extra_firmware_ready = self.engine.inspect_volume(EXTRA_FIRMWARE_VOLUME).is_ok()
             && self
                 .settings

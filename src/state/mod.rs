@@ -10,3 +10,16 @@ pub mod snapshot;
 pub mod target;
 
 pub use snapshot::EngineSnapshot;
+
+/// The `SUPERVISOR_OVERRIDE_LOCK` config variable (legacy `OVERRIDE_LOCK`) of a target, whose
+/// names are stored without their `BALENA_`/`RESIN_` prefix.
+pub fn lock_override(target: &crate::compose::target::TargetState) -> bool {
+    ["SUPERVISOR_OVERRIDE_LOCK", "OVERRIDE_LOCK"]
+        .iter()
+        .any(|k| {
+            target
+                .config
+                .get(*k)
+                .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "on"))
+        })
+}
