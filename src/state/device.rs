@@ -3,19 +3,25 @@
 use crate::compose::contracts::Universe;
 use crate::compose::service::DeviceContext;
 use crate::config::Settings;
+use std::collections::BTreeMap;
 use std::path::Path;
+
+/// `KEY="value"` lines of the host's os-release.
+fn os_release(settings: &Settings) -> BTreeMap<String, String> {
+    std::fs::read_to_string(&settings.paths.host_os_version_path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().trim_matches('"').to_string()))
+        .collect()
+}
 
 /// The device facts that go into every container.
 pub fn device_context(settings: &Settings, device_name: &str) -> DeviceContext {
     let cfg = &settings.config_json;
     let read = |p: &Path| std::fs::read_to_string(p).ok();
-    let os_release = read(&settings.paths.host_os_version_path).unwrap_or_default();
-    let field = |k: &str| {
-        os_release.lines().find_map(|l| {
-            l.strip_prefix(&format!("{k}="))
-                .map(|v| v.trim_matches('"').to_string())
-        })
-    };
+    let os_release = os_release(settings);
+    let field = |k: &str| os_release.get(k).cloned();
     DeviceContext {
         uuid: cfg.get_str("uuid").unwrap_or_default(),
         device_type: settings.device_type.slug.clone(),
@@ -42,38 +48,26 @@ pub fn device_context(settings: &Settings, device_name: &str) -> DeviceContext {
 /// What the device offers to contracts: our supervisor-compatible version, device type,
 /// architecture, OS from os-release, kernel from the running system.
 pub fn universe(settings: &Settings) -> Universe {
-    let os_release =
-        std::fs::read_to_string(&settings.paths.host_os_version_path).unwrap_or_default();
-    let field = |k: &str| {
-        os_release.lines().find_map(|l| {
-            l.strip_prefix(&format!("{k}="))
-                .map(|v| v.trim_matches('"').to_string())
-        })
+    let os_release = os_release(settings);
+    let field = |k: &str| os_release.get(k).cloned();
+    // `uname -r`, e.g. `6.1.77` or `4.9.253-l4t-r32.7.1`.
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let release = release.trim();
+    let version_prefix = |text: &str| -> String {
+        text.chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.')
+            .collect()
     };
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .ok()
-        .map(|r| {
-            let version: String = r
-                .trim()
-                .chars()
-                .take_while(|c| c.is_ascii_digit() || *c == '.')
-                .collect();
-            ("linux".to_string(), version)
-        });
-    let l4t = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .ok()
-        .and_then(|r| {
-            let at = r.find("-l4t-r")?;
-            let v: String = r[at + 6..]
-                .chars()
-                .take_while(|c| c.is_ascii_digit() || *c == '.')
-                .collect();
-            Some(if v.matches('.').count() == 1 {
-                format!("{v}.0")
-            } else {
-                v
-            })
-        });
+    let kernel = (!release.is_empty()).then(|| ("linux".to_string(), version_prefix(release)));
+    let l4t = release.find("-l4t-r").map(|at| {
+        let v = version_prefix(&release[at + 6..]);
+        // `31.0` counts as `31.0.0` (engine.md (g)).
+        if v.matches('.').count() == 1 {
+            format!("{v}.0")
+        } else {
+            v
+        }
+    });
     Universe {
         supervisor_version: crate::SUPERVISOR_VERSION.to_string(),
         device_type: settings.device_type.slug.clone(),
