@@ -375,15 +375,7 @@ impl Db {
     /// engine id of a matching row that lacks it.
     pub fn upsert_image(&self, i: &ImageRow) -> Result<bool> {
         let existing = self.images()?;
-        let same = |r: &ImageRow| {
-            r.name == i.name
-                && r.app_id == i.app_id
-                && r.service_name == i.service_name
-                && r.image_id == i.image_id
-                && r.release_id == i.release_id
-                && r.commit == i.commit
-        };
-        if let Some(row) = existing.iter().find(|r| same(r)) {
+        if let Some(row) = existing.iter().find(|r| r.same_metadata(i)) {
             if row.docker_image_id == i.docker_image_id {
                 return Ok(false);
             }

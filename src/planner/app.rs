@@ -37,6 +37,8 @@ struct Change<'a, T> {
 struct Pair<'a> {
     current: Option<&'a Service>,
     target: Option<&'a Service>,
+    /// For an update: the config fields that differ, computed once when pairing.
+    differences: Vec<&'static str>,
 }
 
 fn network_names(n: &Network) -> [String; 2] {
@@ -244,21 +246,15 @@ impl<'a> AppPlan<'a> {
         }
     }
 
-    fn recreate_reason(&self, current: &Service, target: Option<&Service>) -> Vec<String> {
-        match target {
-            None => vec!["not in target".into()],
-            Some(t) => {
-                let mut r: Vec<String> =
-                    config_differences(&current.config, &t.config, &self.container_ids)
-                        .into_iter()
-                        .map(str::to_string)
-                        .collect();
-                if self.needs_special_kill(current) {
-                    r.push("network or volume changes".into());
-                }
-                r
-            }
+    fn recreate_reason(pair: &Pair<'_>, special_kill: bool) -> Vec<String> {
+        if pair.target.is_none() {
+            return vec!["not in target".into()];
         }
+        let mut r: Vec<String> = pair.differences.iter().map(|d| d.to_string()).collect();
+        if special_kill {
+            r.push("network or volume changes".into());
+        }
+        r
     }
 
     /// Steps for one service pair (engine.md C.5).
@@ -283,9 +279,7 @@ impl<'a> AppPlan<'a> {
         };
         let special_kill = self.needs_special_kill(current);
         if let Some(t) = pair.target {
-            if !special_kill
-                && config_differences(&current.config, &t.config, &self.container_ids).is_empty()
-            {
+            if !special_kill && pair.differences.is_empty() {
                 return self.container_step(current, t);
             }
         }
@@ -294,7 +288,7 @@ impl<'a> AppPlan<'a> {
             None => (strategy_of(current), false),
         };
         let kill_deps = self.target_images_ready();
-        let reason = self.recreate_reason(current, pair.target);
+        let reason = Self::recreate_reason(pair, special_kill);
         match strategy {
             Strategy::DownloadThenKill => {
                 if needs_download {
@@ -495,6 +489,7 @@ pub(super) fn update_steps(
             removes.push(Pair {
                 current: Some(s),
                 target: None,
+                differences: vec![],
             });
         }
     }
@@ -505,6 +500,7 @@ pub(super) fn update_steps(
         .map(|t| Pair {
             current: None,
             target: Some(t),
+            differences: vec![],
         })
         .collect();
     let network_changes = compare_networks(&current.networks, &target.networks);
@@ -525,7 +521,8 @@ pub(super) fn update_steps(
         let Some(c) = by_name.get(t.service_name.as_str()).copied() else {
             continue;
         };
-        let equal = config_differences(&c.config, &t.config, &plan.container_ids).is_empty();
+        let differences = config_differences(&c.config, &t.config, &plan.container_ids);
+        let equal = differences.is_empty();
         let stopped_by_us = c
             .container_id
             .as_ref()
@@ -550,6 +547,7 @@ pub(super) fn update_steps(
             updates.push(Pair {
                 current: Some(c),
                 target: Some(t),
+                differences,
             });
         }
     }
