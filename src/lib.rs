@@ -2,12 +2,15 @@
 //! See ARCHITECTURE.md for the map of modules, threads and channels.
 
 pub mod api;
+pub mod cloud;
 pub mod compose;
 pub mod config;
 pub mod db;
 pub mod dry_run;
+pub mod encoding;
 pub mod engine;
 pub mod fsutil;
+pub mod host;
 pub mod locks;
 pub mod planner;
 pub mod state;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tinyvisor::api::{self, Api};
+use tinyvisor::cloud::CloudLink;
 use tinyvisor::config::{Overrides, Settings};
 use tinyvisor::db::Db;
 use tinyvisor::dry_run::{dry_run, CurrentSource};
@@ -151,7 +152,7 @@ fn main() -> ExitCode {
         Err(e) => warn!("engine not reachable yet: {e}"),
     }
 
-    if let Err(e) = ensure_uuid(&settings) {
+    if let Err(e) = ensure_identity(&settings) {
         error!("{e}");
         return ExitCode::FAILURE;
     }
@@ -175,20 +176,57 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let settings = Arc::new(settings);
-    let status = Arc::new(Mutex::new(Status::default()));
-    let (engine_tx, engine_thread) =
-        match apply::spawn(Arc::clone(&settings), db, Arc::clone(&status)) {
-            Ok(x) => x,
+    let managed = !settings.config_json.unmanaged();
+    let api_secret =
+        match db.global_api_key(|| tinyvisor::encoding::random_hex_key().unwrap_or_default()) {
+            Ok(k) => Some(k),
             Err(e) => {
-                error!("cannot start the state engine: {e}");
-                return ExitCode::FAILURE;
+                warn!("cannot read or create the global API key: {e}");
+                None
             }
         };
+    let settings = Arc::new(settings);
+    let status = Arc::new(Mutex::new(Status::default()));
+    // The report thread hears about every status the state engine publishes.
+    let (changes_tx, changes_rx) = crossbeam_channel::bounded(1);
+    let (engine_tx, engine_thread) = match apply::spawn(
+        Arc::clone(&settings),
+        db,
+        Arc::clone(&status),
+        managed.then(|| changes_tx.clone()),
+    ) {
+        Ok(x) => x,
+        Err(e) => {
+            error!("cannot start the state engine: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let cloud = if managed {
+        match CloudLink::start(
+            Arc::clone(&settings),
+            engine_tx.clone(),
+            Arc::clone(&status),
+            (changes_tx, changes_rx),
+            api_secret.clone(),
+        ) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                error!("cannot start the cloud link: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
     let server = match api::start(Api {
         settings: Arc::clone(&settings),
         engine: engine_tx.clone(),
         status,
+        cloud: cloud.as_ref().map(|c| api::CloudHandle {
+            shared: Arc::clone(&c.shared),
+            poll: c.poll.clone(),
+        }),
+        api_secret,
     }) {
         Ok(s) => s,
         Err(e) => {
@@ -198,6 +236,9 @@ fn main() -> ExitCode {
     };
     if let Some(sig) = signals.forever().next() {
         info!("signal {sig} received, stopping");
+    }
+    if let Some(cloud) = cloud {
+        cloud.stop();
     }
     // Steps are idempotent: whatever is cut short here is finished after the next start.
     let _ = engine_tx.send_timeout(apply::Command::Shutdown, Duration::from_secs(1));
@@ -256,25 +297,25 @@ fn plan(settings: &Settings, cmd: &PlanCmd) -> ExitCode {
     }
 }
 
-/// Generates and stores the device uuid on first start, as the real supervisor does.
-fn ensure_uuid(settings: &Settings) -> Result<(), String> {
-    if settings
-        .config_json
-        .get_str("uuid")
-        .is_some_and(|u| !u.is_empty())
-    {
+/// Generates and stores the device uuid on first start, and the device API key of a managed
+/// device, as the real supervisor does (cloud-api.md §2.1).
+fn ensure_identity(settings: &Settings) -> Result<(), String> {
+    let cfg = &settings.config_json;
+    let missing = |k: &str| cfg.get_str(k).is_none_or(|v| v.is_empty());
+    let mut changes = Vec::new();
+    let new_key = || {
+        tinyvisor::encoding::random_hex_key().map_err(|e| format!("cannot read random bytes: {e}"))
+    };
+    if missing("uuid") {
+        changes.push(("uuid", Some(serde_json::Value::String(new_key()?))));
+    }
+    if !cfg.unmanaged() && missing("deviceApiKey") {
+        changes.push(("deviceApiKey", Some(serde_json::Value::String(new_key()?))));
+    }
+    if changes.is_empty() {
         return Ok(());
     }
-    let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
-        .map_err(|e| format!("cannot read random bytes: {e}"))?;
-    let uuid: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    settings
-        .config_json
-        .update(&[("uuid", Some(serde_json::Value::String(uuid)))])
-        .map(drop)
-        .map_err(|e| e.to_string())
+    cfg.update(&changes).map(drop).map_err(|e| e.to_string())
 }
 
 fn apply(settings: &Settings, cmd: &ApplyCmd) -> ExitCode {

@@ -4,6 +4,7 @@
 //! `/v2/applications/:appId/{restart,stop,start}-service`. It never calls the engine: it asks
 //! the state engine over its channel.
 
+use crate::cloud::{poll::target_var, report::local_mode, CloudShared, PollRequest};
 use crate::compose::target::TargetState;
 use crate::compose::target::{parse_device_target, parse_v2_local, MAX_TARGET_BYTES};
 use crate::config::Settings;
@@ -26,6 +27,16 @@ pub struct Api {
     pub settings: Arc<Settings>,
     pub engine: Sender<Command>,
     pub status: Arc<Mutex<Status>>,
+    /// The cloud link of a managed device.
+    pub cloud: Option<CloudHandle>,
+    /// The global key (`apiSecret` appId 0): the cloud calls `/v1/*` with it.
+    pub api_secret: Option<String>,
+}
+
+/// What the API needs of the cloud link: health and a way to ask for a fetch.
+pub struct CloudHandle {
+    pub shared: Arc<CloudShared>,
+    pub poll: Sender<PollRequest>,
 }
 
 /// Binds the port and starts the workers; returns the server so the caller can unblock it.
@@ -97,7 +108,12 @@ impl Api {
         let started = std::time::Instant::now();
         let method = req.method().clone();
         let path = req.url().split('?').next().unwrap_or_default().to_string();
+        let open = matches!(path.as_str(), "/ping" | "/v1/healthy");
         let response = match (&method, path.as_str()) {
+            _ if !open && !self.authorized(&req) => {
+                Response::from_string("Unauthorized").with_status_code(401)
+            }
+            (Method::Post, "/v1/update") => self.update(&mut req),
             (Method::Get | Method::Head, "/ping") => Response::from_string("OK").with_header(
                 Header::from_bytes("Content-Type", "text/plain; charset=utf-8")
                     .expect("static header"),
@@ -149,6 +165,67 @@ impl Api {
             "{method} {path} {code} - {} ms",
             started.elapsed().as_millis()
         );
+    }
+
+    /// Device API auth (device-api.md §1): off when unmanaged or in local mode; otherwise the
+    /// global key from `?apikey=` or `Authorization: Bearer|ApiKey <key>`.
+    fn authorized(&self, req: &Request) -> bool {
+        if local_mode(&self.settings, self.current_target().as_deref()) {
+            return true;
+        }
+        let Some(secret) = self.api_secret.as_deref().filter(|k| !k.is_empty()) else {
+            return false;
+        };
+        let from_query = req
+            .url()
+            .split_once('?')
+            .map(|(_, q)| q)
+            .unwrap_or_default()
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("apikey="));
+        let from_header = || {
+            req.headers()
+                .iter()
+                .find(|h| h.field.equiv("Authorization"))
+                .and_then(|h| {
+                    let (scheme, key) = h.value.as_str().trim().split_once(' ')?;
+                    (scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("apikey"))
+                        .then(|| key.trim().to_string())
+                })
+        };
+        let key = from_query.map(str::to_string).or_else(from_header);
+        key.is_some_and(|k| {
+            !k.is_empty()
+                && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                && k == secret
+        })
+    }
+
+    /// `POST /v1/update`: an immediate fetch when instant updates are on or `force` is set.
+    fn update(&self, req: &mut Request) -> Response<std::io::Cursor<Vec<u8>>> {
+        let doc = match Self::read_json_body(req) {
+            Ok(d) => d,
+            Err(r) => return r,
+        };
+        let force = truthy(doc.get("force"));
+        let instant = target_var(
+            self.current_target().as_deref(),
+            "SUPERVISOR_INSTANT_UPDATE_TRIGGER",
+        )
+        .is_none_or(|v| {
+            !matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "0" | "false" | "off"
+            )
+        });
+        if !force && !instant {
+            return Response::from_string("Accepted").with_status_code(202);
+        }
+        if let Some(cloud) = &self.cloud {
+            // A full queue means a fetch is already on its way.
+            let _ = cloud.poll.try_send(PollRequest::Now { force });
+        }
+        Response::from_string("").with_status_code(204)
     }
 
     /// The stored target, asked of the state engine.
@@ -230,6 +307,7 @@ impl Api {
         let (tx, rx) = crossbeam_channel::bounded(1);
         let cmd = Command::SetTarget {
             state,
+            source: crate::state::apply::LOCAL_SOURCE.to_string(),
             force: truthy(doc.get("force")),
             reply: tx,
         };
@@ -243,6 +321,15 @@ impl Api {
         }
     }
 
+    /// The target being applied, without copying the rest of the status.
+    fn current_target(&self) -> Option<Arc<TargetState>> {
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .target
+            .clone()
+    }
+
     fn status(&self) -> Status {
         self.status
             .lock()
@@ -253,10 +340,17 @@ impl Api {
     /// Unhealthy when an apply has been busy (not downloading) for twice the poll interval.
     fn healthy(&self) -> Response<std::io::Cursor<Vec<u8>>> {
         let s = self.status();
-        let limit = Duration::from_millis(2 * self.settings.config_json.poll_interval_ms());
+        let interval_ms = target_var(s.target.as_deref(), "SUPERVISOR_POLL_INTERVAL")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or_else(|| self.settings.config_json.poll_interval_ms());
+        let limit = Duration::from_millis(2 * interval_ms);
         let stuck =
             s.downloads.is_empty() && s.applying_since.is_some_and(|t| t.elapsed() >= limit);
-        if stuck {
+        let poll_stale = self
+            .cloud
+            .as_ref()
+            .is_some_and(|c| c.shared.since_last_fetch() >= limit);
+        if stuck || poll_stale {
             Response::from_string("Unhealthy").with_status_code(500)
         } else {
             Response::from_string("OK")

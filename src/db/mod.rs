@@ -446,6 +446,30 @@ impl Db {
         Ok(())
     }
 
+    // ---- API keys ----
+
+    /// The device's global API key (`appId` 0, no service), created on first use; the cloud
+    /// gets it as `api_secret`.
+    pub fn global_api_key(&self, new_key: impl FnOnce() -> String) -> Result<String> {
+        let existing: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT key FROM apiSecret WHERE appId = 0 AND serviceName IS NULL",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(key) = existing {
+            return Ok(key);
+        }
+        let key = new_key();
+        self.conn.execute(
+            "INSERT INTO apiSecret (appId, key, scopes, serviceName) VALUES (0, ?1, ?2, NULL)",
+            params![key, r#"[{"type":"global"}]"#],
+        )?;
+        Ok(key)
+    }
+
     /// Number of database pages written since open, for the "no writes while idle" checks.
     pub fn total_changes(&self) -> u64 {
         self.conn.total_changes()

@@ -182,3 +182,11 @@ fn an_existing_v19_database_is_adopted_without_touching_its_rows() {
         "the Node supervisor's records are left as they are"
     );
 }
+
+#[test]
+fn the_global_api_key_is_made_once_and_kept() {
+    let db = Db::open_in_memory().unwrap();
+    let key = db.global_api_key(|| "k1".into()).unwrap();
+    assert_eq!(key, "k1");
+    assert_eq!(db.global_api_key(|| "k2".into()).unwrap(), "k1");
+}

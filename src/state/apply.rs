@@ -25,6 +25,8 @@ pub enum Command {
     /// Store and apply a new target (validated by the sender).
     SetTarget {
         state: TargetState,
+        /// Where it came from: the API endpoint for cloud targets, [`LOCAL_SOURCE`] for local mode.
+        source: String,
         force: bool,
         reply: Sender<Result<(), String>>,
     },
@@ -68,12 +70,17 @@ pub struct Status {
     /// Since when an apply has had work left (for `/v1/healthy`).
     #[serde(skip)]
     pub applying_since: Option<Instant>,
+    /// The target being applied (for the cloud report: which apps and services to report).
+    #[serde(skip)]
+    pub target: Option<Arc<TargetState>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ContainerStatus {
     pub app_id: i64,
     pub service_name: String,
+    pub commit: Option<String>,
+    pub image: String,
     pub image_id: i64,
     pub service_id: i64,
     pub container_id: String,
@@ -104,6 +111,8 @@ pub struct StateEngine {
     db: Mutex<Db>,
     locks: Locks,
     status: Arc<Mutex<Status>>,
+    /// Told (without blocking) whenever the status is published, e.g. by the report thread.
+    changes: Option<Sender<()>>,
     progress: Mutex<BTreeMap<String, u8>>,
     locks_held: BTreeSet<i64>,
     boot_time: i64,
@@ -125,6 +134,7 @@ pub fn spawn(
     settings: Arc<Settings>,
     db: Db,
     status: Arc<Mutex<Status>>,
+    changes: Option<Sender<()>>,
 ) -> std::io::Result<(Sender<Command>, std::thread::JoinHandle<()>)> {
     let (tx, rx) = crossbeam_channel::bounded(16);
     let engine = Engine::new(&settings.paths.docker_socket);
@@ -139,6 +149,7 @@ pub fn spawn(
                 db: Mutex::new(db),
                 locks,
                 status,
+                changes,
                 progress: Mutex::new(BTreeMap::new()),
                 locks_held: BTreeSet::new(),
                 boot_time: boot_time(),
@@ -163,6 +174,9 @@ impl StateEngine {
 
     fn set_status(&self, f: impl FnOnce(&mut Status)) {
         f(&mut self.status.lock().unwrap_or_else(|p| p.into_inner()));
+        if let Some(tx) = &self.changes {
+            let _ = tx.try_send(());
+        }
     }
 
     /// Runs an API action between iterations. The status turns to `applying` until the
@@ -201,13 +215,21 @@ impl StateEngine {
             let mut db = self.db.lock().unwrap_or_else(|p| p.into_inner());
             super::preload::preload(&data, &mut db, &self.engine, LOCAL_SOURCE);
         }
-        let mut target = match self.db().load_target(LOCAL_SOURCE) {
+        // Cloud targets are stored under the API endpoint, local ones under "local" (v19).
+        let source = if self.settings.config_json.unmanaged() {
+            LOCAL_SOURCE.to_string()
+        } else {
+            self.settings.config_json.api_endpoint()
+        };
+        let mut target = match self.db().load_target(&source) {
             Ok(t) => t,
             Err(e) => {
                 error!("cannot read the stored target: {e}");
                 None
             }
         };
+        let published = target.clone().map(Arc::new);
+        self.set_status(|s| s.target = published);
         let mut force = false;
         let mut failures: u32 = 0;
         // Iterations with steps since the last convergence.
@@ -264,14 +286,18 @@ impl StateEngine {
                 }
                 Some(Command::SetTarget {
                     state,
+                    source: from,
                     force: f,
                     reply,
                 }) => {
                     // Persist before applying, so a power cut resumes towards it.
-                    let saved = self.db().save_target(&state, LOCAL_SOURCE);
+                    let saved = self.db().save_target(&state, &from);
                     match saved {
                         Ok(_) => {
-                            target = Some(state.normalised());
+                            let state = state.normalised();
+                            let published = Arc::new(state.clone());
+                            target = Some(state);
+                            self.set_status(|s| s.target = Some(published));
                             force = f;
                             failures = 0;
                             streak = 0;
@@ -559,6 +585,8 @@ impl StateEngine {
             .map(|s| ContainerStatus {
                 app_id: s.app_id,
                 service_name: s.service_name.clone(),
+                commit: s.commit.clone(),
+                image: s.image_name.clone(),
                 image_id: s.image_id,
                 service_id: s.service_id,
                 container_id: s.container_id.clone().unwrap_or_default(),

@@ -6,14 +6,8 @@ use crate::config::Settings;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// `KEY="value"` lines of the host's os-release.
 fn os_release(settings: &Settings) -> BTreeMap<String, String> {
-    std::fs::read_to_string(&settings.paths.host_os_version_path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().trim_matches('"').to_string()))
-        .collect()
+    crate::host::os_release(&settings.paths.host_os_version_path)
 }
 
 /// The device facts that go into every container.

@@ -1,0 +1,150 @@
+//! The cloud link (cloud-api.md): provisioning, target-state polling, current-state reports.
+//! It never touches the engine: targets go to the state engine over its channel, and reports
+//! are built from the status the state engine publishes.
+
+pub mod client;
+pub mod poll;
+pub mod provision;
+pub mod report;
+
+use crate::config::Settings;
+use crate::state::apply::{Command, Status};
+use crossbeam_channel::{Receiver, Sender};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Requests to the poll thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PollRequest {
+    /// Fetch now (`/v1/update`); `force` overrides update locks for the apply that follows.
+    Now {
+        force: bool,
+    },
+    Shutdown,
+}
+
+/// What the cloud threads share with the API and with each other.
+#[derive(Debug)]
+pub struct CloudShared {
+    provisioned: AtomicBool,
+    stopping: AtomicBool,
+    /// The last successful target fetch (200 or 304); starts at process start (v19's grace).
+    last_fetch: Mutex<Instant>,
+}
+
+impl Default for CloudShared {
+    fn default() -> Self {
+        CloudShared {
+            provisioned: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            last_fetch: Mutex::new(Instant::now()),
+        }
+    }
+}
+
+impl CloudShared {
+    pub fn provisioned(&self) -> bool {
+        self.provisioned.load(Ordering::Acquire)
+    }
+
+    pub fn set_provisioned(&self) {
+        self.provisioned.store(true, Ordering::Release);
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    pub fn fetched(&self) {
+        *self.last_fetch.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    pub fn since_last_fetch(&self) -> Duration {
+        self.last_fetch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
+    }
+}
+
+/// The running cloud threads.
+pub struct CloudLink {
+    pub shared: Arc<CloudShared>,
+    pub poll: Sender<PollRequest>,
+    report_wake: Sender<()>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl CloudLink {
+    /// Starts the poll and report threads of a managed device. `changes` is told about every
+    /// status the state engine publishes.
+    pub fn start(
+        settings: Arc<Settings>,
+        engine: Sender<Command>,
+        status: Arc<Mutex<Status>>,
+        changes: (Sender<()>, Receiver<()>),
+        api_secret: Option<String>,
+    ) -> std::io::Result<CloudLink> {
+        let cfg = &settings.config_json;
+        let (os_version, os_variant) = crate::host::os_version_and_variant(
+            &settings.paths.host_os_version_path,
+            cfg.get_bool("developmentMode"),
+        );
+        let timeout = Duration::from_millis(59_000);
+        let user_agent = client::user_agent(os_version.as_deref(), os_variant.as_deref());
+        let cloud = client::Cloud::new(&cfg.api_endpoint(), timeout, &user_agent);
+        let facts = provision::RegisterFacts {
+            device_type: settings.device_type.slug.clone(),
+            os_version,
+            os_variant,
+            mac_address: crate::host::mac_addresses(&settings.paths.mac_address_path),
+        };
+        let shared = Arc::new(CloudShared::default());
+        let (poll_tx, poll_rx) = crossbeam_channel::bounded(1);
+        let poller = poll::Poller::new(
+            cloud.clone(),
+            Arc::clone(&settings),
+            engine,
+            Arc::clone(&shared),
+            facts,
+        );
+        let reporter = report::Reporter {
+            cloud,
+            cache_path: report::Reporter::cache_path(&settings),
+            settings,
+            status,
+            shared: Arc::clone(&shared),
+            api_secret,
+        };
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .stack_size(256 * 1024)
+                .spawn(f)
+        };
+        let (report_wake, report_rx) = changes;
+        let threads = vec![
+            spawn("cloud-poll", Box::new(move || poller.run(poll_rx)))?,
+            spawn("cloud-report", Box::new(move || reporter.run(report_rx)))?,
+        ];
+        Ok(CloudLink {
+            shared,
+            poll: poll_tx,
+            report_wake,
+            threads,
+        })
+    }
+
+    /// Asks both threads to stop. They are not waited for: a call in flight may take up to
+    /// the request timeout, and nothing they do needs finishing (the target is stored by the
+    /// state engine, the report cache is written atomically).
+    pub fn stop(self) {
+        self.shared.stopping.store(true, Ordering::Release);
+        let _ = self
+            .poll
+            .send_timeout(PollRequest::Shutdown, Duration::from_millis(100));
+        let _ = self.report_wake.try_send(());
+        drop(self.threads);
+    }
+}

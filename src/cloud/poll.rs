@@ -1,0 +1,287 @@
+//! The poll thread (cloud-api.md §2, §3): provisions the device, then fetches the v3 target
+//! state with ETags, validates it, and hands it to the state engine (which stores it before
+//! applying). `/v1/update` asks for an immediate fetch over a bounded channel.
+
+use super::client::{Auth, Cloud, CloudError};
+use super::provision::{self, RegisterFacts};
+use super::{CloudShared, PollRequest};
+use crate::compose::target::{parse_v3, TargetState};
+use crate::config::Settings;
+use crate::state::apply::Command;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use log::{error, info, warn};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long the engine may take to store a target.
+const ENGINE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `min(interval, 15 s × 2^n)` after the n-th consecutive failure (n from 0).
+pub fn backoff(failures: u32, interval: Duration) -> Duration {
+    let n = failures.saturating_sub(1).min(16);
+    (Duration::from_secs(15) * (1u32 << n)).min(interval)
+}
+
+/// A config variable of the target (names are stored without their BALENA_/RESIN_ prefix).
+pub fn target_var<'a>(target: Option<&'a TargetState>, name: &str) -> Option<&'a str> {
+    target.and_then(|t| t.config.get(name)).map(String::as_str)
+}
+
+fn parse_bool(v: &str) -> Option<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "on" => Some(true),
+        "0" | "false" | "off" | "" => Some(false),
+        _ => None,
+    }
+}
+
+/// What a fetch found.
+#[derive(Debug)]
+pub enum Fetched {
+    New(Box<TargetState>),
+    Unchanged,
+}
+
+pub struct Poller {
+    pub cloud: Cloud,
+    pub settings: Arc<Settings>,
+    pub engine: Sender<Command>,
+    pub shared: Arc<CloudShared>,
+    pub facts: RegisterFacts,
+    /// ETag of the last valid target; memory only, so a restart fetches in full.
+    etag: Option<String>,
+    /// The last valid target received, for re-applying after a 304 asked for by the API.
+    last: Option<TargetState>,
+}
+
+impl Poller {
+    pub fn new(
+        cloud: Cloud,
+        settings: Arc<Settings>,
+        engine: Sender<Command>,
+        shared: Arc<CloudShared>,
+        facts: RegisterFacts,
+    ) -> Poller {
+        Poller {
+            cloud,
+            settings,
+            engine,
+            shared,
+            facts,
+            etag: None,
+            last: None,
+        }
+    }
+
+    /// The poll interval: the target's `SUPERVISOR_POLL_INTERVAL`, else config.json.
+    fn interval(&self) -> Duration {
+        let ms = target_var(self.last.as_ref(), "SUPERVISOR_POLL_INTERVAL")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or_else(|| self.settings.config_json.poll_interval_ms());
+        Duration::from_millis(ms.max(1))
+    }
+
+    fn instant_updates(&self) -> bool {
+        target_var(self.last.as_ref(), "SUPERVISOR_INSTANT_UPDATE_TRIGGER")
+            .and_then(parse_bool)
+            .unwrap_or(true)
+    }
+
+    /// Provisions (retrying every `bootstrapRetryDelay`), then polls until shut down.
+    pub fn run(mut self, rx: Receiver<PollRequest>) {
+        let retry = Duration::from_millis(
+            self.settings
+                .config_json
+                .get_int("bootstrapRetryDelay")
+                .and_then(|v| u64::try_from(v).ok())
+                .unwrap_or(30_000),
+        );
+        while provision::needed(&self.settings.config_json) {
+            match provision::provision(&self.cloud, &self.settings.config_json, &self.facts) {
+                Ok(()) => break,
+                Err(e) => {
+                    error!("Error provisioning device: {e}; retrying in {retry:?}");
+                    match rx.recv_timeout(retry) {
+                        Ok(PollRequest::Shutdown) | Err(RecvTimeoutError::Disconnected) => return,
+                        _ => {}
+                    }
+                }
+            }
+        }
+        self.shared.set_provisioned();
+        // The target stored before a restart decides the first interval and trigger setting.
+        self.last = self.stored_target();
+        let mut due = if self.instant_updates() {
+            Instant::now()
+        } else {
+            Instant::now() + self.interval()
+        };
+        let mut failures: u32 = 0;
+        loop {
+            let (from_api, force) =
+                match rx.recv_timeout(due.saturating_duration_since(Instant::now())) {
+                    Ok(PollRequest::Shutdown) | Err(RecvTimeoutError::Disconnected) => return,
+                    Ok(PollRequest::Now { force }) => (true, force),
+                    Err(RecvTimeoutError::Timeout) => (false, false),
+                };
+            if self.shared.stopping() {
+                return;
+            }
+            let result = self
+                .fetch()
+                .and_then(|f| self.hand_over(f, from_api, force));
+            match result {
+                Ok(()) => {
+                    failures = 0;
+                    self.shared.fetched();
+                    // A fetch asked for by the API does not move the timer (v19).
+                    if !from_api {
+                        due = Instant::now() + self.interval() + jitter();
+                    }
+                }
+                Err(e) => {
+                    failures += 1;
+                    let wait = backoff(failures, self.interval());
+                    error!("Failed to get target state for device: {e}; retrying in {wait:?}");
+                    if !from_api {
+                        due = Instant::now() + wait;
+                    }
+                }
+            }
+        }
+    }
+
+    fn stored_target(&self) -> Option<TargetState> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.engine
+            .send_timeout(Command::GetTarget { reply: tx }, ENGINE_TIMEOUT)
+            .ok()?;
+        rx.recv_timeout(ENGINE_TIMEOUT).ok().flatten()
+    }
+
+    /// GET the target with If-None-Match; a new body is validated here.
+    pub fn fetch(&mut self) -> Result<Fetched, CloudError> {
+        let uuid = self
+            .settings
+            .config_json
+            .get_str("uuid")
+            .unwrap_or_default();
+        let key = self
+            .settings
+            .config_json
+            .get_str("deviceApiKey")
+            .unwrap_or_default();
+        let etag = self.etag.clone();
+        let headers: Vec<(&str, &str)> = etag
+            .as_deref()
+            .map(|e| vec![("If-None-Match", e)])
+            .unwrap_or_default();
+        let reply = self.cloud.call(
+            "GET",
+            &format!("/device/v3/{uuid}/state"),
+            Auth::Bearer(&key),
+            &headers,
+            None,
+        )?;
+        match reply.status {
+            304 if etag.is_some() => Ok(Fetched::Unchanged),
+            200..=299 => {
+                let doc = reply.json().map_err(|e| self.rejected(e.to_string()))?;
+                let state = parse_v3(&doc, &uuid).map_err(|e| self.rejected(e.to_string()))?;
+                self.etag = reply.etag;
+                Ok(Fetched::New(Box::new(state)))
+            }
+            _ => Err(reply.error()),
+        }
+    }
+
+    fn rejected(&self, reason: String) -> CloudError {
+        warn!("Could not move to new release: {reason}");
+        CloudError::Invalid(format!("Could not move to new release: {reason}"))
+    }
+
+    /// Gives a new target to the engine; after a 304 asked for by the API the last target is
+    /// applied again with the caller's `force` (the engine stores nothing unchanged).
+    fn hand_over(
+        &mut self,
+        fetched: Fetched,
+        from_api: bool,
+        force: bool,
+    ) -> Result<(), CloudError> {
+        let state = match fetched {
+            Fetched::New(state) => *state,
+            Fetched::Unchanged if from_api => match &self.last {
+                Some(last) => last.clone(),
+                None => return Ok(()),
+            },
+            Fetched::Unchanged => return Ok(()),
+        };
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let cmd = Command::SetTarget {
+            state: state.clone(),
+            source: self.cloud.endpoint().to_string(),
+            force,
+            reply: tx,
+        };
+        let unavailable = || CloudError::Invalid("state engine is not answering".into());
+        self.engine
+            .send_timeout(cmd, ENGINE_TIMEOUT)
+            .map_err(|_| unavailable())?;
+        match rx.recv_timeout(ENGINE_TIMEOUT) {
+            Ok(Ok(())) => {
+                if self.last.as_ref() != Some(&state) {
+                    info!("New target state received");
+                }
+                self.last = Some(state);
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                // Not stored: fetch it in full next time.
+                self.etag = None;
+                Err(CloudError::Invalid(e))
+            }
+            Err(_) => {
+                self.etag = None;
+                Err(unavailable())
+            }
+        }
+    }
+}
+
+/// Random delay in [0, 60 s) added to each interval, so a fleet does not poll in step.
+fn jitter() -> Duration {
+    let mut b = [0u8; 4];
+    let _ = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
+    Duration::from_millis(u64::from(u32::from_le_bytes(b)) % 60_000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_15_s_and_stops_at_the_interval() {
+        let interval = Duration::from_secs(900);
+        let got: Vec<u64> = (1..=9).map(|n| backoff(n, interval).as_secs()).collect();
+        assert_eq!(got, [15, 30, 60, 120, 240, 480, 900, 900, 900]);
+        assert_eq!(
+            backoff(40, Duration::from_secs(10)),
+            Duration::from_secs(10)
+        );
+    }
+
+    #[test]
+    fn jitter_stays_under_a_minute() {
+        for _ in 0..100 {
+            assert!(jitter() < Duration::from_secs(60));
+        }
+    }
+
+    #[test]
+    fn config_booleans_read_like_v19() {
+        assert_eq!(parse_bool("1"), Some(true));
+        assert_eq!(parse_bool("False"), Some(false));
+        assert_eq!(parse_bool("maybe"), None);
+    }
+}

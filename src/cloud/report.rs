@@ -1,0 +1,613 @@
+//! The report thread (cloud-api.md §5): builds the v3 current state from the engine's status
+//! and the host's facts, and PATCHes only what changed since the last acknowledged report,
+//! at most once per 10 s (metrics-only changes once per 5 min). The last acknowledged report
+//! is kept on disk so a restart sends a diff, not everything.
+
+use super::client::{Auth, Cloud, CloudError};
+use super::{poll::target_var, CloudShared};
+use crate::compose::target::TargetState;
+use crate::config::Settings;
+use crate::host::{self, Metrics};
+use crate::state::apply::Status;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use log::{debug, warn};
+use serde_json::{json, Map, Value};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// At most one report per this interval (`maxReportFrequency`).
+pub const MIN_REPORT_INTERVAL: Duration = Duration::from_secs(10);
+/// Metrics-only changes wait this long (`maxMetricsFrequency`).
+pub const METRICS_INTERVAL: Duration = Duration::from_secs(300);
+/// Network addresses are re-read this often (v19 polls them every 30 s).
+const ADDRESS_INTERVAL: Duration = Duration::from_secs(30);
+
+const METRIC_KEYS: &[&str] = &[
+    "cpu_usage",
+    "memory_usage",
+    "memory_total",
+    "storage_usage",
+    "storage_total",
+    "storage_block_device",
+    "cpu_temp",
+    "cpu_id",
+];
+
+/// Device fields that do not come from the engine.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceFields {
+    pub api_port: u16,
+    pub api_secret: Option<String>,
+    pub ip_address: String,
+    pub mac_address: Option<String>,
+    pub os_version: Option<String>,
+    pub os_variant: Option<String>,
+    pub metrics: Option<Metrics>,
+    pub is_undervolted: bool,
+}
+
+/// `floor(v/bucket)*bucket`-style filtering: keep the last reported value while the new one
+/// stays in the same bucket.
+fn bucketed(new: Option<u64>, last: Option<&Value>, bucket: u64) -> Option<u64> {
+    match (new, last.and_then(Value::as_u64)) {
+        (Some(n), Some(l)) if n / bucket == l / bucket => Some(l),
+        (n, _) => n,
+    }
+}
+
+/// The device object of the report (what goes under the uuid), complete.
+pub fn current_state(
+    status: &Status,
+    device: &DeviceFields,
+    local_mode: bool,
+    last: &Map<String, Value>,
+) -> Map<String, Value> {
+    let mut out = Map::new();
+    let mut put = |k: &str, v: Value| {
+        out.insert(k.to_string(), v);
+    };
+    put("api_port", json!(device.api_port));
+    put("api_secret", json!(device.api_secret));
+    put("ip_address", json!(device.ip_address));
+    put("mac_address", json!(device.mac_address));
+    put("os_version", json!(device.os_version));
+    put("os_variant", json!(device.os_variant));
+    put("supervisor_version", json!(crate::SUPERVISOR_VERSION));
+    put("provisioning_progress", Value::Null);
+    put("provisioning_state", json!(""));
+    put("status", json!("Idle"));
+    put("is_undervolted", json!(device.is_undervolted));
+    let m = device.metrics.clone().unwrap_or_default();
+    put(
+        "cpu_usage",
+        json!(bucketed(m.cpu_usage, last.get("cpu_usage"), 20)),
+    );
+    put(
+        "memory_usage",
+        json!(bucketed(m.memory_usage, last.get("memory_usage"), 10)),
+    );
+    put("memory_total", json!(m.memory_total));
+    put("storage_usage", json!(m.storage_usage));
+    put("storage_total", json!(m.storage_total));
+    put("storage_block_device", json!(m.storage_block_device));
+    put(
+        "cpu_temp",
+        json!(bucketed(m.cpu_temp, last.get("cpu_temp"), 5)),
+    );
+    put("cpu_id", json!(m.cpu_id));
+    if let Some(name) = status
+        .target
+        .as_ref()
+        .map(|t| t.name.clone())
+        .filter(|n| !n.is_empty())
+    {
+        put("name", json!(name));
+    }
+    if !local_mode {
+        put("logs_channel", Value::Null);
+        put("apps", Value::Object(apps(status)));
+    }
+    out
+}
+
+/// `apps` of the report: every app of the target, its running release and the target
+/// release, each service with its image and status (§5.3).
+pub fn apps(status: &Status) -> Map<String, Value> {
+    let mut out = Map::new();
+    let Some(target) = status.target.as_deref() else {
+        return out;
+    };
+    for app in target.apps.values() {
+        let mut releases: Map<String, Value> = Map::new();
+        let service_of = |releases: &mut Map<String, Value>, commit: &str, name: &str, v: Value| {
+            let rel = releases
+                .entry(commit.to_string())
+                .or_insert_with(|| json!({"services": {}}));
+            rel["services"][name] = v;
+        };
+        for c in status.containers.iter().filter(|c| c.app_id == app.id) {
+            let Some(commit) = c.commit.as_deref() else {
+                continue;
+            };
+            service_of(
+                &mut releases,
+                commit,
+                &c.service_name,
+                json!({"image": c.image, "status": c.status}),
+            );
+        }
+        if let Some(rel) = &app.release {
+            for (name, svc) in &rel.services {
+                if crate::state::target::is_supervisor(&app.uuid, name) {
+                    service_of(
+                        &mut releases,
+                        &rel.commit,
+                        name,
+                        json!({"image": svc.image, "status": "Running"}),
+                    );
+                    continue;
+                }
+                let image = status
+                    .images
+                    .iter()
+                    .find(|i| i.app_id == app.id && &i.service_name == name && i.name == svc.image);
+                let progress = status.downloads.get(&svc.image).copied();
+                let has_container = releases
+                    .get(&rel.commit)
+                    .and_then(|r| r["services"].get(name.as_str()))
+                    .is_some();
+                let entry = match (progress, image) {
+                    (Some(p), _) => {
+                        json!({"image": svc.image, "status": "Downloading", "download_progress": p})
+                    }
+                    _ if has_container => continue,
+                    (None, Some(i)) if i.status == "Downloaded" => {
+                        json!({"image": svc.image, "status": "Downloaded"})
+                    }
+                    _ => {
+                        json!({"image": svc.image, "status": "Downloading", "download_progress": 0})
+                    }
+                };
+                service_of(&mut releases, &rel.commit, name, entry);
+            }
+            releases
+                .entry(rel.commit.clone())
+                .or_insert_with(|| json!({"services": {}}));
+        }
+        for rel in releases.values_mut() {
+            let update_status = update_status(&rel["services"]);
+            rel["update_status"] = json!(update_status);
+        }
+        let mut entry = Map::new();
+        if let Some(commit) = status.releases.get(&app.id) {
+            entry.insert("release_uuid".into(), json!(commit));
+        }
+        entry.insert("releases".into(), Value::Object(releases));
+        out.insert(app.uuid.clone(), Value::Object(entry));
+    }
+    out
+}
+
+/// A release's `update_status` from its services (precedence of §5.3).
+pub fn update_status(services: &Value) -> &'static str {
+    let all: Vec<&Value> = services
+        .as_object()
+        .map(|m| m.values().collect())
+        .unwrap_or_default();
+    let any_status = |names: &[&str]| {
+        all.iter()
+            .any(|s| names.contains(&s["status"].as_str().unwrap_or_default()))
+    };
+    if any_status(&["Aborted"]) {
+        "aborted"
+    } else if all.iter().any(|s| {
+        s.get("download_progress")
+            .and_then(Value::as_u64)
+            .is_some_and(|p| p != 100)
+    }) {
+        "downloading"
+    } else if any_status(&["Downloaded"]) {
+        "downloaded"
+    } else if any_status(&["Installing", "Installed", "Awaiting handover"]) {
+        "applying changes"
+    } else {
+        "done"
+    }
+}
+
+/// The keys of `current` that differ from `last` (top-level device fields; `apps` whole).
+pub fn diff(last: &Map<String, Value>, current: &Map<String, Value>) -> Map<String, Value> {
+    current
+        .iter()
+        .filter(|(k, v)| last.get(*k) != Some(*v))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// Whether a diff holds nothing but metrics.
+pub fn metrics_only(diff: &Map<String, Value>) -> bool {
+    !diff.is_empty() && diff.keys().all(|k| METRIC_KEYS.contains(&k.as_str()))
+}
+
+pub struct Reporter {
+    pub cloud: Cloud,
+    pub settings: Arc<Settings>,
+    pub status: Arc<Mutex<Status>>,
+    pub shared: Arc<CloudShared>,
+    pub api_secret: Option<String>,
+    /// `<ROOT>/tmp/balena-supervisor/state-report-cache`.
+    pub cache_path: PathBuf,
+}
+
+impl Reporter {
+    pub fn cache_path(settings: &Settings) -> PathBuf {
+        settings
+            .paths
+            .root_mountpoint
+            .join("tmp/balena-supervisor/state-report-cache")
+    }
+
+    fn load_cache(&self) -> Map<String, Value> {
+        std::fs::read(&self.cache_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|v| match v {
+                Value::Object(m) => Some(m),
+                _ => None,
+            })
+            .unwrap_or_default()
+    }
+
+    fn save_cache(&self, report: &Map<String, Value>) {
+        if let Some(dir) = self.cache_path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let bytes = serde_json::to_vec(report).unwrap_or_default();
+        if let Err(e) = crate::fsutil::write_atomic(&self.cache_path, &bytes) {
+            warn!("cannot keep the last state report: {e}");
+        }
+    }
+
+    fn send(&self, body: &Map<String, Value>) -> Result<(), CloudError> {
+        let cfg = &self.settings.config_json;
+        let uuid = cfg.get_str("uuid").unwrap_or_default();
+        let key = cfg.get_str("deviceApiKey").unwrap_or_default();
+        let doc = json!({ uuid: body });
+        let reply = self.cloud.call(
+            "PATCH",
+            "/device/v3/state",
+            Auth::Bearer(&key),
+            &[],
+            Some(&doc),
+        )?;
+        if reply.ok() {
+            Ok(())
+        } else {
+            Err(reply.error())
+        }
+    }
+
+    /// Reports until shut down: on every status change (at most once per 10 s), and for
+    /// address and metric changes found by its own timers.
+    pub fn run(self, changes: Receiver<()>) {
+        let mut last = self.load_cache();
+        let mut last_sent: Option<Instant> = None;
+        let mut not_before = Instant::now();
+        let mut failures: u32 = 0;
+        let mut device = DeviceFields {
+            api_port: self.settings.listen_port,
+            api_secret: self.api_secret.clone(),
+            ..DeviceFields::default()
+        };
+        let (os_version, os_variant) = host::os_version_and_variant(
+            &self.settings.paths.host_os_version_path,
+            self.settings.config_json.get_bool("developmentMode"),
+        );
+        device.os_version = os_version;
+        device.os_variant = os_variant;
+        let mut addresses_read = Instant::now() - ADDRESS_INTERVAL;
+        let mut metrics_read: Option<Instant> = None;
+        let mut cpu = host::cpu_times();
+        // Something may have changed that was not sent yet (deferred by the throttle).
+        let mut pending = true;
+        loop {
+            let now = Instant::now();
+            let next_timer = (addresses_read + ADDRESS_INTERVAL)
+                .min(metrics_read.map_or(now, |t| t + METRICS_INTERVAL));
+            let wake = if pending {
+                not_before.min(next_timer)
+            } else {
+                next_timer
+            };
+            match changes.recv_timeout(wake.saturating_duration_since(now)) {
+                Err(RecvTimeoutError::Disconnected) => return,
+                Ok(()) => pending = true,
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            if self.shared.stopping() {
+                return;
+            }
+            let now = Instant::now();
+            if now >= addresses_read + ADDRESS_INTERVAL {
+                device.ip_address = host::ip_addresses();
+                device.mac_address = host::mac_addresses(&self.settings.paths.mac_address_path);
+                addresses_read = now;
+                pending = true;
+            }
+            let status = self
+                .status
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            let hardware = target_var(status.target.as_deref(), "SUPERVISOR_HARDWARE_METRICS")
+                .map(|v| {
+                    !matches!(
+                        v.trim().to_ascii_lowercase().as_str(),
+                        "0" | "false" | "off"
+                    )
+                })
+                .unwrap_or(true);
+            if metrics_read.is_none_or(|t| now >= t + METRICS_INTERVAL) {
+                device.metrics = hardware.then(|| {
+                    let m = host::metrics(&self.settings.paths.data_mountpoint, cpu);
+                    cpu = host::cpu_times();
+                    m
+                });
+                metrics_read = Some(now);
+                pending = true;
+            }
+            if !pending || now < not_before || !self.shared.provisioned() {
+                continue;
+            }
+            let local_mode = local_mode(&self.settings, status.target.as_deref());
+            let current = current_state(&status, &device, local_mode, &last);
+            let body = diff(&last, &current);
+            let recent_metrics = last_sent.is_some_and(|t| now < t + METRICS_INTERVAL);
+            if body.is_empty() || (metrics_only(&body) && recent_metrics) {
+                pending = false;
+                continue;
+            }
+            match self.send(&body) {
+                Ok(()) => {
+                    debug!(
+                        "State report sent: {}",
+                        body.keys().cloned().collect::<Vec<_>>().join(", ")
+                    );
+                    last = current;
+                    self.save_cache(&last);
+                    failures = 0;
+                    last_sent = Some(now);
+                    not_before = now + MIN_REPORT_INTERVAL;
+                    // Check again once the throttle allows: more may have changed meanwhile.
+                    pending = true;
+                }
+                Err(e) => {
+                    failures += 1;
+                    let interval =
+                        Duration::from_millis(self.settings.config_json.poll_interval_ms());
+                    let wait = match &e {
+                        CloudError::Status {
+                            retry_after: Some(r),
+                            ..
+                        } => *r,
+                        _ => super::poll::backoff(failures, interval),
+                    };
+                    warn!("Non-200 response from the API while reporting state: {e}; retrying in {wait:?}");
+                    not_before = now + wait;
+                }
+            }
+        }
+    }
+}
+
+/// Unmanaged devices and `SUPERVISOR_LOCAL_MODE` targets are in local mode.
+pub fn local_mode(settings: &Settings, target: Option<&TargetState>) -> bool {
+    settings.config_json.unmanaged()
+        || target_var(target, "SUPERVISOR_LOCAL_MODE")
+            .is_some_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "on"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compose::target::parse_device_target;
+    use crate::state::apply::{ContainerStatus, ImageStatus};
+
+    fn target() -> Arc<TargetState> {
+        let doc = json!({"name": "gentle-river", "config": {}, "apps": {"appuuid1": {
+            "id": 1234, "name": "myfleet", "class": "fleet",
+            "releases": {"newcommit": {"id": 2, "services": {
+                "main": {"id": 5511, "image_id": 7722, "image": "reg/main:2", "environment": {}, "labels": {}},
+                "side": {"id": 5512, "image_id": 7723, "image": "reg/side:2", "environment": {}, "labels": {}}
+            }, "volumes": {}, "networks": {}}}
+        }}});
+        Arc::new(parse_device_target(&doc).unwrap())
+    }
+
+    fn container(name: &str, commit: &str, image: &str, status: &str) -> ContainerStatus {
+        ContainerStatus {
+            app_id: 1234,
+            service_name: name.into(),
+            commit: Some(commit.into()),
+            image: image.into(),
+            image_id: 1,
+            service_id: 1,
+            container_id: "c".into(),
+            status: status.into(),
+            created_at: String::new(),
+        }
+    }
+
+    fn image(name: &str, service: &str, status: &str) -> ImageStatus {
+        ImageStatus {
+            name: name.into(),
+            app_id: 1234,
+            service_name: service.into(),
+            image_id: 1,
+            docker_image_id: None,
+            status: status.into(),
+            download_progress: None,
+        }
+    }
+
+    #[test]
+    fn an_update_in_progress_shows_both_releases() {
+        let mut status = Status {
+            target: Some(target()),
+            ..Status::default()
+        };
+        status.releases.insert(1234, "oldcommit".into());
+        status.containers = vec![container("main", "oldcommit", "reg/main:1", "Running")];
+        status.downloads.insert("reg/main:2".into(), 40);
+        let apps = apps(&status);
+        let app = &apps["appuuid1"];
+        assert_eq!(app["release_uuid"], "oldcommit");
+        assert_eq!(app["releases"]["oldcommit"]["update_status"], "done");
+        assert_eq!(
+            app["releases"]["oldcommit"]["services"]["main"],
+            json!({"image": "reg/main:1", "status": "Running"})
+        );
+        let new = &app["releases"]["newcommit"];
+        assert_eq!(new["update_status"], "downloading");
+        assert_eq!(
+            new["services"]["main"],
+            json!({"image": "reg/main:2", "status": "Downloading", "download_progress": 40})
+        );
+        // No image record yet: reported as starting to download.
+        assert_eq!(
+            new["services"]["side"],
+            json!({"image": "reg/side:2", "status": "Downloading", "download_progress": 0})
+        );
+    }
+
+    #[test]
+    fn release_status_follows_its_services() {
+        let mut status = Status {
+            target: Some(target()),
+            ..Status::default()
+        };
+        status.images = vec![
+            image("reg/main:2", "main", "Downloaded"),
+            image("reg/side:2", "side", "Downloaded"),
+        ];
+        let s = apps(&status);
+        assert_eq!(
+            s["appuuid1"]["releases"]["newcommit"]["update_status"],
+            "downloaded"
+        );
+        assert!(s["appuuid1"].get("release_uuid").is_none());
+
+        status.containers = vec![
+            container("main", "newcommit", "reg/main:2", "Installed"),
+            container("side", "newcommit", "reg/side:2", "Running"),
+        ];
+        let s = apps(&status);
+        let rel = &s["appuuid1"]["releases"]["newcommit"];
+        assert_eq!(rel["update_status"], "applying changes");
+        assert_eq!(rel["services"]["main"]["status"], "Installed");
+
+        status.containers[0].status = "Running".into();
+        status.releases.insert(1234, "newcommit".into());
+        let s = apps(&status);
+        assert_eq!(
+            s["appuuid1"]["releases"]["newcommit"]["update_status"],
+            "done"
+        );
+        assert_eq!(s["appuuid1"]["release_uuid"], "newcommit");
+    }
+
+    #[test]
+    fn update_status_precedence() {
+        let cases = [
+            (
+                json!({"a": {"status": "Aborted"}, "b": {"status": "Downloading", "download_progress": 5}}),
+                "aborted",
+            ),
+            (
+                json!({"a": {"status": "Downloaded"}, "b": {"status": "Downloading", "download_progress": 5}}),
+                "downloading",
+            ),
+            (
+                json!({"a": {"status": "Downloaded"}, "b": {"status": "Installing"}}),
+                "downloaded",
+            ),
+            (
+                json!({"a": {"status": "Running"}, "b": {"status": "Awaiting handover"}}),
+                "applying changes",
+            ),
+            (
+                json!({"a": {"status": "Running"}, "b": {"status": "exited"}}),
+                "done",
+            ),
+            (json!({}), "done"),
+        ];
+        for (services, want) in cases {
+            assert_eq!(update_status(&services), want, "{services}");
+        }
+    }
+
+    #[test]
+    fn only_changed_keys_are_sent_and_metrics_wait() {
+        let device = DeviceFields {
+            api_port: 48484,
+            ip_address: "10.0.0.2".into(),
+            ..DeviceFields::default()
+        };
+        let status = Status {
+            target: Some(target()),
+            ..Status::default()
+        };
+        let first = current_state(&status, &device, false, &Map::new());
+        assert_eq!(diff(&Map::new(), &first).len(), first.len());
+        assert!(diff(&first, &first).is_empty());
+
+        let moved = DeviceFields {
+            ip_address: "10.0.0.3".into(),
+            ..device.clone()
+        };
+        let second = current_state(&status, &moved, false, &first);
+        assert_eq!(
+            diff(&first, &second),
+            json!({"ip_address": "10.0.0.3"})
+                .as_object()
+                .unwrap()
+                .clone()
+        );
+        assert!(!metrics_only(&diff(&first, &second)));
+
+        let busy = DeviceFields {
+            metrics: Some(Metrics {
+                cpu_usage: Some(50),
+                ..Metrics::default()
+            }),
+            ..device.clone()
+        };
+        let third = current_state(&status, &busy, false, &first);
+        let d = diff(&first, &third);
+        assert_eq!(d.keys().collect::<Vec<_>>(), ["cpu_usage"]);
+        assert!(metrics_only(&d));
+        // A small move within the bucket repeats the last value: no diff.
+        let calmer = DeviceFields {
+            metrics: Some(Metrics {
+                cpu_usage: Some(55),
+                ..Metrics::default()
+            }),
+            ..device.clone()
+        };
+        assert!(diff(&third, &current_state(&status, &calmer, false, &third)).is_empty());
+    }
+
+    #[test]
+    fn local_mode_leaves_out_apps() {
+        let status = Status {
+            target: Some(target()),
+            ..Status::default()
+        };
+        let s = current_state(&status, &DeviceFields::default(), true, &Map::new());
+        assert!(s.get("apps").is_none() && s.get("logs_channel").is_none());
+        assert_eq!(s["name"], "gentle-river");
+        assert_eq!(s["status"], "Idle");
+        assert_eq!(s["supervisor_version"], crate::SUPERVISOR_VERSION);
+    }
+}
