@@ -79,8 +79,22 @@ impl Executor<'_> {
                 .record_image(image, image.docker_image_id.clone())
                 .map_err(|m| fail(m, false)),
             Step::RemoveImage { image } => {
-                match self.engine.remove_image(&image.name, false) {
-                    Ok(_) => {}
+                // Another release may use the same name (a tag reused across releases): then
+                // only this row goes, the engine image stays for the other (v19 would untag it
+                // and leave the new release without its image).
+                let shared = self
+                    .db()
+                    .images()
+                    .map_err(|e| fail(e.to_string(), false))?
+                    .iter()
+                    .any(|other| other.name == image.name && !other.same_metadata(image));
+                let removed = if shared {
+                    Ok(())
+                } else {
+                    self.engine.remove_image(&image.name, false).map(drop)
+                };
+                match removed {
+                    Ok(()) => {}
                     Err(e) if e.is_not_found() => {}
                     Err(e) => return Err(engine_err(e)),
                 }

@@ -1,6 +1,8 @@
 //! Shared helpers for tests that talk to the real engine started by scripts/setup-engine.
 #![allow(dead_code)]
 
+pub mod mock_api;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tinyvisor::engine::Engine;
@@ -101,6 +103,8 @@ pub struct Daemon {
     pub port: u16,
     pub child: Option<std::process::Child>,
     pub log: std::path::PathBuf,
+    /// API key sent with every request (managed devices require one).
+    pub key: Option<String>,
 }
 
 /// A free TCP port on loopback.
@@ -137,6 +141,7 @@ impl Daemon {
             port: free_port(),
             child: None,
             log,
+            key: None,
         }
     }
 
@@ -209,13 +214,11 @@ impl Daemon {
         use tinyvisor::engine::http;
         let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port))?;
         stream.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
-        http::write_request(
-            &mut stream,
-            method,
-            path,
-            &[("Connection", "close".into())],
-            body.map(str::as_bytes),
-        )?;
+        let mut headers = vec![("Connection", "close".to_string())];
+        if let Some(k) = &self.key {
+            headers.push(("Authorization", format!("Bearer {k}")));
+        }
+        http::write_request(&mut stream, method, path, &headers, body.map(str::as_bytes))?;
         let mut reader = std::io::BufReader::new(stream);
         let head = http::read_head(&mut reader)?;
         let framing = http::framing(&head, false)?;
