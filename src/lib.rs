@@ -12,6 +12,7 @@ pub mod engine;
 pub mod fsutil;
 pub mod host;
 pub mod locks;
+pub mod logs;
 pub mod planner;
 pub mod state;
 

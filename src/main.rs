@@ -10,6 +10,7 @@ use tinyvisor::config::{Overrides, Settings};
 use tinyvisor::db::Db;
 use tinyvisor::dry_run::{dry_run, CurrentSource};
 use tinyvisor::engine::Engine;
+use tinyvisor::logs;
 use tinyvisor::state::apply::{self, Status};
 
 #[derive(FromArgs)]
@@ -187,20 +188,42 @@ fn main() -> ExitCode {
         };
     let settings = Arc::new(settings);
     let status = Arc::new(Mutex::new(Status::default()));
-    // The report thread hears about every status the state engine publishes.
+    let log_bus = Arc::new(logs::LogBus::default());
+    logs::install(Arc::clone(&log_bus));
+    // A managed device keeps its logs for the cloud from the first line on.
+    log_bus.set_shipping(managed);
+    logs::event("Supervisor starting", false);
+    // The report thread and the log collector hear about every status the engine publishes.
     let (changes_tx, changes_rx) = crossbeam_channel::bounded(1);
-    let (engine_tx, engine_thread) = match apply::spawn(
-        Arc::clone(&settings),
-        db,
-        Arc::clone(&status),
-        managed.then(|| changes_tx.clone()),
-    ) {
-        Ok(x) => x,
-        Err(e) => {
-            error!("cannot start the state engine: {e}");
-            return ExitCode::FAILURE;
-        }
+    let (collector_tx, collector_rx) = crossbeam_channel::bounded(1);
+    let mut listeners = vec![collector_tx];
+    if managed {
+        listeners.push(changes_tx.clone());
+    }
+    let (engine_tx, engine_thread) =
+        match apply::spawn(Arc::clone(&settings), db, Arc::clone(&status), listeners) {
+            Ok(x) => x,
+            Err(e) => {
+                error!("cannot start the state engine: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+    let stop_collector = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let collector = logs::collect::Collector {
+        source: Arc::new(logs::collect::EngineLogs {
+            engine: Engine::new(&settings.paths.docker_socket),
+        }),
+        bus: Arc::clone(&log_bus),
+        status: Arc::clone(&status),
+        stop: Arc::clone(&stop_collector),
     };
+    if let Err(e) = std::thread::Builder::new()
+        .name("logs".into())
+        .stack_size(256 * 1024)
+        .spawn(move || collector.run(collector_rx))
+    {
+        warn!("cannot start the log collector: {e}");
+    }
     let cloud = if managed {
         match CloudLink::start(
             Arc::clone(&settings),
@@ -208,6 +231,7 @@ fn main() -> ExitCode {
             Arc::clone(&status),
             (changes_tx, changes_rx),
             api_secret.clone(),
+            Arc::clone(&log_bus),
         ) {
             Ok(c) => Some(c),
             Err(e) => {
@@ -227,6 +251,7 @@ fn main() -> ExitCode {
             poll: c.poll.clone(),
         }),
         api_secret,
+        logs: log_bus,
     }) {
         Ok(s) => s,
         Err(e) => {
@@ -240,9 +265,10 @@ fn main() -> ExitCode {
     if let Some(cloud) = cloud {
         cloud.stop();
     }
+    stop_collector.store(true, std::sync::atomic::Ordering::Release);
     // Steps are idempotent: whatever is cut short here is finished after the next start.
     let _ = engine_tx.send_timeout(apply::Command::Shutdown, Duration::from_secs(1));
-    server.unblock();
+    server.stop();
     let (done_tx, done_rx) = crossbeam_channel::bounded(1);
     std::thread::spawn(move || {
         let _ = engine_thread.join();

@@ -19,8 +19,8 @@ fn v3_target(commit: &str, version: &str) -> Value {
         "releases": {commit: {"id": 1, "services": {"main": {
             "id": 1, "image_id": 1, "image": BUSYBOX, "running": true,
             "environment": {"VERSION": version}, "labels": {},
-            "composition": {"init": true,
-                "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2; done"]}
+            "composition": {"init": true, "tty": false,
+                "command": ["sh", "-c", "echo hello-from-$VERSION; echo oops >&2; trap 'exit 0' TERM; while true; do sleep 0.2; done"]}
         }}, "volumes": {"data": {}}, "networks": {}}}
     }}}})
 }
@@ -178,6 +178,32 @@ fn provision_poll_converge_report_and_follow_new_releases() {
         let gap = pair[1].at - pair[0].at;
         assert!(gap >= Duration::from_millis(9_500), "reports {gap:?} apart");
     }
+
+    // Logs: container output and supervisor events on one gzip NDJSON stream.
+    let wait_log = |what: &str, f: &dyn Fn(&Value) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if api.logs.lock().unwrap().iter().any(f) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("no log line {what}; got {:#?}", api.logs.lock().unwrap());
+    };
+    wait_log("hello-from-a", &|l| {
+        l == &json!({"message": "hello-from-a", "timestamp": l["timestamp"], "serviceId": 1, "isStdErr": false})
+    });
+    // Not a TTY (compose's default is one), so the engine keeps stderr apart.
+    wait_log("oops on stderr", &|l| {
+        l["message"] == "oops" && l["isStdErr"] == true
+    });
+    wait_log("Installed service", &|l| {
+        l["message"] == format!("Installed service 'main {BUSYBOX}'") && l["isSystem"] == true
+    });
+    let stream = &api.calls("POST", &format!("/device/v2/{UUID}/log-stream"))[0];
+    assert_eq!(stream.bearer(), Some(device_key.as_str()));
+    assert_eq!(stream.header("Content-Encoding"), Some("gzip"));
+    assert_eq!(stream.header("Content-Type"), Some("application/x-ndjson"));
 
     // The local API now wants the key the cloud was given.
     assert_eq!(d.get("/v2/state/status").unwrap().0, 401);

@@ -497,3 +497,48 @@ fn an_engine_restart_in_the_middle_of_an_update_converges() {
     assert!(names.iter().all(|n| n.ends_with("_c2")), "{names:?}");
     cleanup(&d);
 }
+
+#[test]
+fn local_logs_stream_container_output_and_events() {
+    use std::io::{BufRead, Write};
+    use tinyvisor::engine::http;
+    let _serial = serial();
+    reset_engine(&engine());
+    let d = Daemon::new();
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", d.port)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    conn.write_all(b"GET /v2/local/logs HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut reader = std::io::BufReader::new(conn);
+    let head = http::read_head(&mut reader).unwrap();
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-type"), Some("application/x-ndjson"));
+    let mut lines = std::io::BufReader::new(http::Body::new(reader, http::Framing::Chunked));
+    let mut next = || -> Value {
+        let mut l = String::new();
+        lines.read_line(&mut l).unwrap();
+        serde_json::from_str(&l).unwrap()
+    };
+    assert_eq!(
+        next(),
+        json!({"message": "Streaming logs", "isSystem": true})
+    );
+    let svc = service(
+        1,
+        "talker",
+        "a",
+        json!({"command": ["sh", "-c", "echo hello-local; trap 'exit 0' TERM; while true; do sleep 0.2; done"]}),
+    );
+    assert_eq!(d.post_target(&target("c1", vec![svc])).0, 200);
+    let (mut saw_event, mut saw_output) = (false, false);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(saw_event && saw_output) && Instant::now() < deadline {
+        let l = next();
+        saw_event |=
+            l["isSystem"] == true && l["message"] == format!("Started service 'talker {BUSYBOX}'");
+        saw_output |= l["message"] == "hello-local" && l["serviceId"] == 1;
+    }
+    assert!(saw_event && saw_output, "log: {}", d.log_text());
+    cleanup(&d);
+}

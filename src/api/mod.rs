@@ -1,4 +1,4 @@
-//! The Supervisor API on :48484 (tiny_http). So far: `/ping`, `/v1/healthy`, `/v2/version`,
+//! The Supervisor API on :48484 (served by [`server`]). So far: `/ping`, `/v1/healthy`, `/v2/version`,
 //! `/v2/local/device-info`, `/v2/local/target-state` (GET/POST), `/v2/state/status`,
 //! `/v2/applications/state`, `/v2/containerId`, `/v2/device/name` and the service actions
 //! `/v2/applications/:appId/{restart,stop,start}-service`. It never calls the engine: it asks
@@ -8,18 +8,19 @@ use crate::cloud::{poll::target_var, report::local_mode, CloudShared, PollReques
 use crate::compose::target::TargetState;
 use crate::compose::target::{parse_device_target, parse_v2_local, MAX_TARGET_BYTES};
 use crate::config::Settings;
+use crate::logs::LogBus;
 use crate::state::actions::{ActionError, AppAction, ServiceAction, ServiceRef};
 use crate::state::apply::{Command, Status};
 use crossbeam_channel::Sender;
-use log::{info, warn};
+use log::info;
 use serde_json::{json, Value};
 use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tiny_http::{Header, Method, Request, Response, Server};
+pub mod server;
 
-/// Worker threads serving requests.
-const WORKERS: usize = 2;
+use server::{Limits, Method, Request, Response, Server};
+
 /// How long a request waits for the state engine.
 const ENGINE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -31,6 +32,32 @@ pub struct Api {
     pub cloud: Option<CloudHandle>,
     /// The global key (`apiSecret` appId 0): the cloud calls `/v1/*` with it.
     pub api_secret: Option<String>,
+    pub logs: Arc<LogBus>,
+}
+
+/// Reads NDJSON lines from a log bus subscription, blocking until the next one.
+struct LinesReader {
+    rx: crossbeam_channel::Receiver<Arc<str>>,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for LinesReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if self.pos >= self.buf.len() {
+            let Ok(line) = self.rx.recv() else {
+                return Ok(0);
+            };
+            self.buf.clear();
+            self.buf.extend_from_slice(line.as_bytes());
+            self.buf.push(b'\n');
+            self.pos = 0;
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
 }
 
 /// What the API needs of the cloud link: health and a way to ask for a fetch.
@@ -39,39 +66,26 @@ pub struct CloudHandle {
     pub poll: Sender<PollRequest>,
 }
 
-/// Binds the port and starts the workers; returns the server so the caller can unblock it.
-pub fn start(api: Api) -> std::io::Result<Arc<Server>> {
+/// Binds the port and starts the server; returns it so the caller can stop it.
+pub fn start(api: Api) -> std::io::Result<Server> {
     let addr = format!("0.0.0.0:{}", api.settings.listen_port);
-    let server = Arc::new(
-        Server::http(&addr)
-            .map_err(|e| std::io::Error::other(format!("cannot listen on {addr}: {e}")))?,
-    );
+    let listener = std::net::TcpListener::bind(&addr)
+        .map_err(|e| std::io::Error::other(format!("cannot listen on {addr}: {e}")))?;
     let api = Arc::new(api);
-    for i in 0..WORKERS {
-        let server = Arc::clone(&server);
-        let api = Arc::clone(&api);
-        std::thread::Builder::new()
-            .name(format!("api-{i}"))
-            .stack_size(256 * 1024)
-            .spawn(move || {
-                for request in server.incoming_requests() {
-                    api.handle(request);
-                }
-            })?;
-    }
+    let server = Server::start(
+        listener,
+        Limits::default(),
+        Arc::new(move |req| api.handle(req)),
+    )?;
     info!("Supervisor API listening on {addr}");
     Ok(server)
 }
 
-fn json_response(status: u16, body: Value) -> Response<std::io::Cursor<Vec<u8>>> {
-    let header = Header::from_bytes("Content-Type", "application/json; charset=utf-8")
-        .expect("static header");
-    Response::from_data(body.to_string().into_bytes())
-        .with_status_code(status)
-        .with_header(header)
+fn json_response(status: u16, body: Value) -> Response {
+    Response::json(status, &body)
 }
 
-fn failed(status: u16, message: impl Into<String>) -> Response<std::io::Cursor<Vec<u8>>> {
+fn failed(status: u16, message: impl Into<String>) -> Response {
     json_response(
         status,
         json!({"status": "failed", "message": message.into()}),
@@ -104,20 +118,16 @@ fn truthy(v: Option<&Value>) -> bool {
 }
 
 impl Api {
-    fn handle(&self, mut req: Request) {
+    fn handle(&self, req: Request) -> Response {
         let started = std::time::Instant::now();
-        let method = req.method().clone();
-        let path = req.url().split('?').next().unwrap_or_default().to_string();
+        let method = req.method.clone();
+        let path = req.path().to_string();
         let open = matches!(path.as_str(), "/ping" | "/v1/healthy");
         let response = match (&method, path.as_str()) {
-            _ if !open && !self.authorized(&req) => {
-                Response::from_string("Unauthorized").with_status_code(401)
-            }
-            (Method::Post, "/v1/update") => self.update(&mut req),
-            (Method::Get | Method::Head, "/ping") => Response::from_string("OK").with_header(
-                Header::from_bytes("Content-Type", "text/plain; charset=utf-8")
-                    .expect("static header"),
-            ),
+            _ if !open && !self.authorized(&req) => Response::text(401, "Unauthorized"),
+            (Method::Post, "/v1/update") => self.update(&req),
+            (Method::Get | Method::Head, "/ping") => Response::text(200, "OK"),
+            (Method::Get, "/v2/local/logs") => self.stream_logs(),
             (Method::Get, "/v2/version") => json_response(
                 200,
                 json!({"status": "success", "version": crate::SUPERVISOR_VERSION}),
@@ -127,11 +137,11 @@ impl Api {
                 json!({"status": "success", "info": {"arch": self.settings.device_type.arch, "deviceType": self.settings.device_type.slug}}),
             ),
             (Method::Get, "/v2/local/target-state") => self.get_target(),
-            (Method::Post, "/v2/local/target-state") => self.post_target(&mut req),
+            (Method::Post, "/v2/local/target-state") => self.post_target(&req),
             (Method::Get, "/v2/state/status") => self.state_status(),
             (Method::Get | Method::Head, "/v1/healthy") => self.healthy(),
             (Method::Get, "/v2/applications/state") => self.applications_state(),
-            (Method::Get, "/v2/containerId") => self.container_id(req.url()),
+            (Method::Get, "/v2/containerId") => self.container_id(&req.url),
             (Method::Get, "/v2/device/name") => {
                 let name = self
                     .target()
@@ -145,26 +155,24 @@ impl Api {
                 )
             }
             (Method::Post, p) if p.starts_with("/v2/applications/") && p.ends_with("-service") => {
-                self.service_action(p, &mut req)
+                self.service_action(p, &req)
             }
-            (Method::Post, "/v1/restart") => self.app_action_v1(AppAction::Restart, &mut req),
-            (Method::Post, "/v1/purge") => self.app_action_v1(AppAction::Purge, &mut req),
+            (Method::Post, "/v1/restart") => self.app_action_v1(AppAction::Restart, &req),
+            (Method::Post, "/v1/purge") => self.app_action_v1(AppAction::Purge, &req),
             (Method::Post, p)
                 if p.starts_with("/v2/applications/")
                     && (p.ends_with("/restart") || p.ends_with("/purge")) =>
             {
-                self.app_action_v2(p, &mut req)
+                self.app_action_v2(p, &req)
             }
-            (m, p) => Response::from_string(format!("Cannot {m} {p}")).with_status_code(404),
+            (m, p) => Response::text(404, format!("Cannot {m} {p}")),
         };
-        let code = response.status_code().0;
-        if let Err(e) = req.respond(response) {
-            warn!("API response failed: {e}");
-        }
         info!(
-            "{method} {path} {code} - {} ms",
+            "{method} {path} {} - {} ms",
+            response.status,
             started.elapsed().as_millis()
         );
+        response
     }
 
     /// Device API auth (device-api.md §1): off when unmanaged or in local mode; otherwise the
@@ -176,22 +184,11 @@ impl Api {
         let Some(secret) = self.api_secret.as_deref().filter(|k| !k.is_empty()) else {
             return false;
         };
-        let from_query = req
-            .url()
-            .split_once('?')
-            .map(|(_, q)| q)
-            .unwrap_or_default()
-            .split('&')
-            .find_map(|kv| kv.strip_prefix("apikey="));
+        let from_query = req.query("apikey");
         let from_header = || {
-            req.headers()
-                .iter()
-                .find(|h| h.field.equiv("Authorization"))
-                .and_then(|h| {
-                    let (scheme, key) = h.value.as_str().trim().split_once(' ')?;
-                    (scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("apikey"))
-                        .then(|| key.trim().to_string())
-                })
+            let (scheme, key) = req.header("Authorization")?.trim().split_once(' ')?;
+            (scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("apikey"))
+                .then(|| key.trim().to_string())
         };
         let key = from_query.map(str::to_string).or_else(from_header);
         key.is_some_and(|k| {
@@ -202,7 +199,7 @@ impl Api {
     }
 
     /// `POST /v1/update`: an immediate fetch when instant updates are on or `force` is set.
-    fn update(&self, req: &mut Request) -> Response<std::io::Cursor<Vec<u8>>> {
+    fn update(&self, req: &Request) -> Response {
         let doc = match Self::read_json_body(req) {
             Ok(d) => d,
             Err(r) => return r,
@@ -219,13 +216,28 @@ impl Api {
             )
         });
         if !force && !instant {
-            return Response::from_string("Accepted").with_status_code(202);
+            return Response::text(202, "Accepted");
         }
         if let Some(cloud) = &self.cloud {
             // A full queue means a fetch is already on its way.
             let _ = cloud.poll.try_send(PollRequest::Now { force });
         }
-        Response::from_string("").with_status_code(204)
+        Response::empty(204)
+    }
+
+    /// `GET /v2/local/logs`: NDJSON, chunked, never ends by itself (the server streams it on
+    /// its own thread, a few at most).
+    fn stream_logs(&self) -> Response {
+        let rx = self.logs.subscribe();
+        let first = json!({"message": "Streaming logs", "isSystem": true}).to_string() + "\n";
+        Response::stream(
+            "application/x-ndjson",
+            LinesReader {
+                rx,
+                buf: first.into_bytes(),
+                pos: 0,
+            },
+        )
     }
 
     /// The stored target, asked of the state engine.
@@ -237,7 +249,7 @@ impl Api {
         rx.recv_timeout(ENGINE_TIMEOUT).map_err(drop)
     }
 
-    fn get_target(&self) -> Response<std::io::Cursor<Vec<u8>>> {
+    fn get_target(&self) -> Response {
         let Ok(state) = self.target() else {
             return failed(503, "state engine is not answering");
         };
@@ -269,7 +281,7 @@ impl Api {
         json_response(200, json!({"status": "success", "state": {"local": local}}))
     }
 
-    fn post_target(&self, req: &mut Request) -> Response<std::io::Cursor<Vec<u8>>> {
+    fn post_target(&self, req: &Request) -> Response {
         let local_mode = self.settings.config_json.unmanaged();
         if !local_mode {
             return failed(
@@ -277,21 +289,14 @@ impl Api {
                 "Target state can only set when device is in local mode",
             );
         }
-        let mut body = Vec::new();
-        let read = req
-            .as_reader()
-            .take(MAX_TARGET_BYTES as u64 + 1)
-            .read_to_end(&mut body);
-        if read.is_err() {
-            return failed(400, "could not read the request body");
-        }
+        let body = &req.body;
         if body.len() > MAX_TARGET_BYTES {
             return failed(
                 400,
                 format!("request body larger than {MAX_TARGET_BYTES} bytes"),
             );
         }
-        let doc: Value = match serde_json::from_slice(&body) {
+        let doc: Value = match serde_json::from_slice(body) {
             Ok(v) => v,
             Err(e) => return failed(400, format!("invalid JSON: {e}")),
         };
@@ -338,7 +343,7 @@ impl Api {
     }
 
     /// Unhealthy when an apply has been busy (not downloading) for twice the poll interval.
-    fn healthy(&self) -> Response<std::io::Cursor<Vec<u8>>> {
+    fn healthy(&self) -> Response {
         let s = self.status();
         let interval_ms = target_var(s.target.as_deref(), "SUPERVISOR_POLL_INTERVAL")
             .and_then(|v| v.trim().parse::<u64>().ok())
@@ -351,13 +356,13 @@ impl Api {
             .as_ref()
             .is_some_and(|c| c.shared.since_last_fetch() >= limit);
         if stuck || poll_stale {
-            Response::from_string("Unhealthy").with_status_code(500)
+            Response::text(500, "Unhealthy")
         } else {
-            Response::from_string("OK")
+            Response::text(200, "OK")
         }
     }
 
-    fn applications_state(&self) -> Response<std::io::Cursor<Vec<u8>>> {
+    fn applications_state(&self) -> Response {
         let Ok(target) = self.target() else {
             return failed(503, "state engine is not answering");
         };
@@ -400,7 +405,7 @@ impl Api {
         json_response(200, Value::Object(out))
     }
 
-    fn container_id(&self, url: &str) -> Response<std::io::Cursor<Vec<u8>>> {
+    fn container_id(&self, url: &str) -> Response {
         let query = url.split_once('?').map(|(_, q)| q).unwrap_or_default();
         let wanted = query.split('&').find_map(|kv| {
             let (k, v) = kv.split_once('=')?;
@@ -426,29 +431,18 @@ impl Api {
         }
     }
 
-    fn read_json_body(req: &mut Request) -> Result<Value, Response<std::io::Cursor<Vec<u8>>>> {
-        let mut body = Vec::new();
-        if req
-            .as_reader()
-            .take(MAX_TARGET_BYTES as u64 + 1)
-            .read_to_end(&mut body)
-            .is_err()
-            || body.len() > MAX_TARGET_BYTES
-        {
+    fn read_json_body(req: &Request) -> Result<Value, Response> {
+        let body = &req.body;
+        if body.len() > MAX_TARGET_BYTES {
             return Err(failed(400, "could not read the request body"));
         }
         if body.iter().all(u8::is_ascii_whitespace) {
             return Ok(json!({}));
         }
-        serde_json::from_slice(&body).map_err(|e| failed(400, format!("invalid JSON: {e}")))
+        serde_json::from_slice(body).map_err(|e| failed(400, format!("invalid JSON: {e}")))
     }
 
-    fn run_app_action(
-        &self,
-        app_id: i64,
-        action: AppAction,
-        force: bool,
-    ) -> Result<(), Response<std::io::Cursor<Vec<u8>>>> {
+    fn run_app_action(&self, app_id: i64, action: AppAction, force: bool) -> Result<(), Response> {
         let (tx, rx) = crossbeam_channel::bounded(1);
         let cmd = Command::AppAction {
             app_id,
@@ -469,11 +463,7 @@ impl Api {
     }
 
     /// `POST /v1/restart`, `POST /v1/purge` with `{"appId", "force"}` (device-api.md 3.7, 3.8).
-    fn app_action_v1(
-        &self,
-        action: AppAction,
-        req: &mut Request,
-    ) -> Response<std::io::Cursor<Vec<u8>>> {
+    fn app_action_v1(&self, action: AppAction, req: &Request) -> Response {
         let doc = match Self::read_json_body(req) {
             Ok(d) => d,
             Err(r) => return r,
@@ -483,25 +473,25 @@ impl Api {
             AppAction::Purge => "Invalid or missing appId",
         };
         let Some(app_id) = doc.get("appId").and_then(int_param).filter(|id| *id > 0) else {
-            return Response::from_string(missing).with_status_code(400);
+            return Response::text(400, missing);
         };
         match (
             self.run_app_action(app_id, action, truthy(doc.get("force"))),
             action,
         ) {
-            (Ok(()), AppAction::Restart) => Response::from_string("OK"),
+            (Ok(()), AppAction::Restart) => Response::text(200, "OK"),
             (Ok(()), AppAction::Purge) => json_response(200, json!({"Data": "OK", "Error": ""})),
             (Err(r), _) => r,
         }
     }
 
     /// `POST /v2/applications/:appId/restart|purge` with `{"force"}`.
-    fn app_action_v2(&self, path: &str, req: &mut Request) -> Response<std::io::Cursor<Vec<u8>>> {
+    fn app_action_v2(&self, path: &str, req: &Request) -> Response {
         let rest = path.trim_start_matches("/v2/applications/");
         let (app_param, action) = match rest.split_once('/') {
             Some((a, "restart")) => (a, AppAction::Restart),
             Some((a, "purge")) => (a, AppAction::Purge),
-            _ => return Response::from_string(format!("Cannot POST {path}")).with_status_code(404),
+            _ => return Response::text(404, format!("Cannot POST {path}")),
         };
         let Some(app_id) = int_param(&Value::String(app_param.to_string())).filter(|id| *id > 0)
         else {
@@ -512,20 +502,20 @@ impl Api {
             Err(r) => return r,
         };
         match self.run_app_action(app_id, action, truthy(doc.get("force"))) {
-            Ok(()) => Response::from_string("OK"),
+            Ok(()) => Response::text(200, "OK"),
             Err(r) => r,
         }
     }
 
     /// `POST /v2/applications/:appId/{restart,stop,start}-service` (device-api.md 3.9).
-    fn service_action(&self, path: &str, req: &mut Request) -> Response<std::io::Cursor<Vec<u8>>> {
+    fn service_action(&self, path: &str, req: &Request) -> Response {
         let mut parts = path.trim_start_matches("/v2/applications/").splitn(2, '/');
         let app_param = parts.next().unwrap_or_default();
         let action = match parts.next() {
             Some("restart-service") => ServiceAction::Restart,
             Some("stop-service") => ServiceAction::Stop,
             Some("start-service") => ServiceAction::Start,
-            _ => return Response::from_string(format!("Cannot POST {path}")).with_status_code(404),
+            _ => return Response::text(404, format!("Cannot POST {path}")),
         };
         let app_id = match int_param(&Value::String(app_param.to_string())) {
             Some(id) if id > 0 => id,
@@ -543,10 +533,10 @@ impl Api {
             image_id: doc.get("imageId").and_then(int_param),
         };
         if which.service_name.is_none() && which.image_id.is_none() {
-            return Response::from_string(
+            return Response::text(
+                400,
                 "serviceName or imageId parameters were not provided or the app is multi-container. Use the v2 service action endpoints.",
-            )
-            .with_status_code(400);
+            );
         }
         let (tx, rx) = crossbeam_channel::bounded(1);
         let cmd = Command::ServiceAction {
@@ -561,17 +551,15 @@ impl Api {
         }
         // A stop waits for the container's grace period: allow for it.
         match rx.recv_timeout(ENGINE_TIMEOUT * 4) {
-            Ok(Ok(())) => Response::from_string("OK"),
-            Ok(Err(ActionError::NotFound(text))) => {
-                Response::from_string(text).with_status_code(404)
-            }
+            Ok(Ok(())) => Response::text(200, "OK"),
+            Ok(Err(ActionError::NotFound(text))) => Response::text(404, text),
             Ok(Err(ActionError::Locked(m))) => failed(423, m),
             Ok(Err(ActionError::Failed(m))) => failed(503, m),
             Err(_) => failed(503, "state engine is not answering"),
         }
     }
 
-    fn state_status(&self) -> Response<std::io::Cursor<Vec<u8>>> {
+    fn state_status(&self) -> Response {
         let s = self
             .status
             .lock()

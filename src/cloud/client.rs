@@ -117,7 +117,16 @@ impl Cloud {
         &self.endpoint
     }
 
-    /// One call to `{endpoint}{path}` (or to `path` itself when it is a full URL).
+    /// `{endpoint}{path}`, or `path` itself when it is a full URL.
+    fn url(&self, path: &str) -> String {
+        if path.starts_with("http://") || path.starts_with("https://") {
+            path.to_string()
+        } else {
+            format!("{}{}", self.endpoint, path)
+        }
+    }
+
+    /// One call to [`Cloud::url`] of `path`.
     pub fn call(
         &self,
         method: &str,
@@ -126,11 +135,7 @@ impl Cloud {
         headers: &[(&str, &str)],
         body: Option<&Value>,
     ) -> Result<Reply, CloudError> {
-        let url = if path.starts_with("http://") || path.starts_with("https://") {
-            path.to_string()
-        } else {
-            format!("{}{}", self.endpoint, path)
-        };
+        let url = self.url(path);
         let authorization = match auth {
             Auth::Bearer(key) => format!("Bearer {key}"),
             Auth::Basic(user, pass) => {
@@ -206,7 +211,7 @@ impl Cloud {
         headers: &[(&str, &str)],
         reader: impl std::io::Read + Send + 'static,
     ) -> Result<u16, CloudError> {
-        let url = format!("{}{}", self.endpoint, path);
+        let url = self.url(path);
         let mut rb = self
             .agent
             .post(&url)

@@ -3,6 +3,7 @@
 //! are built from the status the state engine publishes.
 
 pub mod client;
+pub mod log_stream;
 pub mod poll;
 pub mod provision;
 pub mod report;
@@ -13,6 +14,9 @@ use crossbeam_channel::{Receiver, Sender};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// Stack of each cloud thread; pages are only committed when touched.
+const CLOUD_STACK: usize = 1024 * 1024;
 
 /// Requests to the poll thread.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +89,7 @@ impl CloudLink {
         status: Arc<Mutex<Status>>,
         changes: (Sender<()>, Receiver<()>),
         api_secret: Option<String>,
+        logs: Arc<crate::logs::LogBus>,
     ) -> std::io::Result<CloudLink> {
         let cfg = &settings.config_json;
         let (os_version, os_variant) = crate::host::os_version_and_variant(
@@ -109,6 +114,12 @@ impl CloudLink {
             Arc::clone(&shared),
             facts,
         );
+        let shipper = log_stream::Shipper {
+            cloud: cloud.clone(),
+            settings: Arc::clone(&settings),
+            bus: logs,
+            shared: Arc::clone(&shared),
+        };
         let reporter = report::Reporter {
             cloud,
             cache_path: report::Reporter::cache_path(&settings),
@@ -117,16 +128,19 @@ impl CloudLink {
             shared: Arc::clone(&shared),
             api_secret,
         };
+        // TLS handshakes and the deflate compressor (miniz_oxide keeps large tables on the
+        // stack in unoptimised builds) need more than our usual 256 KiB.
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
                 .name(name.into())
-                .stack_size(256 * 1024)
+                .stack_size(CLOUD_STACK)
                 .spawn(f)
         };
         let (report_wake, report_rx) = changes;
         let threads = vec![
             spawn("cloud-poll", Box::new(move || poller.run(poll_rx)))?,
             spawn("cloud-report", Box::new(move || reporter.run(report_rx)))?,
+            spawn("cloud-logs", Box::new(move || shipper.run()))?,
         ];
         Ok(CloudLink {
             shared,

@@ -9,7 +9,7 @@ use crate::compose::target::{parse_v3, TargetState};
 use crate::config::Settings;
 use crate::state::apply::Command;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use log::{error, info, warn};
+use log::{error, info};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -196,7 +196,7 @@ impl Poller {
     }
 
     fn rejected(&self, reason: String) -> CloudError {
-        warn!("Could not move to new release: {reason}");
+        crate::logs::event(format!("Could not move to new release: {reason}"), true);
         CloudError::Invalid(format!("Could not move to new release: {reason}"))
     }
 

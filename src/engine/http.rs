@@ -1,4 +1,5 @@
-//! A small HTTP/1.1 response reader for the engine's Unix socket.
+//! A small HTTP/1.1 reader: responses from the engine's Unix socket, requests for the local
+//! API's server.
 //!
 //! Only what the Docker/balenaEngine API needs: status line and headers with hard size
 //! limits, and bodies framed by Content-Length, chunked transfer coding (extensions and
@@ -103,8 +104,22 @@ pub fn read_head<R: BufRead>(r: &mut R) -> io::Result<ResponseHead> {
     };
     let reason = parts.next().unwrap_or_default().to_string();
 
+    let headers = read_headers(r, status_line.len())?;
+    // Informational answers (100 Continue) are followed by the real one.
+    if (100..200).contains(&status) {
+        return read_head(r);
+    }
+    Ok(ResponseHead {
+        status,
+        reason,
+        headers,
+    })
+}
+
+/// Header lines up to the empty line, with the head's size and count limits; `head_bytes` is
+/// what the start line already used.
+fn read_headers<R: BufRead>(r: &mut R, mut head_bytes: usize) -> io::Result<Vec<(String, String)>> {
     let mut headers = Vec::new();
-    let mut head_bytes = status_line.len();
     loop {
         let line = read_line_limited(r, MAX_LINE)?.ok_or_else(|| {
             io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed in headers")
@@ -114,9 +129,7 @@ pub fn read_head<R: BufRead>(r: &mut R) -> io::Result<ResponseHead> {
         }
         head_bytes += line.len() + 2;
         if head_bytes > MAX_HEAD {
-            return Err(invalid(format!(
-                "response head larger than {MAX_HEAD} bytes"
-            )));
+            return Err(invalid(format!("head larger than {MAX_HEAD} bytes")));
         }
         if headers.len() >= MAX_HEADERS {
             return Err(invalid(format!("more than {MAX_HEADERS} headers")));
@@ -133,15 +146,80 @@ pub fn read_head<R: BufRead>(r: &mut R) -> io::Result<ResponseHead> {
         }
         headers.push((name.to_string(), value.trim().to_string()));
     }
-    // Informational answers (100 Continue) are followed by the real one.
-    if (100..200).contains(&status) {
-        return read_head(r);
+    Ok(headers)
+}
+
+/// The request line and headers of a request (the local API's server side).
+#[derive(Debug, Clone)]
+pub struct RequestHead {
+    pub method: String,
+    /// The request target as sent (path and query).
+    pub target: String,
+    /// `HTTP/1.0` clients close after one answer unless they ask for keep-alive.
+    pub http10: bool,
+    pub headers: Vec<(String, String)>,
+}
+
+impl RequestHead {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
-    Ok(ResponseHead {
-        status,
-        reason,
+
+    /// The body framing: chunked or Content-Length (requests are never close-delimited).
+    pub fn framing(&self) -> io::Result<Framing> {
+        let as_response = ResponseHead {
+            status: 200,
+            reason: String::new(),
+            headers: self.headers.clone(),
+        };
+        match framing(&as_response, false)? {
+            Framing::UntilClose if self.header("transfer-encoding").is_some() => {
+                Err(invalid("unsupported transfer coding"))
+            }
+            Framing::UntilClose => Ok(Framing::Empty),
+            f => Ok(f),
+        }
+    }
+}
+
+/// Reads a request head; `Ok(None)` when the peer closed before sending anything (the end of
+/// a keep-alive connection). Empty lines before the request line are skipped (RFC 9112 §2.2).
+pub fn read_request_head<R: BufRead>(r: &mut R) -> io::Result<Option<RequestHead>> {
+    let line = loop {
+        match read_line_limited(r, MAX_LINE)? {
+            None => return Ok(None),
+            Some(l) if l.is_empty() => continue,
+            Some(l) => break l,
+        }
+    };
+    let line = String::from_utf8(line).map_err(|_| invalid("request line is not UTF-8"))?;
+    let mut parts = line.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(invalid(format!("bad request line {line:?}")));
+    };
+    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
+        return Err(invalid(format!("bad method in {line:?}")));
+    }
+    if !target.starts_with('/') || target.bytes().any(|b| b < b' ' || b == 0x7f) {
+        return Err(invalid(format!("bad request target in {line:?}")));
+    }
+    let http10 = match version {
+        "HTTP/1.1" => false,
+        "HTTP/1.0" => true,
+        _ => return Err(invalid(format!("unsupported version in {line:?}"))),
+    };
+    let headers = read_headers(r, line.len())?;
+    Ok(Some(RequestHead {
+        method: method.to_string(),
+        target: target.to_string(),
+        http10,
         headers,
-    })
+    }))
 }
 
 /// How the body of a response is delimited (RFC 9112 section 6.3).
@@ -254,7 +332,7 @@ impl<R: BufRead> Body<R> {
                 return Ok(out);
             }
             if out.len() + n > limit {
-                return Err(invalid(format!("response body larger than {limit} bytes")));
+                return Err(invalid(format!("body larger than {limit} bytes")));
             }
             out.extend_from_slice(&buf[..n]);
         }

@@ -111,8 +111,9 @@ pub struct StateEngine {
     db: Mutex<Db>,
     locks: Locks,
     status: Arc<Mutex<Status>>,
-    /// Told (without blocking) whenever the status is published, e.g. by the report thread.
-    changes: Option<Sender<()>>,
+    /// Told (without blocking) whenever the status is published: the report thread, the
+    /// log collector.
+    changes: Vec<Sender<()>>,
     progress: Mutex<BTreeMap<String, u8>>,
     locks_held: BTreeSet<i64>,
     boot_time: i64,
@@ -134,7 +135,7 @@ pub fn spawn(
     settings: Arc<Settings>,
     db: Db,
     status: Arc<Mutex<Status>>,
-    changes: Option<Sender<()>>,
+    changes: Vec<Sender<()>>,
 ) -> std::io::Result<(Sender<Command>, std::thread::JoinHandle<()>)> {
     let (tx, rx) = crossbeam_channel::bounded(16);
     let engine = Engine::new(&settings.paths.docker_socket);
@@ -174,7 +175,7 @@ impl StateEngine {
 
     fn set_status(&self, f: impl FnOnce(&mut Status)) {
         f(&mut self.status.lock().unwrap_or_else(|p| p.into_inner()));
-        if let Some(tx) = &self.changes {
+        for tx in &self.changes {
             let _ = tx.try_send(());
         }
     }
@@ -362,12 +363,18 @@ impl StateEngine {
                             .min(self.settings.config_json.poll_interval_ms()),
                     );
                     if e.locked {
-                        info!(
-                            "Updates are locked, retrying in {:?}. Reason: {}",
-                            backoff, e.message
+                        crate::logs::event(
+                            format!(
+                                "Updates are locked, retrying in {:?}. Reason: {}",
+                                backoff, e.message
+                            ),
+                            false,
                         );
                     } else {
-                        error!("Failed to apply state transition steps. {e}");
+                        crate::logs::event(
+                            format!("Failed to apply state transition steps. {e}"),
+                            true,
+                        );
                     }
                     self.set_status(|s| {
                         s.app_state = "applying".into();

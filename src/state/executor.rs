@@ -9,6 +9,7 @@ use crate::db::Db;
 use crate::engine::types::{Ipam, IpamConfig, NetworkCreate, VolumeCreate};
 use crate::engine::{Engine, EngineError};
 use crate::locks::{LockError, Locks};
+use crate::logs::event;
 use crate::planner::{ImageRef, Step};
 use log::{info, warn};
 use serde_json::json;
@@ -101,7 +102,7 @@ impl Executor<'_> {
                 self.db()
                     .delete_image(image)
                     .map_err(|e| fail(e.to_string(), false))?;
-                info!("Deleted image {}", image.name);
+                event(format!("Deleted image '{}'", image.name), false);
                 Ok(())
             }
             Step::Cleanup => {
@@ -110,16 +111,20 @@ impl Executor<'_> {
             }
             Step::Kill { current, reason } => {
                 let id = current.container_id.clone().unwrap_or_default();
-                info!(
-                    "Killing service '{}' ({})",
-                    current.service_name,
-                    reason.join(", ")
-                );
+                let object = service_object(current);
+                event(format!("Killing service {object}"), false);
+                log::debug!("kill reason: {}", reason.join(", "));
                 let grace = u32::try_from(current.config.stop_grace_period).unwrap_or(10);
-                ignore_not_found(self.engine.stop_container(&id, grace)).map_err(engine_err)?;
-                ignore_not_found(self.engine.remove_container(&id, false, true))
-                    .map_err(engine_err)?;
-                info!("Killed service '{}'", current.service_name);
+                let killed = ignore_not_found(self.engine.stop_container(&id, grace))
+                    .and_then(|_| ignore_not_found(self.engine.remove_container(&id, false, true)));
+                if let Err(e) = killed {
+                    event(
+                        format!("Failed to kill service {object} due to '{e}'"),
+                        true,
+                    );
+                    return Err(engine_err(e));
+                }
+                event(format!("Killed service {object}"), false);
                 Ok(())
             }
             Step::Stop { current } => {
@@ -130,14 +135,26 @@ impl Executor<'_> {
                     .set_stopped(&id, true)
                     .map_err(|e| fail(e.to_string(), false))?;
                 ignore_not_found(self.engine.stop_container(&id, grace)).map_err(engine_err)?;
-                info!("Stopped service '{}'", current.service_name);
+                event(
+                    format!("Stopped service {}", service_object(current)),
+                    false,
+                );
                 Ok(())
             }
             Step::Remove { current } => {
                 let id = current.container_id.clone().unwrap_or_default();
                 ignore_not_found(self.engine.remove_container(&id, true, true)).map_err(engine_err)
             }
-            Step::Start { target } => self.start(target).map_err(|m| fail(m, false)),
+            Step::Start { target } => self.start(target).map_err(|m| {
+                event(
+                    format!(
+                        "Failed to start service {} due to '{m}'",
+                        service_object(target)
+                    ),
+                    true,
+                );
+                fail(m, false)
+            }),
             Step::UpdateMetadata { current, target } => {
                 let id = current.container_id.clone().unwrap_or_default();
                 match self.engine.rename_container(&id, &target.container_name()) {
@@ -228,7 +245,7 @@ impl Executor<'_> {
         if let Ok(found) = self.engine.inspect_image(&image.name) {
             return self.record_image(image, Some(found.id));
         }
-        info!("Downloading image '{}'", image.name);
+        event(format!("Downloading image '{}'", image.name), false);
         let set = |p: u8| {
             self.progress
                 .lock()
@@ -260,12 +277,18 @@ impl Executor<'_> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&image.name);
-        result.map_err(|e| format!("Failed to download image '{}': {e}", image.name))?;
+        result.map_err(|e| {
+            event(
+                format!("Failed to download image '{}' due to '{e}'", image.name),
+                true,
+            );
+            format!("Failed to download image '{}': {e}", image.name)
+        })?;
         let found = self
             .engine
             .inspect_image(&image.name)
             .map_err(|e| e.to_string())?;
-        info!("Downloaded image '{}'", image.name);
+        event(format!("Downloaded image '{}'", image.name), false);
         self.record_image(image, Some(found.id))
     }
 
@@ -330,10 +353,14 @@ impl Executor<'_> {
             );
             return Ok(());
         }
+        event(
+            format!("Starting service {}", service_object(target)),
+            false,
+        );
         match self.engine.start_container(&id) {
             Ok(()) => {
                 let _ = self.db().set_stopped(&id, false);
-                info!("Started service '{}'", target.service_name);
+                event(format!("Started service {}", service_object(target)), false);
                 Ok(())
             }
             Err(e) if e.to_string().contains("exec format error") => Err(format!(
@@ -353,7 +380,10 @@ impl Executor<'_> {
         if self.device_name.contains('\n') {
             return Err("device name contains a newline".into());
         }
-        info!("Installing service '{}'", target.service_name);
+        event(
+            format!("Installing service {}", service_object(target)),
+            false,
+        );
         let body = target.create_body(&self.device_name, ids);
         let id = self
             .engine
@@ -367,7 +397,10 @@ impl Executor<'_> {
                 Err(e) => return Err(format!("cannot connect {name} to {net}: {e}")),
             }
         }
-        info!("Installed service '{}'", target.service_name);
+        event(
+            format!("Installed service {}", service_object(target)),
+            false,
+        );
         Ok(id)
     }
 
@@ -537,6 +570,11 @@ pub fn supervisor_network_ok(n: &crate::engine::types::Network) -> bool {
             c.subnet.as_deref() == Some(SUPERVISOR_SUBNET)
                 && c.gateway.as_deref() == Some(SUPERVISOR_GATEWAY)
         })
+}
+
+/// How v19 names a service in its events: `'<service> <image>'`.
+fn service_object(s: &Service) -> String {
+    format!("'{} {}'", s.service_name, s.image_name)
 }
 
 #[cfg(test)]

@@ -2,7 +2,6 @@
 //! and log-stream calls the way the real API does, and records every request with its size.
 
 use serde_json::{json, Value};
-use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -75,6 +74,8 @@ pub struct MockApi {
     pub url: String,
     pub behaviour: Arc<Mutex<Behaviour>>,
     pub requests: Arc<Mutex<Vec<Recorded>>>,
+    /// Lines received on log streams, decoded, in arrival order.
+    pub logs: Arc<Mutex<Vec<Value>>>,
     server: Arc<tiny_http::Server>,
 }
 
@@ -84,12 +85,21 @@ impl MockApi {
         let port = server.server_addr().to_ip().unwrap().port();
         let behaviour = Arc::new(Mutex::new(Behaviour::default()));
         let requests = Arc::new(Mutex::new(Vec::new()));
+        let logs = Arc::new(Mutex::new(Vec::new()));
         for _ in 0..4 {
-            let (server, behaviour, requests) =
-                (server.clone(), behaviour.clone(), requests.clone());
+            let (server, behaviour, requests, logs) = (
+                server.clone(),
+                behaviour.clone(),
+                requests.clone(),
+                logs.clone(),
+            );
             std::thread::spawn(move || {
                 for req in server.incoming_requests() {
-                    handle(req, &behaviour, &requests);
+                    if req.url().ends_with("/log-stream") {
+                        log_stream(req, &requests, &logs);
+                    } else {
+                        handle(req, &behaviour, &requests);
+                    }
                 }
             });
         }
@@ -97,6 +107,7 @@ impl MockApi {
             url: format!("http://127.0.0.1:{port}"),
             behaviour,
             requests,
+            logs,
             server,
         }
     }
@@ -269,4 +280,33 @@ fn handle(mut req: tiny_http::Request, b: &Mutex<Behaviour>, log: &Mutex<Vec<Rec
         bytes_out,
     });
     let _ = req.respond(response);
+}
+
+/// A log stream: recorded when it opens, its gzip NDJSON decoded line by line as it arrives,
+/// answered 200 when the device ends it.
+fn log_stream(mut req: tiny_http::Request, log: &Mutex<Vec<Recorded>>, logs: &Mutex<Vec<Value>>) {
+    use std::io::BufRead;
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .map(|h| (h.field.to_string(), h.value.to_string()))
+        .collect();
+    log.lock().unwrap().push(Recorded {
+        at: Instant::now(),
+        method: req.method().to_string(),
+        url: req.url().to_string(),
+        headers,
+        body: Vec::new(),
+        status: 200,
+        bytes_in: 0,
+        bytes_out: 0,
+    });
+    let decoder = flate2::read::GzDecoder::new(req.as_reader());
+    for line in std::io::BufReader::new(decoder).lines() {
+        let Ok(line) = line else { break };
+        if let Ok(v) = serde_json::from_str(&line) {
+            logs.lock().unwrap().push(v);
+        }
+    }
+    let _ = req.respond(tiny_http::Response::from_string("OK"));
 }
