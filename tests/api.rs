@@ -356,3 +356,60 @@ fn restart_recreates_containers_and_purge_empties_volumes() {
     finish(&d);
     let _ = e.remove_volume("4242_data", true);
 }
+
+fn threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count()
+}
+
+#[test]
+fn idle_and_slow_clients_cannot_grow_threads_or_hold_the_api() {
+    use std::io::{Read, Write};
+    let _serial = serial();
+    let d = Daemon::new();
+    let pid = d.child.as_ref().unwrap().id();
+    let before = threads(pid);
+    // Far more connections than workers and queue: none says anything.
+    let idle: Vec<std::net::TcpStream> = (0..60)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", d.port)).unwrap())
+        .collect();
+    // A slow client: one byte every 300 ms.
+    let mut slow = std::net::TcpStream::connect(("127.0.0.1", d.port)).unwrap();
+    let slow_writer = std::thread::spawn(move || {
+        for b in b"GET /v2/version HTTP/1.1\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n" {
+            if slow.write_all(&[*b]).is_err() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        false
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        threads(pid) <= before,
+        "threads grew from {before} to {}",
+        threads(pid)
+    );
+    // Connections beyond the queue were answered 503 at once and closed.
+    let mut refused = 0;
+    for mut c in idle {
+        c.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let mut buf = [0u8; 64];
+        if let Ok(n) = c.read(&mut buf) {
+            refused += usize::from(buf[..n].starts_with(b"HTTP/1.1 503"));
+        }
+    }
+    assert!(refused >= 40, "only {refused} of 60 refused");
+    // The idle ones are dropped after the idle limit; the API answers again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d.get("/ping").is_ok_and(|(s, _)| s == 200) {
+        assert!(Instant::now() < deadline, "API still held");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        slow_writer.join().unwrap(),
+        "the slow client was never cut off"
+    );
+    assert!(threads(pid) <= before);
+}

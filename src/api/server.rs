@@ -339,20 +339,16 @@ fn serve_connection(
         8 * 1024,
         Deadline {
             conn: read_half,
-            deadline: Instant::now() + limits.idle.max(limits.request_deadline),
+            deadline: Instant::now() + limits.idle,
         },
     );
-    let mut first = true;
     loop {
-        // A new connection has the whole request deadline; a kept-alive one first waits
-        // `idle` for the next request to begin.
-        if !first {
-            reader.get_mut().deadline = Instant::now() + limits.idle;
-            if reader.fill_buf().map(|b| b.is_empty()).unwrap_or(true) {
-                return;
-            }
+        // Each request must begin within `idle` (a connection that says nothing is dropped
+        // quickly) and arrive whole within `request_deadline`.
+        reader.get_mut().deadline = Instant::now() + limits.idle;
+        if reader.fill_buf().map(|b| b.is_empty()).unwrap_or(true) {
+            return;
         }
-        first = false;
         reader.get_mut().deadline = Instant::now() + limits.request_deadline;
         let head = match http::read_request_head(&mut reader) {
             Ok(Some(h)) => h,
