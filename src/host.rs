@@ -193,10 +193,12 @@ pub fn block_device(mounts: &str, mount: &Path) -> Option<String> {
         .next()
 }
 
-/// Reads every metric now; CPU usage needs the previous `cpu_times` reading.
+/// Reads every metric now; CPU usage is measured since the previous `cpu_times` reading.
 pub fn metrics(data_path: &Path, previous_cpu: Option<(u64, u64)>) -> Metrics {
-    let cpu_usage = match (previous_cpu, cpu_times()) {
-        (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => Some((b1 - b0) * 100 / (t1 - t0)),
+    // Without an earlier reading, the average since boot (a first report that says "unknown"
+    // would be followed by a metrics-only report as soon as a second reading exists).
+    let cpu_usage = match (previous_cpu.unwrap_or((0, 0)), cpu_times()) {
+        ((b0, t0), Some((b1, t1))) if t1 > t0 => Some((b1 - b0) * 100 / (t1 - t0)),
         _ => None,
     };
     let mem = std::fs::read_to_string("/proc/meminfo")

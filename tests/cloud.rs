@@ -14,15 +14,29 @@ const UUID: &str = "0123456789abcdef0123456789abcdef";
 const APP_UUID: &str = "a1b2c3d4e5f6a1b2c3d4e5f6a1b2c3d4";
 
 fn v3_target(commit: &str, version: &str) -> Value {
+    v3_target_with(commit, version, BUSYBOX)
+}
+
+fn v3_target_with(commit: &str, version: &str, image: &str) -> Value {
     json!({ UUID: {"name": "cloud-device", "config": {}, "apps": {APP_UUID: {
         "id": 4242, "name": "testapp", "class": "fleet",
         "releases": {commit: {"id": 1, "services": {"main": {
-            "id": 1, "image_id": 1, "image": BUSYBOX, "running": true,
+            "id": 1, "image_id": 1, "image": image, "running": true,
             "environment": {"VERSION": version}, "labels": {},
             "composition": {"init": true, "tty": false,
                 "command": ["sh", "-c", "echo hello-from-$VERSION; echo oops >&2; trap 'exit 0' TERM; while true; do sleep 0.2; done"]}
         }}, "volumes": {"data": {}}, "networks": {}}}
     }}}})
+}
+
+/// The device key the password-protected registry of scripts/setup-engine accepts (user
+/// `d_<UUID>`).
+const DEVICE_KEY: &str = "devicekey0123456789abcdef0123456";
+const PRIVATE_IMAGE: &str = "127.0.0.1:5859/tinyvisor/private:1";
+
+/// Config of a device that is already provisioned with `key`.
+fn provisioned_with(key: &str) -> Value {
+    json!({"apiKey": null, "registered_at": 1_700_000_000_000u64, "deviceId": 42, "deviceApiKey": key})
 }
 
 /// A daemon whose config.json points at the mock, with a provisioning key.
@@ -112,7 +126,7 @@ fn provision_poll_converge_report_and_follow_new_releases() {
     reset_engine(&e);
     let api = MockApi::start();
     api.set(|b| b.target = Some(v3_target("commit1", "a")));
-    let mut d = managed(&api, json!({}));
+    let mut d = managed(&api, json!({"initialDeviceName": "kitchen-pi"}));
     d.start();
 
     // Registration: the exact request of §2.3.
@@ -154,6 +168,11 @@ fn provision_poll_converge_report_and_follow_new_releases() {
         .all(|p| p.bearer() == Some(device_key.as_str())));
     assert_eq!(polls[0].header("If-None-Match"), None);
     assert_eq!(running_version(&e), ["a"]);
+    // The initial device name, once, with the device key.
+    let named = api.calls("PATCH", "/v7/device(42)");
+    assert_eq!(named.len(), 1);
+    assert_eq!(named[0].json(), json!({"device_name": "kitchen-pi"}));
+    assert_eq!(named[0].bearer(), Some(device_key.as_str()));
 
     // The first report carries everything, later ones only what changed.
     let rs = reports(&api);
@@ -431,4 +450,227 @@ fn a_refused_report_is_retried_after_retry_after_seconds() {
     });
     assert!(start.elapsed() < Duration::from_secs(5));
     finish(d);
+}
+
+/// Traffic of an idle, converged device against an API that answers 304 (run by
+/// `scripts/bench-cloud`, which prints the numbers; `TV_IDLE_SECONDS` sets the length).
+/// Fails if anything beyond the polls exceeds 2 KiB per hour.
+#[test]
+#[ignore]
+fn idle_traffic_per_hour() {
+    let _serial = serial();
+    let e = engine();
+    reset_engine(&e);
+    let api = MockApi::start();
+    // TV_HARDWARE_METRICS=0 turns metrics off in the target (SUPERVISOR_HARDWARE_METRICS).
+    let metrics = std::env::var("TV_HARDWARE_METRICS").map_or(true, |v| v != "0");
+    let mut target = v3_target("commit1", "a");
+    if !metrics {
+        target[UUID]["config"] = json!({"SUPERVISOR_HARDWARE_METRICS": "false"});
+    }
+    api.set(|b| {
+        b.target = Some(target);
+        b.known_keys = vec![DEVICE_KEY.into()];
+    });
+    let interval_ms: u64 = 30_000;
+    let mut config = provisioned_with(DEVICE_KEY);
+    config["appUpdatePollInterval"] = json!(interval_ms);
+    let mut d = managed(&api, config);
+    d.start();
+    wait_release_done(&api, "commit1", 0);
+    // Let the last deferred report and the first metrics go out.
+    std::thread::sleep(Duration::from_secs(20));
+    let seconds: u64 = std::env::var("TV_IDLE_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    let from = api.requests().len();
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_secs(seconds));
+    let elapsed = started.elapsed().as_secs_f64();
+    let window: Vec<Recorded> = api.requests()[from..].to_vec();
+    let polls: Vec<&Recorded> = window.iter().filter(|r| r.method == "GET").collect();
+    let others: Vec<&Recorded> = window.iter().filter(|r| r.method != "GET").collect();
+    let bytes = |rs: &[&Recorded]| -> usize { rs.iter().map(|r| r.bytes_in + r.bytes_out).sum() };
+    let per_poll = bytes(&polls) as f64 / polls.len().max(1) as f64;
+    let other_per_hour = bytes(&others) as f64 * 3600.0 / elapsed;
+    // A real device polls every 900 s plus up to 60 s of jitter: about 3.9 polls an hour.
+    let polls_per_hour_default = 3600.0 / 930.0;
+    println!(
+        "idle for {elapsed:.0} s (poll interval {interval_ms} ms + jitter, hardware metrics {}):",
+        if metrics { "on" } else { "off" }
+    );
+    println!(
+        "  polls: {} (all 304: {}), {per_poll:.0} bytes each (request + answer)",
+        polls.len(),
+        polls.iter().all(|p| p.status == 304)
+    );
+    println!(
+        "  other calls: {} ({:?}), {:.0} bytes → {other_per_hour:.0} bytes/hour",
+        others.len(),
+        others
+            .iter()
+            .map(|r| format!(
+                "{} {} {:?}",
+                r.method,
+                r.url,
+                r.json()[UUID]
+                    .as_object()
+                    .map(|o| o.keys().cloned().collect::<Vec<_>>())
+            ))
+            .collect::<Vec<_>>(),
+        bytes(&others) as f64
+    );
+    println!(
+        "  per idle hour at the default interval: {:.0} bytes of polls + {other_per_hour:.0} bytes other",
+        per_poll * polls_per_hour_default
+    );
+    assert!(polls.iter().all(|p| p.status == 304));
+    assert!(
+        other_per_hour <= 2048.0,
+        "{other_per_hour:.0} bytes/hour beyond polls"
+    );
+    finish(d);
+}
+
+#[test]
+fn private_images_are_pulled_with_the_device_credentials() {
+    let _serial = serial();
+    let e = engine();
+    reset_engine(&e);
+    let _ = e.remove_image(PRIVATE_IMAGE, true);
+    let wrong = "wrongkey0123456789abcdef01234567";
+    let api = MockApi::start();
+    api.set(|b| {
+        b.target = Some(v3_target_with("commit1", "a", PRIVATE_IMAGE));
+        b.known_keys = vec![DEVICE_KEY.into(), wrong.into()];
+    });
+
+    // A wrong password: the registry refuses, the pull is retried with backoff, nothing runs.
+    let mut d = managed(&api, provisioned_with(wrong));
+    d.start();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while d.log_text().matches("Failed to download image").count() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no retried failure: {}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = d.log_text();
+    assert!(
+        log.contains("unauthorized")
+            || log.contains("authentication required")
+            || log.contains("no basic auth"),
+        "{log}"
+    );
+    assert!(e.inspect_image(PRIVATE_IMAGE).is_err());
+    assert!(running_version(&e).is_empty());
+    d.kill9();
+
+    // The right one: pulled and running.
+    let mut d = managed(&api, provisioned_with(DEVICE_KEY));
+    d.start();
+    wait_release_done(&api, "commit1", 0);
+    assert_eq!(running_version(&e), ["a"]);
+    assert!(e.inspect_image(PRIVATE_IMAGE).is_ok());
+    finish(d);
+    let _ = e.remove_image(PRIVATE_IMAGE, true);
+}
+
+#[test]
+fn deltas_are_pulled_with_a_token_and_fall_back_to_a_regular_pull() {
+    let _serial = serial();
+    let e = engine();
+    reset_engine(&e);
+    let reg = registry();
+    let (r1, r2, delta) = (
+        format!("{reg}/tinyvisor/busybox:1"),
+        format!("{reg}/tinyvisor/busybox:2"),
+        format!("{reg}/tinyvisor/delta:1"),
+    );
+    for i in [&r1, &r2, &delta] {
+        let _ = e.remove_image(i, true);
+    }
+    let with_delta = |commit: &str, image: &str| {
+        let mut t = v3_target_with(commit, commit, image);
+        t[UUID]["config"] = json!({"SUPERVISOR_DELTA": "1", "SUPERVISOR_DELTA_VERSION": "3"});
+        t
+    };
+    let api = MockApi::start();
+    api.set(|b| {
+        b.target = Some(with_delta("c1", &r1));
+        b.known_keys = vec![DEVICE_KEY.into()];
+        b.delta_name = delta.clone();
+    });
+    let mut config = provisioned_with(DEVICE_KEY);
+    config["deltaEndpoint"] = json!(api.url);
+    let mut d = managed(&api, config);
+    d.start();
+    // Nothing to diff against yet: a regular pull, no delta request.
+    wait_release_done(&api, "c1", 0);
+    assert!(api.calls("GET", "/api/v3/delta").is_empty());
+    let secret = reports(&api)[0]["api_secret"].as_str().unwrap().to_string();
+    d.key = Some(secret);
+
+    // Release 2: a delta from release 1's image, pulled with the token and named as the target.
+    api.set(|b| {
+        b.target = Some(with_delta("c2", &r2));
+        b.etag = "\"2\"".into();
+    });
+    let from = api.calls("PATCH", "/device/v3/state").len();
+    assert_eq!(update(&d), 204);
+    wait_release_done(&api, "c2", from);
+    assert_eq!(running_version(&e), ["c2"]);
+    let token = &api.calls("GET", "/auth/v1/token")[0];
+    assert_eq!(
+        token.url,
+        "/auth/v1/token?service=127.0.0.1%3A5858&scope=repository%3Atinyvisor%2Fbusybox%3Apull&scope=repository%3Atinyvisor%2Fbusybox%3Apull"
+    );
+    let asked = &api.calls("GET", "/api/v3/delta")[0];
+    assert_eq!(asked.bearer(), Some("delta-token-1"));
+    assert_eq!(
+        asked.url,
+        format!(
+            "/api/v3/delta?src={}&dest={}",
+            r1.replace(':', "%3A").replace('/', "%2F"),
+            r2.replace(':', "%3A").replace('/', "%2F")
+        )
+    );
+    assert!(
+        e.inspect_image(&delta).is_ok(),
+        "the delta image was pulled"
+    );
+    assert_eq!(
+        e.inspect_image(&r2).unwrap().id,
+        e.inspect_image(&delta).unwrap().id
+    );
+    assert!(d.log_text().contains("Downloading delta for image"));
+
+    // Release 3: the server is still computing (retried later, not a failure), then has no
+    // delta for it (4xx): a regular pull.
+    api.set(|b| {
+        b.target = Some(with_delta("c3", &r1));
+        b.etag = "\"3\"".into();
+        b.delta_status = 504;
+    });
+    let from = api.calls("PATCH", "/device/v3/state").len();
+    assert_eq!(update(&d), 204);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !d
+        .log_text()
+        .contains("Delta still processing remotely. Will retry...")
+    {
+        assert!(Instant::now() < deadline, "{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    api.set(|b| b.delta_status = 400);
+    wait_release_done(&api, "c3", from);
+    assert_eq!(running_version(&e), ["c3"]);
+    assert!(d.log_text().contains("pulling it in full"));
+    finish(d);
+    for i in [&r1, &r2, &delta] {
+        let _ = e.remove_image(i, true);
+    }
 }

@@ -268,6 +268,13 @@ fn an_app_lock_blocks_the_update_until_forced() {
         ids,
         "the locked service was not touched"
     );
+    // The status names the lock that blocks.
+    assert!(
+        status["lastError"]
+            .as_str()
+            .is_some_and(|e| e.contains("Lockfile exists for { appId: 4242, service: main }")),
+        "{status}"
+    );
     assert!(
         d.log_text().contains("Updates are locked"),
         "{}",

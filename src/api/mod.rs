@@ -593,6 +593,10 @@ impl Api {
         if let Some(release) = first_app.and_then(|a| s.releases.get(&a)) {
             body["release"] = json!(release);
         }
+        // Our addition: why the last iteration failed (a held lock names its app and service).
+        if let Some(e) = &s.last_error {
+            body["lastError"] = json!(e);
+        }
         json_response(200, body)
     }
 }

@@ -3,6 +3,7 @@
 //! are built from the status the state engine publishes.
 
 pub mod client;
+pub mod delta;
 pub mod log_stream;
 pub mod poll;
 pub mod provision;
@@ -72,6 +73,26 @@ impl CloudShared {
     }
 }
 
+/// How long any call to the API may take (`apiRequestTimeout`).
+pub const API_TIMEOUT: Duration = Duration::from_millis(59_000);
+
+fn os_of(settings: &Settings) -> (Option<String>, Option<String>) {
+    crate::host::os_version_and_variant(
+        &settings.paths.host_os_version_path,
+        settings.config_json.get_bool("developmentMode"),
+    )
+}
+
+/// A client of the device's API endpoint with the supervisor's User-Agent.
+pub fn device_client(settings: &Settings) -> client::Cloud {
+    let (os_version, os_variant) = os_of(settings);
+    client::Cloud::new(
+        &settings.config_json.api_endpoint(),
+        API_TIMEOUT,
+        &client::user_agent(os_version.as_deref(), os_variant.as_deref()),
+    )
+}
+
 /// The running cloud threads.
 pub struct CloudLink {
     pub shared: Arc<CloudShared>,
@@ -91,14 +112,8 @@ impl CloudLink {
         api_secret: Option<String>,
         logs: Arc<crate::logs::LogBus>,
     ) -> std::io::Result<CloudLink> {
-        let cfg = &settings.config_json;
-        let (os_version, os_variant) = crate::host::os_version_and_variant(
-            &settings.paths.host_os_version_path,
-            cfg.get_bool("developmentMode"),
-        );
-        let timeout = Duration::from_millis(59_000);
-        let user_agent = client::user_agent(os_version.as_deref(), os_variant.as_deref());
-        let cloud = client::Cloud::new(&cfg.api_endpoint(), timeout, &user_agent);
+        let (os_version, os_variant) = os_of(&settings);
+        let cloud = device_client(&settings);
         let facts = provision::RegisterFacts {
             device_type: settings.device_type.slug.clone(),
             os_version,
@@ -107,12 +122,20 @@ impl CloudLink {
         };
         let shared = Arc::new(CloudShared::default());
         let (poll_tx, poll_rx) = crossbeam_channel::bounded(1);
+        let db = match crate::db::Db::open(&settings.paths.database_path) {
+            Ok(db) => Some(db),
+            Err(e) => {
+                log::warn!("cloud link without a database connection: {e}");
+                None
+            }
+        };
         let poller = poll::Poller::new(
             cloud.clone(),
             Arc::clone(&settings),
             engine,
             Arc::clone(&shared),
             facts,
+            db,
         );
         let shipper = log_stream::Shipper {
             cloud: cloud.clone(),

@@ -9,7 +9,7 @@ use crate::compose::target::{parse_v3, TargetState};
 use crate::config::Settings;
 use crate::state::apply::Command;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use log::{error, info};
+use log::{error, info, warn};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -48,6 +48,9 @@ pub struct Poller {
     pub engine: Sender<Command>,
     pub shared: Arc<CloudShared>,
     pub facts: RegisterFacts,
+    /// A second connection to the database, for the cloud's own bookkeeping
+    /// (`initialConfigReported`).
+    pub db: Option<crate::db::Db>,
     /// ETag of the last valid target; memory only, so a restart fetches in full.
     etag: Option<String>,
     /// The last valid target received, for re-applying after a 304 asked for by the API.
@@ -61,6 +64,7 @@ impl Poller {
         engine: Sender<Command>,
         shared: Arc<CloudShared>,
         facts: RegisterFacts,
+        db: Option<crate::db::Db>,
     ) -> Poller {
         Poller {
             cloud,
@@ -68,6 +72,7 @@ impl Poller {
             engine,
             shared,
             facts,
+            db,
             etag: None,
             last: None,
         }
@@ -109,6 +114,7 @@ impl Poller {
             }
         }
         self.shared.set_provisioned();
+        self.initial_config_report();
         // The target stored before a restart decides the first interval and trigger setting.
         self.last = self.stored_target();
         let mut due = if self.instant_updates() {
@@ -148,6 +154,46 @@ impl Poller {
                     }
                 }
             }
+        }
+    }
+
+    /// The one-shot calls after provisioning (cloud-api.md §2.5): the `initialDeviceName` of
+    /// config.json becomes the device's name, once per API endpoint. Device config variables
+    /// that differ from their defaults would be posted here too; tinyvisor has none of its own
+    /// until the device-config backends exist, so none are sent.
+    fn initial_config_report(&self) {
+        let endpoint = self.cloud.endpoint().to_string();
+        let Some(db) = &self.db else { return };
+        if db
+            .config_get("initialConfigReported")
+            .ok()
+            .flatten()
+            .as_deref()
+            == Some(endpoint.as_str())
+        {
+            return;
+        }
+        let cfg = &self.settings.config_json;
+        if let (Some(name), Some(id)) = (
+            cfg.get_str("initialDeviceName").filter(|n| !n.is_empty()),
+            cfg.get_int("deviceId"),
+        ) {
+            let key = cfg.get_str("deviceApiKey").unwrap_or_default();
+            let result = self.cloud.call(
+                "PATCH",
+                &format!("/v7/device({id})"),
+                Auth::Bearer(&key),
+                &[],
+                Some(&serde_json::json!({"device_name": name})),
+            );
+            match result {
+                Ok(r) if r.ok() => info!("Device name set to {name:?}"),
+                Ok(r) => warn!("Could not set the initial device name: {}", r.error()),
+                Err(e) => warn!("Could not set the initial device name: {e}"),
+            }
+        }
+        if let Err(e) = db.config_set("initialConfigReported", Some(&endpoint)) {
+            warn!("cannot record the initial config report: {e}");
         }
     }
 

@@ -308,7 +308,7 @@ impl Reporter {
         device.os_variant = os_variant;
         let mut addresses_read = Instant::now() - ADDRESS_INTERVAL;
         let mut metrics_read: Option<Instant> = None;
-        let mut cpu = host::cpu_times();
+        let mut cpu = None;
         // Something may have changed that was not sent yet (deferred by the throttle).
         let mut pending = true;
         loop {

@@ -85,6 +85,15 @@ pub fn registry_auth(username: &str, password: &str, server: &str) -> String {
     base64url(json.to_string().as_bytes())
 }
 
+/// The `X-Registry-Auth` value for a registry token (delta pulls).
+pub fn registry_token_auth(token: &str) -> String {
+    base64url(
+        serde_json::json!({ "registrytoken": token })
+            .to_string()
+            .as_bytes(),
+    )
+}
+
 /// Encodes an object id or name for use as one path segment.
 fn seg(s: &str) -> String {
     percent_encode(s)

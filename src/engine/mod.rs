@@ -7,7 +7,7 @@ pub mod stream;
 pub mod types;
 
 pub use client::{
-    base64url, label_filters, percent_encode, registry_auth, split_reference, Engine, LogsOptions,
-    Query, Response,
+    base64url, label_filters, percent_encode, registry_auth, registry_token_auth, split_reference,
+    Engine, LogsOptions, Query, Response,
 };
 pub use error::{EngineError, Result};

@@ -114,6 +114,8 @@ pub struct StateEngine {
     /// Told (without blocking) whenever the status is published: the report thread, the
     /// log collector.
     changes: Vec<Sender<()>>,
+    /// A client of the API for delta tokens (managed devices only).
+    delta_cloud: Option<crate::cloud::client::Cloud>,
     progress: Mutex<BTreeMap<String, u8>>,
     locks_held: BTreeSet<i64>,
     boot_time: i64,
@@ -140,6 +142,8 @@ pub fn spawn(
     let (tx, rx) = crossbeam_channel::bounded(16);
     let engine = Engine::new(&settings.paths.docker_socket);
     let locks = Locks::new(&settings.paths.root_mountpoint);
+    let delta_cloud =
+        (!settings.config_json.unmanaged()).then(|| crate::cloud::device_client(&settings));
     let handle = std::thread::Builder::new()
         .name("state-engine".into())
         .stack_size(512 * 1024)
@@ -151,6 +155,7 @@ pub fn spawn(
                 locks,
                 status,
                 changes,
+                delta_cloud,
                 progress: Mutex::new(BTreeMap::new()),
                 locks_held: BTreeSet::new(),
                 boot_time: boot_time(),
@@ -448,6 +453,12 @@ impl StateEngine {
             container_ids,
             progress: &self.progress,
             boot_time: self.boot_time,
+            delta: self.delta_settings(target).and_then(|settings| {
+                Some(super::executor::DeltaContext {
+                    cloud: self.delta_cloud.clone()?,
+                    settings,
+                })
+            }),
         };
         for s in &steps {
             if !matches!(s, Step::Noop) {
@@ -567,7 +578,7 @@ impl StateEngine {
             force: force || lock_override,
             keep_images: local,
             keep_volumes: local,
-            delta: false,
+            delta: self.delta_settings(target).is_some(),
             supervisor_network_ready: self
                 .engine
                 .inspect_network(crate::compose::service::SUPERVISOR_NETWORK)
@@ -577,6 +588,27 @@ impl StateEngine {
             reboot_breadcrumb,
             boot_time: self.boot_time,
         }
+    }
+
+    /// Delta settings when the target turns deltas on (`SUPERVISOR_DELTA`) on a managed device.
+    fn delta_settings(&self, target: &TargetState) -> Option<crate::cloud::delta::DeltaSettings> {
+        let var = |k: &str| target.config.get(k).map(|v| v.trim().to_ascii_lowercase());
+        let on = var("SUPERVISOR_DELTA").is_some_and(|v| matches!(v.as_str(), "1" | "true" | "on"));
+        if !on || self.delta_cloud.is_none() {
+            return None;
+        }
+        let endpoint = self
+            .settings
+            .config_json
+            .get_str("deltaEndpoint")
+            .filter(|e| !e.is_empty())
+            .unwrap_or_else(|| "https://delta.balena-cloud.com".into());
+        Some(crate::cloud::delta::DeltaSettings {
+            endpoint: endpoint.trim_end_matches('/').to_string(),
+            version: var("SUPERVISOR_DELTA_VERSION")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(2),
+        })
     }
 
     /// Refreshes the status with what the engine shows now.

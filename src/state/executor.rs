@@ -51,7 +51,18 @@ pub struct Executor<'a> {
     pub progress: &'a Mutex<BTreeMap<String, u8>>,
     /// Boot time, Unix seconds: containers created later wait for a reboot when asked to.
     pub boot_time: i64,
+    /// Deltas, when the target turns them on (`SUPERVISOR_DELTA`) on a managed device.
+    pub delta: Option<DeltaContext>,
 }
+
+/// What a delta fetch needs: a client of the API (for the token) and where deltas come from.
+pub struct DeltaContext {
+    pub cloud: crate::cloud::client::Cloud,
+    pub settings: crate::cloud::delta::DeltaSettings,
+}
+
+/// Delta pulls are tried this often before falling back to a regular pull.
+const DELTA_ATTEMPTS: u32 = 3;
 
 fn ignore_not_found(r: crate::engine::Result<()>) -> crate::engine::Result<()> {
     match r {
@@ -240,56 +251,164 @@ impl Executor<'_> {
             .map_err(|e| e.to_string())
     }
 
-    /// Finds the image on the engine, or pulls it with progress, then records it.
+    /// Finds the image on the engine, or fetches it (a delta when on and possible, else a
+    /// regular pull) with progress, then records it.
     fn fetch(&self, image: &ImageRef) -> Result<(), String> {
         if let Ok(found) = self.engine.inspect_image(&image.name) {
             return self.record_image(image, Some(found.id));
         }
+        if let Some(delta) = &self.delta {
+            if let Some(source) = self.delta_source(image) {
+                if let Some(id) = self.fetch_delta(delta, image, &source)? {
+                    event(format!("Downloaded image '{}'", image.name), false);
+                    return self.record_image(image, Some(id));
+                }
+            }
+        }
         event(format!("Downloading image '{}'", image.name), false);
-        let set = |p: u8| {
-            self.progress
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(image.name.clone(), p);
-        };
-        set(0);
-        let mut layers: BTreeMap<String, (u64, u64)> = BTreeMap::new();
         let auth = self.registry_auth(&image.name);
-        let result = self
-            .engine
-            .pull_image(&image.name, auth.as_deref())
-            .and_then(|stream| {
-                stream.wait(|p| {
-                    if let (Some(id), Some(d)) = (&p.id, &p.progress_detail) {
-                        if let (Some(cur), Some(total)) = (d.current, d.total) {
-                            if p.status == "Downloading" {
-                                layers.insert(id.clone(), (cur, total));
-                            }
-                        }
-                    }
-                    let (cur, total) = layers.values().fold((0, 0), |a, (c, t)| (a.0 + c, a.1 + t));
-                    if let Some(pct) = (cur * 100).checked_div(total) {
-                        set(pct.min(99) as u8);
-                    }
-                })
-            });
-        self.progress
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&image.name);
-        result.map_err(|e| {
-            event(
-                format!("Failed to download image '{}' due to '{e}'", image.name),
-                true,
-            );
-            format!("Failed to download image '{}': {e}", image.name)
-        })?;
+        self.pull_with_progress(&image.name, &image.name, auth.as_deref())
+            .map_err(|e| {
+                event(
+                    format!("Failed to download image '{}' due to '{e}'", image.name),
+                    true,
+                );
+                format!("Failed to download image '{}': {e}", image.name)
+            })?;
         let found = self
             .engine
             .inspect_image(&image.name)
             .map_err(|e| e.to_string())?;
         event(format!("Downloaded image '{}'", image.name), false);
         self.record_image(image, Some(found.id))
+    }
+
+    /// Pulls `reference`, publishing progress under `progress_key` while it runs.
+    fn pull_with_progress(
+        &self,
+        reference: &str,
+        progress_key: &str,
+        auth: Option<&str>,
+    ) -> crate::engine::Result<()> {
+        let set = |p: u8| {
+            self.progress
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(progress_key.to_string(), p);
+        };
+        set(0);
+        let mut layers: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        let result = self.engine.pull_image(reference, auth).and_then(|stream| {
+            stream.wait(|p| {
+                if let (Some(id), Some(d)) = (&p.id, &p.progress_detail) {
+                    if let (Some(cur), Some(total)) = (d.current, d.total) {
+                        if p.status == "Downloading" {
+                            layers.insert(id.clone(), (cur, total));
+                        }
+                    }
+                }
+                let (cur, total) = layers.values().fold((0, 0), |a, (c, t)| (a.0 + c, a.1 + t));
+                if let Some(pct) = (cur * 100).checked_div(total) {
+                    set(pct.min(99) as u8);
+                }
+            })
+        });
+        self.progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(progress_key);
+        result
+    }
+
+    /// A delta source (engine.md (h) 2): an image of the same app and service that is on the
+    /// engine.
+    fn delta_source(&self, image: &ImageRef) -> Option<String> {
+        let rows = self.db().images().ok()?;
+        rows.into_iter()
+            .filter(|r| {
+                r.app_id == image.app_id
+                    && r.service_name == image.service_name
+                    && r.name != image.name
+            })
+            .find(|r| self.engine.inspect_image(&r.name).is_ok())
+            .map(|r| r.name)
+    }
+
+    /// Fetches `image` as a delta from `source`. `Ok(None)` means "pull it in full instead".
+    fn fetch_delta(
+        &self,
+        delta: &DeltaContext,
+        image: &ImageRef,
+        source: &str,
+    ) -> Result<Option<String>, String> {
+        event(
+            format!("Downloading delta for image '{}'", image.name),
+            false,
+        );
+        let uuid = self.config_json.get_str("uuid").unwrap_or_default();
+        let key = self
+            .config_json
+            .get_str("apiKey")
+            .or_else(|| self.config_json.get_str("deviceApiKey"))
+            .unwrap_or_default();
+        let answer = crate::cloud::delta::request(
+            &delta.cloud,
+            &delta.settings,
+            &uuid,
+            &key,
+            source,
+            &image.name,
+        )
+        .map_err(|e| {
+            event(
+                format!("Failed to download image '{}' due to '{e}'", image.name),
+                true,
+            );
+            format!("Failed to download delta for image '{}': {e}", image.name)
+        })?;
+        use crate::cloud::delta::DeltaAnswer;
+        let (name, token) = match answer {
+            DeltaAnswer::Image { name, token } => (name, token),
+            DeltaAnswer::StillProcessing => {
+                event("Delta still processing remotely. Will retry...", false);
+                return Err(format!("delta for image '{}' still processing", image.name));
+            }
+            DeltaAnswer::Fallback(why) => {
+                info!(
+                    "No delta for image '{}' ({why}); pulling it in full",
+                    image.name
+                );
+                return Ok(None);
+            }
+        };
+        let auth = crate::engine::registry_token_auth(&token);
+        let mut last = String::new();
+        for _ in 0..DELTA_ATTEMPTS {
+            match self.pull_with_progress(&name, &image.name, Some(&auth)) {
+                Ok(()) => {
+                    let id = self
+                        .engine
+                        .inspect_image(&name)
+                        .map_err(|e| e.to_string())?
+                        .id;
+                    // The delta image is the target: give it the target's name (a digest
+                    // reference cannot be a tag; the row's image id finds it then).
+                    if !image.name.contains('@') {
+                        let (repo, tag) = crate::engine::split_reference(&image.name);
+                        self.engine
+                            .tag_image(&id, repo, tag)
+                            .map_err(|e| e.to_string())?;
+                    }
+                    return Ok(Some(id));
+                }
+                Err(e) => last = e.to_string(),
+            }
+        }
+        info!(
+            "Delta for image '{}' failed {DELTA_ATTEMPTS} times ({last}); pulling it in full",
+            image.name
+        );
+        Ok(None)
     }
 
     /// Credentials for images on a registry host (engine.md (i)): `d_<uuid>` and the API key

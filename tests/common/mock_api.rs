@@ -51,6 +51,9 @@ pub struct Behaviour {
     pub target_status: u16,
     pub report_status: u16,
     pub retry_after: Option<u64>,
+    /// The delta server (`/api/v3/delta`): its status and, for 200, the delta image name.
+    pub delta_status: u16,
+    pub delta_name: String,
 }
 
 impl Default for Behaviour {
@@ -66,6 +69,8 @@ impl Default for Behaviour {
             target_status: 200,
             report_status: 200,
             retry_after: None,
+            delta_status: 200,
+            delta_name: String::new(),
         }
     }
 }
@@ -234,6 +239,39 @@ fn handle(mut req: tiny_http::Request, b: &Mutex<Behaviour>, log: &Mutex<Vec<Rec
                             .to_string()
                             .into_bytes(),
                     )
+                }
+            }
+            ("GET", "/auth/v1/token") => {
+                let basic = headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+                    .and_then(|(_, v)| v.strip_prefix("Basic "))
+                    .unwrap_or_default()
+                    .to_string();
+                let allowed = b.known_keys.iter().any(|k| {
+                    let plain = format!("d_0123456789abcdef0123456789abcdef:{k}");
+                    tinyvisor::encoding::base64(plain.as_bytes()) == basic
+                });
+                if allowed {
+                    (200, br#"{"token":"delta-token-1"}"#.to_vec())
+                } else {
+                    (401, b"Unauthorized".to_vec())
+                }
+            }
+            ("GET", "/api/v3/delta") => {
+                if bearer != "delta-token-1" {
+                    (401, b"Unauthorized".to_vec())
+                } else if b.delta_status == 200 {
+                    (200, json!({"name": b.delta_name}).to_string().into_bytes())
+                } else {
+                    (b.delta_status, b"no delta".to_vec())
+                }
+            }
+            ("PATCH", p) if p.starts_with("/v7/device(") => {
+                if b.known_keys.contains(&bearer) {
+                    (200, b"OK".to_vec())
+                } else {
+                    (401, b"Unauthorized".to_vec())
                 }
             }
             ("PATCH", "/device/v3/state") => {
