@@ -478,8 +478,14 @@ fn idle_traffic_per_hour() {
     let mut d = managed(&api, config);
     d.start();
     wait_release_done(&api, "commit1", 0);
-    // Let the last deferred report and the first metrics go out.
-    std::thread::sleep(Duration::from_secs(20));
+    // Let the last deferred report go out, and the first metrics interval pass: the readings
+    // taken while converging differ from idle ones and are sent once.
+    std::thread::sleep(Duration::from_secs(
+        std::env::var("TV_SETTLE_SECONDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(320),
+    ));
     let seconds: u64 = std::env::var("TV_IDLE_SECONDS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -673,4 +679,85 @@ fn deltas_are_pulled_with_a_token_and_fall_back_to_a_regular_pull() {
     for i in [&r1, &r2, &delta] {
         let _ = e.remove_image(i, true);
     }
+}
+
+#[test]
+fn local_mode_switched_by_the_cloud_keeps_local_apps_apart_and_cleans_up() {
+    let _serial = serial();
+    let e = engine();
+    reset_engine(&e);
+    let _ = e.remove_volume("4343_scratch", true);
+    let api = MockApi::start();
+    api.set(|b| {
+        b.target = Some(v3_target("c1", "a"));
+        b.known_keys = vec![DEVICE_KEY.into()];
+    });
+    let mut d = managed(&api, provisioned_with(DEVICE_KEY));
+    d.start();
+    wait_release_done(&api, "c1", 0);
+    let secret = reports(&api)[0]["api_secret"].as_str().unwrap().to_string();
+    d.key = Some(secret.clone());
+    assert_eq!(
+        d.request("POST", "/v2/local/target-state", Some("{}"))
+            .unwrap()
+            .0,
+        400
+    );
+
+    // The cloud turns local mode on: the cloud app goes (its volume stays), auth is off.
+    let mut local_on = v3_target("c1", "a");
+    local_on[UUID]["config"] = json!({"SUPERVISOR_LOCAL_MODE": "1"});
+    api.set(|b| {
+        b.target = Some(local_on);
+        b.etag = "\"2\"".into();
+    });
+    let entered_at = api.calls("PATCH", "/device/v3/state").len();
+    assert_eq!(update(&d), 204);
+    d.key = None;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !running_version(&e).is_empty() || d.get("/v2/state/status").unwrap().0 != 200 {
+        assert!(Instant::now() < deadline, "{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(e.inspect_volume("4242_data").is_ok());
+
+    // A local target (balena push to a local device) runs beside nothing else.
+    let local = json!({"local": {"name": "local-device", "config": {}, "apps": {"4343": {
+        "name": "localapp", "commit": "l1", "releaseId": 1, "services": {"1": {
+            "serviceName": "local", "serviceId": 1, "imageId": 1, "image": BUSYBOX, "running": true,
+            "environment": {"VERSION": "local"}, "labels": {}, "init": true,
+            "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2; done"]}},
+        "volumes": {"scratch": {}}, "networks": {}}}}});
+    assert_eq!(d.post_target(&local).0, 200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while running_version(&e) != ["local"] {
+        assert!(Instant::now() < deadline, "{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(e.inspect_volume("4343_scratch").is_ok());
+    std::thread::sleep(Duration::from_secs(11));
+    for r in &reports(&api)[entered_at..] {
+        assert!(r.get("apps").is_none(), "apps reported in local mode: {r}");
+    }
+
+    // The cloud turns it off again: what local mode made is removed, the cloud app returns.
+    api.set(|b| {
+        b.target = Some(v3_target("c1", "a"));
+        b.etag = "\"3\"".into();
+    });
+    assert_eq!(update(&d), 204);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while running_version(&e) != ["a"] {
+        assert!(Instant::now() < deadline, "{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        e.inspect_volume("4343_scratch").is_err(),
+        "local volume left behind"
+    );
+    assert!(e.inspect_volume("4242_data").is_ok(), "cloud volume lost");
+    assert_eq!(d.get("/v2/state/status").unwrap().0, 401, "auth is back");
+    d.key = Some(secret);
+    assert_eq!(d.get("/v2/state/status").unwrap().0, 200);
+    finish(d);
 }

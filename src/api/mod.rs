@@ -4,7 +4,7 @@
 //! `/v2/applications/:appId/{restart,stop,start}-service`. It never calls the engine: it asks
 //! the state engine over its channel.
 
-use crate::cloud::{poll::target_var, report::local_mode, CloudShared, PollRequest};
+use crate::cloud::{poll::target_var, CloudShared, PollRequest};
 use crate::compose::target::TargetState;
 use crate::compose::target::{parse_device_target, parse_v2_local, MAX_TARGET_BYTES};
 use crate::config::Settings;
@@ -178,7 +178,7 @@ impl Api {
     /// Device API auth (device-api.md §1): off when unmanaged or in local mode; otherwise the
     /// global key from `?apikey=` or `Authorization: Bearer|ApiKey <key>`.
     fn authorized(&self, req: &Request) -> bool {
-        if local_mode(&self.settings, self.current_target().as_deref()) {
+        if self.local_mode() {
             return true;
         }
         let Some(secret) = self.api_secret.as_deref().filter(|k| !k.is_empty()) else {
@@ -282,8 +282,7 @@ impl Api {
     }
 
     fn post_target(&self, req: &Request) -> Response {
-        let local_mode = self.settings.config_json.unmanaged();
-        if !local_mode {
+        if !self.local_mode() {
             return failed(
                 400,
                 "Target state can only set when device is in local mode",
@@ -324,6 +323,16 @@ impl Api {
             Ok(Err(e)) => failed(400, e),
             Err(_) => failed(503, "state engine is not answering"),
         }
+    }
+
+    /// Unmanaged, or local mode switched on by the cloud target (the state engine decides).
+    fn local_mode(&self) -> bool {
+        self.settings.config_json.unmanaged()
+            || self
+                .status
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .local_mode
     }
 
     /// The target being applied, without copying the rest of the status.

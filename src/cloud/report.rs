@@ -5,7 +5,6 @@
 
 use super::client::{Auth, Cloud, CloudError};
 use super::{poll::target_var, CloudShared};
-use crate::compose::target::TargetState;
 use crate::config::Settings;
 use crate::host::{self, Metrics};
 use crate::state::apply::Status;
@@ -348,7 +347,9 @@ impl Reporter {
                     )
                 })
                 .unwrap_or(true);
-            if metrics_read.is_none_or(|t| now >= t + METRICS_INTERVAL) {
+            // A switch of SUPERVISOR_HARDWARE_METRICS takes effect at once, not at the next read.
+            let switched = hardware != device.metrics.is_some();
+            if switched || metrics_read.is_none_or(|t| now >= t + METRICS_INTERVAL) {
                 device.metrics = hardware.then(|| {
                     let m = host::metrics(&self.settings.paths.data_mountpoint, cpu);
                     cpu = host::cpu_times();
@@ -360,7 +361,7 @@ impl Reporter {
             if !pending || now < not_before || !self.shared.provisioned() {
                 continue;
             }
-            let local_mode = local_mode(&self.settings, status.target.as_deref());
+            let local_mode = status.local_mode || self.settings.config_json.unmanaged();
             let current = current_state(&status, &device, local_mode, &last);
             let body = diff(&last, &current);
             let recent_metrics = last_sent.is_some_and(|t| now < t + METRICS_INTERVAL);
@@ -401,17 +402,10 @@ impl Reporter {
     }
 }
 
-/// Unmanaged devices and `SUPERVISOR_LOCAL_MODE` targets are in local mode.
-pub fn local_mode(settings: &Settings, target: Option<&TargetState>) -> bool {
-    settings.config_json.unmanaged()
-        || target_var(target, "SUPERVISOR_LOCAL_MODE")
-            .is_some_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "on"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compose::target::parse_device_target;
+    use crate::compose::target::{parse_device_target, TargetState};
     use crate::state::apply::{ContainerStatus, ImageStatus};
 
     fn target() -> Arc<TargetState> {

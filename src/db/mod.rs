@@ -446,6 +446,42 @@ impl Db {
         Ok(())
     }
 
+    // ---- local mode ----
+
+    /// Deletes every app row of `source` (leaving local mode deletes the `local` apps).
+    pub fn delete_apps(&self, source: &str) -> Result<usize> {
+        self.conn
+            .execute("DELETE FROM app WHERE source = ?1", params![source])
+    }
+
+    /// The engine objects present when local mode began (`engineSnapshot`, v19's table).
+    pub fn engine_snapshot(&self) -> Result<Option<Value>> {
+        let text: Option<String> = self
+            .conn
+            .query_row("SELECT snapshot FROM engineSnapshot LIMIT 1", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+    }
+
+    /// Replaces the snapshot (`None` clears it).
+    pub fn set_engine_snapshot(&mut self, snapshot: Option<&Value>) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM engineSnapshot", [])?;
+        if let Some(s) = snapshot {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            tx.execute(
+                "INSERT INTO engineSnapshot (snapshot, timestamp) VALUES (?1, ?2)",
+                params![s.to_string(), now.to_string()],
+            )?;
+        }
+        tx.commit()
+    }
+
     // ---- API keys ----
 
     /// The device's global API key (`appId` 0, no service), created on first use; the cloud

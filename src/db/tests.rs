@@ -190,3 +190,16 @@ fn the_global_api_key_is_made_once_and_kept() {
     assert_eq!(key, "k1");
     assert_eq!(db.global_api_key(|| "k2".into()).unwrap(), "k1");
 }
+
+#[test]
+fn engine_snapshots_are_kept_until_cleared() {
+    let mut db = Db::open_in_memory().unwrap();
+    assert_eq!(db.engine_snapshot().unwrap(), None);
+    let snap =
+        serde_json::json!({"containers": ["a"], "images": [], "volumes": ["v"], "networks": []});
+    db.set_engine_snapshot(Some(&snap)).unwrap();
+    db.set_engine_snapshot(Some(&snap)).unwrap();
+    assert_eq!(db.engine_snapshot().unwrap(), Some(snap));
+    db.set_engine_snapshot(None).unwrap();
+    assert_eq!(db.engine_snapshot().unwrap(), None);
+}

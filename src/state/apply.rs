@@ -73,6 +73,8 @@ pub struct Status {
     /// The target being applied (for the cloud report: which apps and services to report).
     #[serde(skip)]
     pub target: Option<Arc<TargetState>>,
+    /// Local mode: API auth off, apps left out of reports, logs not sent to the cloud.
+    pub local_mode: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -116,6 +118,8 @@ pub struct StateEngine {
     changes: Vec<Sender<()>>,
     /// A client of the API for delta tokens (managed devices only).
     delta_cloud: Option<crate::cloud::client::Cloud>,
+    /// Unmanaged, or `SUPERVISOR_LOCAL_MODE` on (kept in the DB as v19's `localMode`).
+    local_mode: bool,
     progress: Mutex<BTreeMap<String, u8>>,
     locks_held: BTreeSet<i64>,
     boot_time: i64,
@@ -156,6 +160,7 @@ pub fn spawn(
                 status,
                 changes,
                 delta_cloud,
+                local_mode: false,
                 progress: Mutex::new(BTreeMap::new()),
                 locks_held: BTreeSet::new(),
                 boot_time: boot_time(),
@@ -221,19 +226,18 @@ impl StateEngine {
             let mut db = self.db.lock().unwrap_or_else(|p| p.into_inner());
             super::preload::preload(&data, &mut db, &self.engine, LOCAL_SOURCE);
         }
-        // Cloud targets are stored under the API endpoint, local ones under "local" (v19).
-        let source = if self.settings.config_json.unmanaged() {
-            LOCAL_SOURCE.to_string()
-        } else {
-            self.settings.config_json.api_endpoint()
-        };
-        let mut target = match self.db().load_target(&source) {
-            Ok(t) => t,
-            Err(e) => {
-                error!("cannot read the stored target: {e}");
-                None
+        self.local_mode = self.settings.config_json.unmanaged()
+            || self.db().config_get("localMode").ok().flatten().as_deref() == Some("true");
+        if !self.local_mode {
+            // A cut while leaving local mode: finish the cleanup (v19 runs it at every start).
+            let snapshot = self.db().engine_snapshot().ok().flatten();
+            if let Some(before) = snapshot {
+                self.leave_local_mode(&before);
             }
-        };
+        }
+        self.publish_mode();
+        // Cloud targets are stored under the API endpoint, local ones under "local" (v19).
+        let mut target = self.effective_target();
         let published = target.clone().map(Arc::new);
         self.set_status(|s| s.target = published);
         let mut force = false;
@@ -296,14 +300,27 @@ impl StateEngine {
                     force: f,
                     reply,
                 }) => {
+                    if from == LOCAL_SOURCE && !self.local_mode {
+                        let _ = reply.send(Err(
+                            "Target state can only set when device is in local mode".into(),
+                        ));
+                        continue;
+                    }
                     // Persist before applying, so a power cut resumes towards it.
                     let saved = self.db().save_target(&state, &from);
                     match saved {
                         Ok(_) => {
                             let state = state.normalised();
-                            let published = Arc::new(state.clone());
-                            target = Some(state);
-                            self.set_status(|s| s.target = Some(published));
+                            if from != LOCAL_SOURCE {
+                                self.follow_local_mode_setting(&state);
+                            }
+                            target = if from == self.source() {
+                                Some(state)
+                            } else {
+                                self.effective_target()
+                            };
+                            let published = target.clone().map(Arc::new);
+                            self.set_status(|s| s.target = published);
                             force = f;
                             failures = 0;
                             streak = 0;
@@ -542,11 +559,7 @@ impl StateEngine {
             .into_iter()
             .filter(|a| !self.locks_held.contains(a))
             .collect();
-        let local = self.settings.config_json.unmanaged()
-            || target
-                .config
-                .get("SUPERVISOR_LOCAL_MODE")
-                .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "on"));
+        let local = self.local_mode;
         let lock_override = super::lock_override(target);
         let extra_firmware_ready = self.engine.inspect_volume(EXTRA_FIRMWARE_VOLUME).is_ok()
             && self
@@ -587,6 +600,86 @@ impl StateEngine {
             dangling_images: !local && dangling_images,
             reboot_breadcrumb,
             boot_time: self.boot_time,
+        }
+    }
+
+    /// Where the target being applied is stored: `local` in local mode, else the API endpoint.
+    fn source(&self) -> String {
+        if self.local_mode {
+            LOCAL_SOURCE.to_string()
+        } else {
+            self.settings.config_json.api_endpoint()
+        }
+    }
+
+    /// The stored target of the current mode.
+    fn effective_target(&self) -> Option<TargetState> {
+        match self.db().load_target(&self.source()) {
+            Ok(t) => t.map(|t| t.normalised()),
+            Err(e) => {
+                error!("cannot read the stored target: {e}");
+                None
+            }
+        }
+    }
+
+    fn publish_mode(&self) {
+        let local = self.local_mode;
+        self.set_status(|s| s.local_mode = local);
+        if !self.settings.config_json.unmanaged() {
+            // Logs go to the cloud only outside local mode.
+            if let Some(bus) = crate::logs::bus() {
+                bus.set_shipping(!local);
+            }
+        }
+    }
+
+    /// A cloud target's `SUPERVISOR_LOCAL_MODE` switches local mode on or off (engine.md C.14).
+    fn follow_local_mode_setting(&mut self, cloud: &TargetState) {
+        if self.settings.config_json.unmanaged() {
+            return;
+        }
+        let wanted = cloud
+            .config
+            .get("SUPERVISOR_LOCAL_MODE")
+            .is_some_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "on"));
+        if wanted == self.local_mode {
+            return;
+        }
+        if wanted {
+            match super::local_mode::snapshot(&self.engine) {
+                Ok(snap) => {
+                    if let Err(e) = self.db().set_engine_snapshot(Some(&snap)) {
+                        warn!("cannot store the engine snapshot: {e}");
+                    }
+                }
+                Err(e) => warn!("cannot take the engine snapshot: {e}"),
+            }
+            crate::logs::event("Entering local mode", false);
+        } else {
+            let snapshot = self.db().engine_snapshot().ok().flatten();
+            crate::logs::event("Leaving local mode", false);
+            if let Some(before) = snapshot {
+                self.leave_local_mode(&before);
+            }
+        }
+        self.local_mode = wanted;
+        let value = if wanted { "true" } else { "false" };
+        if let Err(e) = self.db().config_set("localMode", Some(value)) {
+            warn!("cannot record local mode: {e}");
+        }
+        self.publish_mode();
+    }
+
+    /// Removes what local mode created and its apps, then forgets the snapshot.
+    fn leave_local_mode(&self, before: &serde_json::Value) {
+        super::local_mode::cleanup(&self.engine, before);
+        let mut db = self.db();
+        if let Err(e) = db.delete_apps(LOCAL_SOURCE) {
+            warn!("cannot delete the local apps: {e}");
+        }
+        if let Err(e) = db.set_engine_snapshot(None) {
+            warn!("cannot clear the engine snapshot: {e}");
         }
     }
 

@@ -5,6 +5,7 @@ pub mod actions;
 pub mod apply;
 pub mod device;
 pub mod executor;
+pub mod local_mode;
 pub mod preload;
 pub mod snapshot;
 pub mod target;
