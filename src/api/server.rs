@@ -219,9 +219,7 @@ impl Server {
                     if let Err(crossbeam_channel::TrySendError::Full(mut conn)) = tx.try_send(conn)
                     {
                         let _ = conn.set_write_timeout(Some(Duration::from_secs(1)));
-                        let body = br#"{"status":"failed","message":"Too many connections"}"#;
-                        let _ = write_head(&mut conn, 503, &json_type(), Some(body.len()), false);
-                        let _ = conn.write_all(body);
+                        refuse(&mut conn, 503, "Too many connections");
                     }
                 }
                 // Dropping the sender ends the workers once the queue is drained.
@@ -317,6 +315,13 @@ impl Read for Deadline {
     }
 }
 
+/// Answers with the spec's failure body (`{"status":"failed","message":…}`); the caller closes.
+fn refuse(out: &mut TcpStream, status: u16, message: &str) {
+    let body = failed_body(message);
+    let _ = write_head(out, status, &json_type(), Some(body.len()), false);
+    let _ = out.write_all(&body);
+}
+
 fn failed_body(message: &str) -> Vec<u8> {
     serde_json::json!({"status": "failed", "message": message})
         .to_string()
@@ -355,9 +360,7 @@ fn serve_connection(
             Ok(None) => return,
             Err(e) => {
                 if e.kind() == io::ErrorKind::InvalidData {
-                    let body = failed_body(&format!("bad request: {e}"));
-                    let _ = write_head(&mut out, 400, &json_type(), Some(body.len()), false);
-                    let _ = out.write_all(&body);
+                    refuse(&mut out, 400, &format!("bad request: {e}"));
                 }
                 return;
             }
@@ -365,18 +368,14 @@ fn serve_connection(
         let framing = match head.framing() {
             Ok(f) => f,
             Err(e) => {
-                let body = failed_body(&format!("bad request: {e}"));
-                let _ = write_head(&mut out, 400, &json_type(), Some(body.len()), false);
-                let _ = out.write_all(&body);
+                refuse(&mut out, 400, &format!("bad request: {e}"));
                 return;
             }
         };
         if let Framing::Length(n) = framing {
             if n > limits.max_body as u64 {
                 // Not 413: balena-cli takes only 400 and 503 as failures (device-api.md §0).
-                let body = failed_body("request body too large");
-                let _ = write_head(&mut out, 400, &json_type(), Some(body.len()), false);
-                let _ = out.write_all(&body);
+                refuse(&mut out, 400, "request body too large");
                 return;
             }
         }
@@ -391,9 +390,7 @@ fn serve_connection(
             Ok(b) => b,
             Err(e) => {
                 if e.kind() == io::ErrorKind::InvalidData {
-                    let body = failed_body(&format!("bad request body: {e}"));
-                    let _ = write_head(&mut out, 400, &json_type(), Some(body.len()), false);
-                    let _ = out.write_all(&body);
+                    refuse(&mut out, 400, &format!("bad request body: {e}"));
                 }
                 return;
             }
@@ -462,9 +459,7 @@ fn start_stream(
 ) {
     if streams.fetch_add(1, Ordering::AcqRel) >= limits.max_streams {
         streams.fetch_sub(1, Ordering::AcqRel);
-        let body = failed_body("too many open streams");
-        let _ = write_head(&mut out, 503, &json_type(), Some(body.len()), false);
-        let _ = out.write_all(&body);
+        refuse(&mut out, 503, "too many open streams");
         return;
     }
     let counter = Arc::clone(streams);

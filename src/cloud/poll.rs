@@ -55,6 +55,8 @@ pub struct Poller {
     etag: Option<String>,
     /// The last valid target received, for re-applying after a 304 asked for by the API.
     last: Option<TargetState>,
+    /// The target stored before this start, for its settings until the first fetch.
+    stored: Option<TargetState>,
 }
 
 impl Poller {
@@ -75,19 +77,25 @@ impl Poller {
             db,
             etag: None,
             last: None,
+            stored: None,
         }
+    }
+
+    /// The target whose settings apply: the last fetched, else the one stored before.
+    fn settings_source(&self) -> Option<&TargetState> {
+        self.last.as_ref().or(self.stored.as_ref())
     }
 
     /// The poll interval: the target's `SUPERVISOR_POLL_INTERVAL`, else config.json.
     fn interval(&self) -> Duration {
-        let ms = target_var(self.last.as_ref(), "SUPERVISOR_POLL_INTERVAL")
+        let ms = target_var(self.settings_source(), "SUPERVISOR_POLL_INTERVAL")
             .and_then(|v| v.trim().parse::<u64>().ok())
             .unwrap_or_else(|| self.settings.config_json.poll_interval_ms());
         Duration::from_millis(ms.max(1))
     }
 
     fn instant_updates(&self) -> bool {
-        target_var(self.last.as_ref(), "SUPERVISOR_INSTANT_UPDATE_TRIGGER")
+        target_var(self.settings_source(), "SUPERVISOR_INSTANT_UPDATE_TRIGGER")
             .and_then(parse_bool)
             .unwrap_or(true)
     }
@@ -116,7 +124,7 @@ impl Poller {
         self.shared.set_provisioned();
         self.initial_config_report();
         // The target stored before a restart decides the first interval and trigger setting.
-        self.last = self.stored_target();
+        self.stored = self.stored_target();
         let mut due = if self.instant_updates() {
             Instant::now()
         } else {

@@ -268,13 +268,7 @@ impl Executor<'_> {
         event(format!("Downloading image '{}'", image.name), false);
         let auth = self.registry_auth(&image.name);
         self.pull_with_progress(&image.name, &image.name, auth.as_deref())
-            .map_err(|e| {
-                event(
-                    format!("Failed to download image '{}' due to '{e}'", image.name),
-                    true,
-                );
-                format!("Failed to download image '{}': {e}", image.name)
-            })?;
+            .map_err(|e| download_failed(image, "image", e))?;
         let found = self
             .engine
             .inspect_image(&image.name)
@@ -359,13 +353,7 @@ impl Executor<'_> {
             source,
             &image.name,
         )
-        .map_err(|e| {
-            event(
-                format!("Failed to download image '{}' due to '{e}'", image.name),
-                true,
-            );
-            format!("Failed to download delta for image '{}': {e}", image.name)
-        })?;
+        .map_err(|e| download_failed(image, "delta for image", e))?;
         use crate::cloud::delta::DeltaAnswer;
         let (name, token) = match answer {
             DeltaAnswer::Image { name, token } => (name, token),
@@ -689,6 +677,15 @@ pub fn supervisor_network_ok(n: &crate::engine::types::Network) -> bool {
             c.subnet.as_deref() == Some(SUPERVISOR_SUBNET)
                 && c.gateway.as_deref() == Some(SUPERVISOR_GATEWAY)
         })
+}
+
+/// Logs v19's `Failed to download image` event and returns the step's error text.
+fn download_failed(image: &ImageRef, what: &str, e: impl std::fmt::Display) -> String {
+    event(
+        format!("Failed to download image '{}' due to '{e}'", image.name),
+        true,
+    );
+    format!("Failed to download {what} '{}': {e}", image.name)
 }
 
 /// How v19 names a service in its events: `'<service> <image>'`.
