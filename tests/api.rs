@@ -413,3 +413,170 @@ fn idle_and_slow_clients_cannot_grow_threads_or_hold_the_api() {
     );
     assert!(threads(pid) <= before);
 }
+
+#[test]
+fn device_endpoints_v1_app_actions_and_journal_logs() {
+    use std::io::Read;
+    let _serial = serial();
+    reset_engine(&engine());
+    let mut d = Daemon::create();
+    // A fake journalctl first in PATH, and an LED file of our own.
+    let bin = d.dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::write(
+        bin.join("journalctl"),
+        "#!/bin/sh\necho \"journalctl $*\"\necho second line\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        bin.join("journalctl"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let led = d.dir.join("led");
+    std::fs::write(&led, "0").unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    d.env = vec![
+        ("PATH".into(), path),
+        ("LED_FILE".into(), led.display().to_string()),
+        (
+            "VPN_STATUS_PATH".into(),
+            d.dir.join("vpn").display().to_string(),
+        ),
+    ];
+    d.start();
+    assert_eq!(
+        d.post_target(&target(vec![service(1, "main", json!({}))]))
+            .0,
+        200
+    );
+    let status = d.wait_applied(1, 60);
+    let cid = status["containers"][0]["containerId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // GET /v1/device
+    let (code, dev) = d.get("/v1/device").unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(dev["api_port"], d.port);
+    assert_eq!(dev["supervisor_version"], tinyvisor::SUPERVISOR_VERSION);
+    assert_eq!(dev["update_pending"], false);
+    assert_eq!(dev["update_failed"], false);
+    assert_eq!(dev["commit"], "a1");
+    assert_eq!(dev["status"], "Idle");
+    assert!(dev["ip_address"].is_string());
+
+    // GET /v2/device/vpn: not connected until the status file says so.
+    assert_eq!(
+        d.get("/v2/device/vpn").unwrap().1,
+        json!({"status": "success", "vpn": {"enabled": true, "connected": false}})
+    );
+    std::fs::create_dir_all(d.dir.join("vpn/active")).unwrap();
+    assert_eq!(d.get("/v2/device/vpn").unwrap().1["vpn"]["connected"], true);
+
+    // GET /v2/applications/:appId/state
+    let (code, st) = d.get("/v2/applications/4242/state").unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(st["commit"], "a1");
+    assert_eq!(st["local"]["4242"]["services"]["1"]["status"], "Running");
+    assert_eq!(st["local"]["4242"]["services"]["1"]["releaseId"], 1);
+    assert_eq!(
+        d.get("/v2/applications/abc/state").unwrap(),
+        (
+            400,
+            json!({"status": "failed", "message": "Invalid application ID: abc"})
+        )
+    );
+    assert_eq!(
+        d.get("/v2/applications/99/state").unwrap(),
+        (
+            409,
+            json!({"status": "failed", "message": "Application ID does not exist: 99"})
+        )
+    );
+
+    // GET /v1/apps/:appId
+    let (code, app) = d.get("/v1/apps/4242").unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(app["containerId"], cid.as_str());
+    assert_eq!(app["commit"], "a1");
+    assert_eq!(app["imageId"], BUSYBOX);
+    assert_eq!(app["releaseId"], 1);
+    assert_eq!(app["env"]["BALENA_SERVICE_NAME"], "main");
+    assert!(app["env"].get("BALENA_SUPERVISOR_API_KEY").is_none());
+    assert_eq!(
+        d.get("/v1/apps/0").unwrap(),
+        (400, Value::String("Missing app id".into()))
+    );
+
+    // POST /v1/apps/:appId/stop and start on the single-container app.
+    assert_eq!(
+        post(&d, "/v1/apps/4242/stop", json!({})),
+        (200, json!({"containerId": cid}))
+    );
+    assert!(!running(&cid));
+    assert_eq!(post(&d, "/v1/apps/4242/start", json!({})).0, 200);
+    wait_for("start", || running(&cid));
+    assert_eq!(
+        post(&d, "/v1/apps/x/stop", json!({})),
+        (400, Value::String("Invalid app id".into()))
+    );
+    assert_eq!(post(&d, "/v1/apps/77/stop", json!({})).0, 400);
+
+    // GET /v2/cleanup-volumes: an unused volume goes, the app's stays.
+    let e = engine();
+    let stray = unique("stray");
+    let volume = |name: &str| tinyvisor::engine::types::VolumeCreate {
+        name: name.into(),
+        ..Default::default()
+    };
+    e.create_volume(&volume(&stray)).unwrap();
+    let app_volume = "4242_keep";
+    e.create_volume(&volume(app_volume)).unwrap();
+    assert_eq!(
+        d.get("/v2/cleanup-volumes").unwrap(),
+        (200, json!({"status": "success"}))
+    );
+    assert!(e.inspect_volume(&stray).is_err(), "unused volume kept");
+    // Not in the target either: also gone. The OS's extra-firmware volume stays.
+    assert!(e.inspect_volume(app_volume).is_err());
+    assert!(e.inspect_volume("extra-firmware").is_ok());
+
+    // POST /v1/blink: answers at once, the LED file blinks.
+    assert_eq!(post(&d, "/v1/blink", json!({})).0, 200);
+    wait_for("the LED on", || {
+        std::fs::read_to_string(&led).unwrap() == "1"
+    });
+
+    // POST /v2/journal-logs: journalctl's output, streamed.
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", d.port)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let body = json!({"follow": false, "count": 5, "unit": "balena.service"}).to_string();
+    std::io::Write::write_all(
+        &mut conn,
+        format!(
+            "POST /v2/journal-logs HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let mut reader = std::io::BufReader::new(conn);
+    let head = tinyvisor::engine::http::read_head(&mut reader).unwrap();
+    assert_eq!(head.status, 200);
+    let mut text = String::new();
+    tinyvisor::engine::http::Body::new(reader, tinyvisor::engine::http::Framing::Chunked)
+        .read_to_string(&mut text)
+        .unwrap();
+    assert_eq!(
+        text,
+        "journalctl -n 5 -u balena.service -o short\nsecond line\n"
+    );
+    finish(&d);
+}

@@ -192,6 +192,12 @@ fn provision_poll_converge_report_and_follow_new_releases() {
             assert!(later.get(fixed).is_none(), "{fixed} re-sent in {later}");
         }
     }
+    let with_apps = rs.iter().rev().find(|r| r.get("apps").is_some()).unwrap();
+    assert_eq!(
+        with_apps["apps"][APP_UUID]["releases"]["commit1"]["services"]["main"],
+        json!({"image": BUSYBOX, "status": "Running"}),
+        "services are reported by image name"
+    );
     let patches = api.calls("PATCH", "/device/v3/state");
     for pair in patches.windows(2) {
         let gap = pair[1].at - pair[0].at;

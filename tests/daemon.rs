@@ -544,7 +544,8 @@ fn local_logs_stream_container_output_and_events() {
         let l = next();
         saw_event |=
             l["isSystem"] == true && l["message"] == format!("Started service 'talker {BUSYBOX}'");
-        saw_output |= l["message"] == "hello-local" && l["serviceId"] == 1;
+        saw_output |=
+            l["message"] == "hello-local" && l["serviceId"] == 1 && l["serviceName"] == "talker";
     }
     assert!(saw_event && saw_output, "log: {}", d.log_text());
     cleanup(&d);

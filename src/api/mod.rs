@@ -1,8 +1,6 @@
-//! The Supervisor API on :48484 (served by [`server`]). So far: `/ping`, `/v1/healthy`, `/v2/version`,
-//! `/v2/local/device-info`, `/v2/local/target-state` (GET/POST), `/v2/state/status`,
-//! `/v2/applications/state`, `/v2/containerId`, `/v2/device/name` and the service actions
-//! `/v2/applications/:appId/{restart,stop,start}-service`. It never calls the engine: it asks
-//! the state engine over its channel.
+//! The Supervisor API on :48484 (served by [`server`]): routing, auth (device-api.md §1) and
+//! the app and service endpoints here, device endpoints in [`device`]. It never calls the
+//! engine: it asks the state engine over its channel and reads the status it publishes.
 
 use crate::cloud::{poll::target_var, CloudShared, PollRequest};
 use crate::compose::target::TargetState;
@@ -17,6 +15,7 @@ use serde_json::{json, Value};
 use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+mod device;
 pub mod server;
 
 use server::{Limits, Method, Request, Response, Server};
@@ -128,6 +127,20 @@ impl Api {
             (Method::Post, "/v1/update") => self.update(&req),
             (Method::Get | Method::Head, "/ping") => Response::text(200, "OK"),
             (Method::Get, "/v2/local/logs") => self.stream_logs(),
+            (Method::Get, "/v1/device") => self.v1_device(),
+            (Method::Get, "/v2/device/vpn") => self.vpn(),
+            (Method::Get, "/v2/cleanup-volumes") => self.cleanup_volumes(),
+            (Method::Post, "/v1/blink") => self.blink(),
+            (Method::Post, "/v2/journal-logs") => self.journal_logs(&req),
+            (Method::Post, p) if p.starts_with("/v1/apps/") => self.v1_app_action(p, &req),
+            (Method::Get, p) if p.starts_with("/v1/apps/") => self.v1_app(p),
+            (Method::Get, p)
+                if p.starts_with("/v2/applications/")
+                    && p.ends_with("/state")
+                    && p != "/v2/applications/state" =>
+            {
+                self.v2_app_state(p)
+            }
             (Method::Get, "/v2/version") => json_response(
                 200,
                 json!({"status": "success", "version": crate::SUPERVISOR_VERSION}),

@@ -287,6 +287,8 @@ fn write_head(
         head.push_str(&format!("{k}: {v}\r\n"));
     }
     match length {
+        // 204 and 304 carry no body and no length (RFC 9110 §8.6).
+        Some(_) if status == 204 || status == 304 => {}
         Some(n) => head.push_str(&format!("Content-Length: {n}\r\n")),
         None => head.push_str("Transfer-Encoding: chunked\r\n"),
     }

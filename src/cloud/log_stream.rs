@@ -208,6 +208,7 @@ mod tests {
             message: text.into(),
             timestamp: 7,
             service_id: Some(1),
+            service_name: None,
             is_system: false,
             is_stderr: false,
         }

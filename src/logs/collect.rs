@@ -233,6 +233,7 @@ impl Collector {
                     Arc::clone(&last_seen),
                 );
                 let (id, service_id) = (c.container_id.clone(), c.service_id);
+                let service_name = c.service_name.clone();
                 let since = seen
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -253,6 +254,7 @@ impl Collector {
                                 message: super::truncate(l.text),
                                 timestamp: l.timestamp_ms,
                                 service_id: Some(service_id),
+                                service_name: Some(service_name.clone()),
                                 is_system: false,
                                 is_stderr: l.is_stderr,
                             });

@@ -24,6 +24,8 @@ pub struct LogMessage {
     pub timestamp: i64,
     /// Set for container output.
     pub service_id: Option<i64>,
+    /// The service's name: local listeners get it, the cloud does not (v19).
+    pub service_name: Option<String>,
     pub is_system: bool,
     pub is_stderr: bool,
 }
@@ -34,6 +36,7 @@ impl LogMessage {
             message: truncate(message.into()),
             timestamp: now_ms(),
             service_id: None,
+            service_name: None,
             is_system: true,
             is_stderr,
         }
@@ -51,6 +54,15 @@ impl LogMessage {
         } else {
             v["serviceId"] = json!(self.service_id);
             v["isStdErr"] = json!(self.is_stderr);
+        }
+        v
+    }
+
+    /// The local form (`/v2/local/logs`): the cloud's plus `serviceName` for container lines.
+    pub fn to_local_json(&self) -> Value {
+        let mut v = self.to_json();
+        if let Some(name) = &self.service_name {
+            v["serviceName"] = json!(name);
         }
         v
     }
@@ -109,7 +121,7 @@ impl LogBus {
         }
         let mut inner = self.lock();
         if !inner.listeners.is_empty() {
-            let line: Arc<str> = Arc::from(msg.to_json().to_string());
+            let line: Arc<str> = Arc::from(msg.to_local_json().to_string());
             inner.listeners.retain(|l| {
                 !matches!(
                     l.try_send(Arc::clone(&line)),
@@ -224,6 +236,7 @@ mod tests {
             message: text.into(),
             timestamp: 1,
             service_id: Some(5),
+            service_name: Some("main".into()),
             is_system: false,
             is_stderr: false,
         }
@@ -289,7 +302,11 @@ mod tests {
         bus.push(service_line("kept"));
         let got: Vec<Arc<str>> = rx.try_iter().collect();
         assert_eq!(got.len(), 1);
-        assert!(got[0].contains("\"kept\""));
+        let v: Value = serde_json::from_str(&got[0]).unwrap();
+        assert_eq!(
+            v,
+            json!({"message": "kept", "timestamp": 1, "serviceId": 5, "serviceName": "main", "isStdErr": false})
+        );
         drop(rx);
         bus.push(service_line("after"));
         assert!(bus.lock().listeners.is_empty());

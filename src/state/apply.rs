@@ -49,6 +49,10 @@ pub enum Command {
         force: bool,
         reply: Sender<Result<(), ActionError>>,
     },
+    /// Remove volumes no container mounts and no target app names (`/v2/cleanup-volumes`).
+    CleanupVolumes {
+        reply: Sender<Result<usize, String>>,
+    },
     Shutdown,
 }
 
@@ -82,7 +86,10 @@ pub struct ContainerStatus {
     pub app_id: i64,
     pub service_name: String,
     pub commit: Option<String>,
+    pub release_id: i64,
     pub image: String,
+    /// The container's environment (`GET /v1/apps/:appId`).
+    pub environment: BTreeMap<String, String>,
     pub image_id: i64,
     pub service_id: i64,
     pub container_id: String,
@@ -257,6 +264,10 @@ impl StateEngine {
             };
             match cmd {
                 Some(Command::Shutdown) => return,
+                Some(Command::CleanupVolumes { reply }) => {
+                    let _ = reply.send(self.cleanup_volumes(target.as_ref()));
+                    continue;
+                }
                 Some(Command::GetTarget { reply }) => {
                     let _ = reply.send(target.clone());
                     if Instant::now() < due {
@@ -603,6 +614,51 @@ impl StateEngine {
         }
     }
 
+    /// Removes every engine volume that no container (of any kind) mounts and that is not a
+    /// volume of a target app (device-api.md §3.28). The `extra-firmware` volume is kept: it is
+    /// the OS's, recreated by the next apply anyway (v19 removed it here).
+    fn cleanup_volumes(&self, target: Option<&TargetState>) -> Result<usize, String> {
+        let err = |e: crate::engine::EngineError| e.to_string();
+        let referenced: BTreeSet<String> = target
+            .iter()
+            .flat_map(|t| t.apps.values())
+            .flat_map(|a| {
+                a.release
+                    .iter()
+                    .flat_map(move |r| r.volumes.keys().map(move |v| format!("{}_{v}", a.id)))
+            })
+            .collect();
+        let mut mounted = BTreeSet::new();
+        for c in self.engine.list_containers(true, &[]).map_err(err)? {
+            let inspect = match self.engine.inspect_container(&c.id) {
+                Ok(i) => i,
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e.to_string()),
+            };
+            for m in inspect.mounts.as_array().into_iter().flatten() {
+                if let Some(name) = m.get("Name").and_then(serde_json::Value::as_str) {
+                    mounted.insert(name.to_string());
+                }
+            }
+        }
+        let mut removed = 0;
+        for v in self.engine.list_volumes(&[]).map_err(err)? {
+            if referenced.contains(&v.name)
+                || mounted.contains(&v.name)
+                || v.name == EXTRA_FIRMWARE_VOLUME
+            {
+                continue;
+            }
+            match self.engine.remove_volume(&v.name, false) {
+                Ok(()) => removed += 1,
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        info!("Removed {removed} unused volumes");
+        Ok(removed)
+    }
+
     /// Where the target being applied is stored: `local` in local mode, else the API endpoint.
     fn source(&self) -> String {
         if self.local_mode {
@@ -711,6 +767,7 @@ impl StateEngine {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
+        let rows = self.db().images().unwrap_or_default();
         let containers = current
             .iter()
             .flat_map(|a| &a.services)
@@ -718,7 +775,17 @@ impl StateEngine {
                 app_id: s.app_id,
                 service_name: s.service_name.clone(),
                 commit: s.commit.clone(),
-                image: s.image_name.clone(),
+                release_id: s.release_id,
+                // The engine knows the image by id; the image's name is in its row.
+                image: rows
+                    .iter()
+                    .find(|r| {
+                        r.app_id == s.app_id
+                            && r.service_name == s.service_name
+                            && r.image_id == s.image_id
+                    })
+                    .map_or_else(|| s.image_name.clone(), |r| r.name.clone()),
+                environment: s.config.environment.clone(),
                 image_id: s.image_id,
                 service_id: s.service_id,
                 container_id: s.container_id.clone().unwrap_or_default(),
@@ -730,11 +797,9 @@ impl StateEngine {
             })
             .collect();
         let engine_ids: BTreeSet<&str> = snapshot.images.iter().map(|i| i.id.as_str()).collect();
-        let images = self
-            .db()
-            .images()
-            .unwrap_or_default()
-            .into_iter()
+        let images = rows
+            .iter()
+            .cloned()
             .map(|r| ImageStatus {
                 status: if r
                     .docker_image_id

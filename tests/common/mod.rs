@@ -105,6 +105,8 @@ pub struct Daemon {
     pub log: std::path::PathBuf,
     /// API key sent with every request (managed devices require one).
     pub key: Option<String>,
+    /// Extra environment of the daemon process.
+    pub env: Vec<(String, String)>,
 }
 
 /// A free TCP port on loopback.
@@ -142,6 +144,7 @@ impl Daemon {
             child: None,
             log,
             key: None,
+            env: Vec::new(),
         }
     }
 
@@ -173,6 +176,7 @@ impl Daemon {
             .unwrap();
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_tinyvisor"))
             .args(self.args())
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()

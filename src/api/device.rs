@@ -1,0 +1,386 @@
+//! Device endpoints that need no change of state (device-api.md §3.3, 3.10–3.12, 3.16, 3.27,
+//! 3.29): `/v1/device`, `/v1/apps/:appId` stop/start, `/v2/applications/:appId/state`,
+//! `/v2/device/vpn`, `/v1/blink`, `/v2/journal-logs`, `GET /v1/apps/:appId`,
+//! `/v2/cleanup-volumes`.
+
+use super::server::{Request, Response};
+use super::{failed, int_param, json_response, truthy, Api, ENGINE_TIMEOUT};
+use crate::state::actions::{ActionError, ServiceAction, ServiceRef};
+use crate::state::apply::Command;
+use serde_json::{json, Map, Value};
+use std::io::Read;
+use std::time::Duration;
+
+/// The v1 texts for apps that are not single-container (device-api.md §3.9, 3.10).
+const APP_NOT_FOUND: &str = "App not found: an app needs to be installed for this endpoint to work.\n\tIf you've recently moved this device from another app,\n\tplease push an app and wait for it to be installed first.";
+const MULTI_CONTAINER: &str = "serviceName or imageId parameters were not provided or the app is multi-container. Use the v2 service action endpoints.";
+
+/// Keys `GET /v1/apps/:appId` never shows.
+const PRIVATE_ENV: &[&str] = &[
+    "RESIN_SUPERVISOR_API_KEY",
+    "RESIN_API_KEY",
+    "BALENA_SUPERVISOR_API_KEY",
+    "BALENA_API_KEY",
+];
+
+/// How long `/v1/blink` blinks, and how fast.
+const BLINK_FOR: Duration = Duration::from_secs(15);
+const BLINK_HALF_PERIOD: Duration = Duration::from_millis(200);
+
+impl Api {
+    /// `GET /v1/device`: the legacy device state.
+    pub(super) fn v1_device(&self) -> Response {
+        let s = self.status();
+        let (os_version, _) = crate::host::os_version_and_variant(
+            &self.settings.paths.host_os_version_path,
+            self.settings.config_json.get_bool("developmentMode"),
+        );
+        let applying = s.app_state != "applied";
+        let mut out = Map::new();
+        out.insert("api_port".into(), json!(self.settings.listen_port));
+        out.insert("ip_address".into(), json!(crate::host::ip_addresses()));
+        if let Some(v) = os_version {
+            out.insert("os_version".into(), json!(v));
+        }
+        if let Some(mac) = crate::host::mac_addresses(&self.settings.paths.mac_address_path) {
+            out.insert("mac_address".into(), json!(mac));
+        }
+        out.insert(
+            "supervisor_version".into(),
+            json!(crate::SUPERVISOR_VERSION),
+        );
+        out.insert("update_pending".into(), json!(applying));
+        out.insert(
+            "update_failed".into(),
+            json!(applying && s.last_error.is_some()),
+        );
+        out.insert(
+            "update_downloaded".into(),
+            json!(applying && s.images.iter().any(|i| i.status == "Downloaded")),
+        );
+        let first = s.containers.first();
+        if let Some(c) = first {
+            if !applying {
+                if let Some(commit) = s.releases.get(&c.app_id) {
+                    out.insert("commit".into(), json!(commit));
+                }
+            }
+            let status = if c.status == "Running" {
+                "Idle"
+            } else {
+                c.status.as_str()
+            };
+            out.insert("status".into(), json!(status));
+            out.insert(
+                "download_progress".into(),
+                json!(s.downloads.get(&c.image).copied()),
+            );
+        }
+        json_response(200, Value::Object(out))
+    }
+
+    /// `GET /v1/apps/:appId`: the single-container app's container.
+    pub(super) fn v1_app(&self, path: &str) -> Response {
+        let param = path.trim_start_matches("/v1/apps/");
+        let Some(app_id) = int_param(&Value::String(param.into())).filter(|id| *id > 0) else {
+            return Response::text(400, "Missing app id");
+        };
+        let s = self.status();
+        let services: Vec<_> = s.containers.iter().filter(|c| c.app_id == app_id).collect();
+        let c = match services.as_slice() {
+            [] => return Response::text(400, "App not found"),
+            [one] => *one,
+            _ => {
+                return Response::text(
+                    400,
+                    "Some v1 endpoints are only allowed on single-container apps",
+                )
+            }
+        };
+        let env: Map<String, Value> = c
+            .environment
+            .iter()
+            .filter(|(k, _)| !PRIVATE_ENV.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), json!(v)))
+            .collect();
+        json_response(
+            200,
+            json!({"appId": app_id, "commit": c.commit, "containerId": c.container_id,
+                   "env": env, "imageId": c.image, "releaseId": c.release_id}),
+        )
+    }
+
+    /// `POST /v1/apps/:appId/stop` and `/start`: the service action on a single-container app.
+    pub(super) fn v1_app_action(&self, path: &str, req: &Request) -> Response {
+        let rest = path.trim_start_matches("/v1/apps/");
+        let (app_param, verb) = rest.split_once('/').unwrap_or((rest, ""));
+        let action = match verb {
+            "stop" => ServiceAction::Stop,
+            "start" => ServiceAction::Start,
+            _ => return Response::text(404, format!("Cannot POST {path}")),
+        };
+        let Some(app_id) = int_param(&Value::String(app_param.into())).filter(|id| *id > 0) else {
+            return Response::text(400, "Invalid app id");
+        };
+        let doc = match Self::read_json_body(req) {
+            Ok(d) => d,
+            Err(r) => return r,
+        };
+        let services: Vec<_> = self
+            .status()
+            .containers
+            .into_iter()
+            .filter(|c| c.app_id == app_id)
+            .collect();
+        let service = match services.as_slice() {
+            [] => return Response::text(400, APP_NOT_FOUND),
+            [one] => one.clone(),
+            _ => return Response::text(400, MULTI_CONTAINER),
+        };
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let cmd = Command::ServiceAction {
+            app_id,
+            which: ServiceRef {
+                service_name: Some(service.service_name.clone()),
+                image_id: None,
+            },
+            action,
+            force: truthy(doc.get("force")),
+            reply: tx,
+        };
+        if self.engine.send_timeout(cmd, ENGINE_TIMEOUT).is_err() {
+            return failed(503, "state engine is not answering");
+        }
+        match rx.recv_timeout(ENGINE_TIMEOUT * 4) {
+            Ok(Ok(())) => json_response(200, json!({"containerId": service.container_id})),
+            Ok(Err(ActionError::NotFound(text)))
+                if text == "Service does not exist in target release" =>
+            {
+                Response::text(404, text)
+            }
+            Ok(Err(ActionError::NotFound(text))) => Response::text(400, text),
+            Ok(Err(ActionError::Locked(m))) => failed(423, m),
+            Ok(Err(ActionError::Failed(m))) => failed(503, m),
+            Err(_) => failed(503, "state engine is not answering"),
+        }
+    }
+
+    /// `GET /v2/applications/:appId/state`: the legacy per-app state, keyed by image id.
+    pub(super) fn v2_app_state(&self, path: &str) -> Response {
+        let param = path
+            .trim_start_matches("/v2/applications/")
+            .trim_end_matches("/state");
+        let Some(app_id) = int_param(&Value::String(param.into())).filter(|id| *id > 0) else {
+            return failed(400, format!("Invalid application ID: {param}"));
+        };
+        let s = self.status();
+        let Some(target_app) = s
+            .target
+            .as_deref()
+            .and_then(|t| t.apps.values().find(|a| a.id == app_id))
+        else {
+            return failed(409, format!("Application ID does not exist: {app_id}"));
+        };
+        let mut services = Map::new();
+        for c in s.containers.iter().filter(|c| c.app_id == app_id) {
+            let release_id = target_app
+                .release
+                .as_ref()
+                .filter(|r| Some(&r.commit) == c.commit.as_ref())
+                .map(|r| r.id);
+            services.insert(
+                c.image_id.to_string(),
+                json!({"status": c.status, "releaseId": release_id,
+                       "download_progress": s.downloads.get(&c.image).copied()}),
+            );
+        }
+        let mut body = json!({"local": {app_id.to_string(): {"services": services}}});
+        if let Some(commit) = s.releases.get(&app_id) {
+            body["commit"] = json!(commit);
+        }
+        json_response(200, body)
+    }
+
+    /// `GET /v2/cleanup-volumes`: the state engine removes volumes nothing uses.
+    pub(super) fn cleanup_volumes(&self) -> Response {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        if self
+            .engine
+            .send_timeout(Command::CleanupVolumes { reply: tx }, ENGINE_TIMEOUT)
+            .is_err()
+        {
+            return failed(503, "state engine is not answering");
+        }
+        match rx.recv_timeout(ENGINE_TIMEOUT * 4) {
+            Ok(Ok(_)) => json_response(200, json!({"status": "success"})),
+            Ok(Err(e)) => failed(503, e),
+            Err(_) => failed(503, "state engine is not answering"),
+        }
+    }
+
+    /// `GET /v2/device/vpn`: whether the VPN is enabled and connected.
+    pub(super) fn vpn(&self) -> Response {
+        let enabled = crate::cloud::poll::target_var(
+            self.current_target().as_deref(),
+            "SUPERVISOR_VPN_CONTROL",
+        )
+        .is_none_or(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "on"));
+        let connected = self.settings.paths.vpn_status_path.join("active").exists();
+        json_response(
+            200,
+            json!({"status": "success", "vpn": {"enabled": enabled, "connected": connected}}),
+        )
+    }
+
+    /// `POST /v1/blink`: blinks the identification LED for 15 s, answering at once.
+    pub(super) fn blink(&self) -> Response {
+        let led = self.settings.paths.led_file.clone();
+        let started = std::thread::Builder::new()
+            .name("blink".into())
+            .stack_size(64 * 1024)
+            .spawn(move || blink(&led, BLINK_FOR, BLINK_HALF_PERIOD));
+        if let Err(e) = started {
+            return failed(503, format!("cannot blink: {e}"));
+        }
+        Response::text(200, "OK")
+    }
+
+    /// `POST /v2/journal-logs`: `journalctl` with the body's options, streamed.
+    pub(super) fn journal_logs(&self, req: &Request) -> Response {
+        let doc = match Self::read_json_body(req) {
+            Ok(d) => d,
+            Err(r) => return r,
+        };
+        let args = journal_args(&doc);
+        let child = std::process::Command::new("journalctl")
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        match child {
+            Ok(mut child) => match child.stdout.take() {
+                Some(out) => {
+                    Response::stream("text/plain; charset=utf-8", ChildOutput { child, out })
+                }
+                None => failed(503, "journalctl gave no output"),
+            },
+            Err(e) => failed(503, format!("cannot run journalctl: {e}")),
+        }
+    }
+}
+
+/// Writes 1 and 0 to the LED file in turn for `duration`, then 0. Errors end the blinking.
+pub fn blink(led: &std::path::Path, duration: Duration, half_period: Duration) {
+    let until = std::time::Instant::now() + duration;
+    let mut on = true;
+    while std::time::Instant::now() < until {
+        if std::fs::write(led, if on { "1" } else { "0" }).is_err() {
+            return;
+        }
+        on = !on;
+        std::thread::sleep(half_period);
+    }
+    let _ = std::fs::write(led, "0");
+}
+
+/// `journalctl` arguments for a `/v2/journal-logs` body (device-api.md §3.29).
+pub fn journal_args(doc: &Value) -> Vec<String> {
+    let mut args = Vec::new();
+    if truthy(doc.get("all")) {
+        args.push("-a".to_string());
+    }
+    if truthy(doc.get("follow")) {
+        args.push("--follow".to_string());
+    }
+    if let Some(n) = doc.get("count").and_then(int_param).filter(|n| *n > 0) {
+        args.extend(["-n".to_string(), n.to_string()]);
+    }
+    for (key, flag) in [
+        ("unit", "-u"),
+        ("containerId", "-t"),
+        ("since", "-S"),
+        ("until", "-U"),
+    ] {
+        if let Some(v) = doc.get(key).and_then(Value::as_str) {
+            args.extend([flag.to_string(), v.to_string()]);
+        }
+    }
+    let format = doc.get("format").and_then(Value::as_str).unwrap_or("short");
+    args.extend(["-o".to_string(), format.to_string()]);
+    args
+}
+
+/// A child's stdout as a response body; the child is killed when the response ends (the
+/// client went away or journalctl finished).
+struct ChildOutput {
+    child: std::process::Child,
+    out: std::process::ChildStdout,
+}
+
+impl Read for ChildOutput {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.out.read(buf)
+    }
+}
+
+impl Drop for ChildOutput {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journal_arguments_follow_the_body() {
+        assert_eq!(journal_args(&json!({})), ["-o", "short"]);
+        assert_eq!(
+            journal_args(
+                &json!({"all": true, "follow": "1", "count": 10, "unit": "balena.service",
+                "containerId": "abc", "since": "2024-01-01", "until": "now", "format": "json"})
+            ),
+            [
+                "-a",
+                "--follow",
+                "-n",
+                "10",
+                "-u",
+                "balena.service",
+                "-t",
+                "abc",
+                "-S",
+                "2024-01-01",
+                "-U",
+                "now",
+                "-o",
+                "json"
+            ]
+        );
+        // A count that is not a positive integer is left out.
+        assert_eq!(journal_args(&json!({"count": -3})), ["-o", "short"]);
+        assert_eq!(journal_args(&json!({"count": "x"})), ["-o", "short"]);
+    }
+
+    #[test]
+    fn blinking_toggles_the_led_and_ends_off() {
+        let dir = crate::testutil::TempDir::new("blink");
+        let led = dir.path().join("brightness");
+        std::fs::write(&led, "0").unwrap();
+        let l = led.clone();
+        let t = std::thread::spawn(move || {
+            blink(&l, Duration::from_millis(300), Duration::from_millis(20))
+        });
+        let mut seen = std::collections::BTreeSet::new();
+        while !t.is_finished() {
+            seen.insert(std::fs::read_to_string(&led).unwrap());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        t.join().unwrap();
+        assert!(seen.contains("1") && seen.contains("0"), "{seen:?}");
+        assert_eq!(std::fs::read_to_string(&led).unwrap(), "0");
+    }
+}
