@@ -767,3 +767,38 @@ fn local_mode_switched_by_the_cloud_keeps_local_apps_apart_and_cleans_up() {
     assert_eq!(d.get("/v2/state/status").unwrap().0, 200);
     finish(d);
 }
+
+#[test]
+fn failed_polls_back_off_instead_of_waiting_for_the_next_interval() {
+    let _serial = serial();
+    let api = MockApi::start();
+    api.set(|b| {
+        b.target = Some(v3_target("c1", "a"));
+        b.known_keys = vec![DEVICE_KEY.into()];
+        b.target_status = 500;
+    });
+    // Backoff is min(interval, 15 s × 2^n): with a 2 s interval every retry comes after 2 s,
+    // where a successful poll would wait the interval plus up to 60 s of jitter.
+    let mut config = provisioned_with(DEVICE_KEY);
+    config["appUpdatePollInterval"] = json!(2000);
+    let mut d = managed(&api, config);
+    d.start();
+    api.wait_for("three failed polls", Duration::from_secs(15), |rs| {
+        rs.iter()
+            .filter(|r| r.url.ends_with("/state") && r.status == 500)
+            .count()
+            >= 3
+    });
+    let polls = api.calls("GET", &format!("/device/v3/{UUID}/state"));
+    for pair in polls.windows(2) {
+        let gap = pair[1].at - pair[0].at;
+        assert!(gap >= Duration::from_millis(1_900), "retried after {gap:?}");
+    }
+    assert!(d
+        .log_text()
+        .contains("Failed to get target state for device: Error from the API: 500"));
+    // Recovery: the next retry gets the target and applies it.
+    api.set(|b| b.target_status = 200);
+    wait_release_done(&api, "c1", 0);
+    finish(d);
+}
