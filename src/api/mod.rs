@@ -622,3 +622,6 @@ impl Api {
         json_response(200, body)
     }
 }
+
+#[cfg(test)]
+mod tests;
