@@ -187,7 +187,10 @@ fn main() -> ExitCode {
             }
         };
     let settings = Arc::new(settings);
-    let status = Arc::new(Mutex::new(Status::default()));
+    let status = Arc::new(Mutex::new(Status {
+        api_secret,
+        ..Status::default()
+    }));
     let log_bus = Arc::new(logs::LogBus::default());
     logs::install(Arc::clone(&log_bus));
     // A managed device keeps its logs for the cloud from the first line on.
@@ -230,7 +233,6 @@ fn main() -> ExitCode {
             engine_tx.clone(),
             Arc::clone(&status),
             (changes_tx, changes_rx),
-            api_secret.clone(),
             Arc::clone(&log_bus),
         ) {
             Ok(c) => Some(c),
@@ -250,7 +252,6 @@ fn main() -> ExitCode {
             shared: Arc::clone(&c.shared),
             poll: c.poll.clone(),
         }),
-        api_secret,
         logs: log_bus,
     }) {
         Ok(s) => s,

@@ -29,8 +29,6 @@ pub struct Api {
     pub status: Arc<Mutex<Status>>,
     /// The cloud link of a managed device.
     pub cloud: Option<CloudHandle>,
-    /// The global key (`apiSecret` appId 0): the cloud calls `/v1/*` with it.
-    pub api_secret: Option<String>,
     pub logs: Arc<LogBus>,
 }
 
@@ -91,6 +89,20 @@ fn failed(status: u16, message: impl Into<String>) -> Response {
     )
 }
 
+/// The API key of a request: `?apikey=` first, then `Authorization: Bearer|ApiKey <key>`;
+/// keys are word characters only.
+fn request_key(req: &Request) -> Option<String> {
+    let from_header = || {
+        let (scheme, key) = req.header("Authorization")?.trim().split_once(' ')?;
+        (scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("apikey"))
+            .then(|| key.trim().to_string())
+    };
+    req.query("apikey")
+        .map(str::to_string)
+        .or_else(from_header)
+        .filter(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+}
+
 /// Integer parameters: JSON numbers or strings like `12`, `"12"`, `"12.0"` (device-api.md §0).
 fn int_param(v: &Value) -> Option<i64> {
     match v {
@@ -130,6 +142,7 @@ impl Api {
             (Method::Get, "/v1/device") => self.v1_device(),
             (Method::Get, "/v2/device/vpn") => self.vpn(),
             (Method::Get, "/v2/cleanup-volumes") => self.cleanup_volumes(),
+            (Method::Post, "/v1/regenerate-api-key") => self.regenerate_api_key(&req),
             (Method::Post, "/v1/blink") => self.blink(),
             (Method::Post, "/v2/journal-logs") => self.journal_logs(&req),
             (Method::Post, p) if p.starts_with("/v1/apps/") => self.v1_app_action(p, &req),
@@ -194,21 +207,34 @@ impl Api {
         if self.local_mode() {
             return true;
         }
-        let Some(secret) = self.api_secret.as_deref().filter(|k| !k.is_empty()) else {
+        let secret = self
+            .status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .api_secret
+            .clone();
+        let Some(secret) = secret.filter(|k| !k.is_empty()) else {
             return false;
         };
-        let from_query = req.query("apikey");
-        let from_header = || {
-            let (scheme, key) = req.header("Authorization")?.trim().split_once(' ')?;
-            (scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("apikey"))
-                .then(|| key.trim().to_string())
+        request_key(req).is_some_and(|k| k == secret)
+    }
+
+    /// `POST /v1/regenerate-api-key`: replaces the key of this request (the global key when
+    /// none was given, as in local mode) and answers the new one.
+    fn regenerate_api_key(&self, req: &Request) -> Response {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let cmd = Command::RegenerateApiKey {
+            old: request_key(req),
+            reply: tx,
         };
-        let key = from_query.map(str::to_string).or_else(from_header);
-        key.is_some_and(|k| {
-            !k.is_empty()
-                && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-                && k == secret
-        })
+        if self.engine.send_timeout(cmd, ENGINE_TIMEOUT).is_err() {
+            return failed(503, "state engine is not answering");
+        }
+        match rx.recv_timeout(ENGINE_TIMEOUT) {
+            Ok(Ok(key)) => Response::text(200, key),
+            Ok(Err(e)) => failed(503, e),
+            Err(_) => failed(503, "state engine is not answering"),
+        }
     }
 
     /// `POST /v1/update`: an immediate fetch when instant updates are on or `force` is set.

@@ -27,7 +27,6 @@ fn api(dir: &TempDir) -> Api {
         engine,
         status: Arc::default(),
         cloud: None,
-        api_secret: None,
         logs: Arc::default(),
     }
 }

@@ -109,7 +109,6 @@ impl CloudLink {
         engine: Sender<Command>,
         status: Arc<Mutex<Status>>,
         changes: (Sender<()>, Receiver<()>),
-        api_secret: Option<String>,
         logs: Arc<crate::logs::LogBus>,
     ) -> std::io::Result<CloudLink> {
         let (os_version, os_variant) = os_of(&settings);
@@ -149,7 +148,6 @@ impl CloudLink {
             settings,
             status,
             shared: Arc::clone(&shared),
-            api_secret,
         };
         // TLS handshakes and the deflate compressor (miniz_oxide keeps large tables on the
         // stack in unoptimised builds) need more than our usual 256 KiB.

@@ -234,7 +234,6 @@ pub struct Reporter {
     pub settings: Arc<Settings>,
     pub status: Arc<Mutex<Status>>,
     pub shared: Arc<CloudShared>,
-    pub api_secret: Option<String>,
     /// `<ROOT>/tmp/balena-supervisor/state-report-cache`.
     pub cache_path: PathBuf,
 }
@@ -296,7 +295,6 @@ impl Reporter {
         let mut failures: u32 = 0;
         let mut device = DeviceFields {
             api_port: self.settings.listen_port,
-            api_secret: self.api_secret.clone(),
             ..DeviceFields::default()
         };
         let (os_version, os_variant) = host::os_version_and_variant(
@@ -362,6 +360,7 @@ impl Reporter {
                 continue;
             }
             let local_mode = status.local_mode || self.settings.config_json.unmanaged();
+            device.api_secret = status.api_secret.clone();
             let current = current_state(&status, &device, local_mode, &last);
             let body = diff(&last, &current);
             let recent_metrics = last_sent.is_some_and(|t| now < t + METRICS_INTERVAL);

@@ -506,6 +506,26 @@ impl Db {
         Ok(key)
     }
 
+    /// Replaces `old` by `new` in place (same app, service and scopes). Returns whether `old`
+    /// was the global key; `None` when no such key exists.
+    pub fn replace_api_key(&self, old: &str, new: &str) -> Result<Option<bool>> {
+        let global: Option<bool> = self
+            .conn
+            .query_row(
+                "SELECT appId = 0 AND serviceName IS NULL FROM apiSecret WHERE key = ?1",
+                params![old],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if global.is_some() {
+            self.conn.execute(
+                "UPDATE apiSecret SET key = ?2 WHERE key = ?1",
+                params![old, new],
+            )?;
+        }
+        Ok(global)
+    }
+
     /// Number of database pages written since open, for the "no writes while idle" checks.
     pub fn total_changes(&self) -> u64 {
         self.conn.total_changes()

@@ -203,3 +203,12 @@ fn engine_snapshots_are_kept_until_cleared() {
     db.set_engine_snapshot(None).unwrap();
     assert_eq!(db.engine_snapshot().unwrap(), None);
 }
+
+#[test]
+fn api_keys_are_replaced_in_place() {
+    let db = Db::open_in_memory().unwrap();
+    let key = db.global_api_key(|| "k1".into()).unwrap();
+    assert_eq!(db.replace_api_key(&key, "k2").unwrap(), Some(true));
+    assert_eq!(db.global_api_key(|| "k3".into()).unwrap(), "k2");
+    assert_eq!(db.replace_api_key("unknown", "k4").unwrap(), None);
+}

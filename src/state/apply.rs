@@ -49,6 +49,12 @@ pub enum Command {
         force: bool,
         reply: Sender<Result<(), ActionError>>,
     },
+    /// Replace an API key (`/v1/regenerate-api-key`); `None` means the global key. Replies with
+    /// the new key.
+    RegenerateApiKey {
+        old: Option<String>,
+        reply: Sender<Result<String, String>>,
+    },
     /// Remove volumes no container mounts and no target app names (`/v2/cleanup-volumes`).
     CleanupVolumes {
         reply: Sender<Result<usize, String>>,
@@ -79,6 +85,9 @@ pub struct Status {
     pub target: Option<Arc<TargetState>>,
     /// Local mode: API auth off, apps left out of reports, logs not sent to the cloud.
     pub local_mode: bool,
+    /// The global API key (`apiSecret` appId 0): the API checks it, the report sends it.
+    #[serde(skip)]
+    pub api_secret: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -264,6 +273,10 @@ impl StateEngine {
             };
             match cmd {
                 Some(Command::Shutdown) => return,
+                Some(Command::RegenerateApiKey { old, reply }) => {
+                    let _ = reply.send(self.regenerate_api_key(old));
+                    continue;
+                }
                 Some(Command::CleanupVolumes { reply }) => {
                     let _ = reply.send(self.cleanup_volumes(target.as_ref()));
                     continue;
@@ -612,6 +625,28 @@ impl StateEngine {
             reboot_breadcrumb,
             boot_time: self.boot_time,
         }
+    }
+
+    fn regenerate_api_key(&self, old: Option<String>) -> Result<String, String> {
+        let current = self
+            .status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .api_secret
+            .clone();
+        let old = old.or(current).ok_or("no API key to replace")?;
+        let new = crate::encoding::random_hex_key().map_err(|e| e.to_string())?;
+        let global = self
+            .db()
+            .replace_api_key(&old, &new)
+            .map_err(|e| e.to_string())?
+            .ok_or("unknown API key")?;
+        if global {
+            // The report thread sends the new one to the cloud as `api_secret`.
+            let key = new.clone();
+            self.set_status(|s| s.api_secret = Some(key));
+        }
+        Ok(new)
     }
 
     /// Removes every engine volume that no container (of any kind) mounts and that is not a
