@@ -13,7 +13,7 @@ use std::time::Duration;
 
 /// The v1 texts for apps that are not single-container (device-api.md §3.9, 3.10).
 const APP_NOT_FOUND: &str = "App not found: an app needs to be installed for this endpoint to work.\n\tIf you've recently moved this device from another app,\n\tplease push an app and wait for it to be installed first.";
-const MULTI_CONTAINER: &str = "serviceName or imageId parameters were not provided or the app is multi-container. Use the v2 service action endpoints.";
+pub(super) const MULTI_CONTAINER: &str = "serviceName or imageId parameters were not provided or the app is multi-container. Use the v2 service action endpoints.";
 
 /// Keys `GET /v1/apps/:appId` never shows.
 const PRIVATE_ENV: &[&str] = &[
@@ -137,21 +137,11 @@ impl Api {
             [one] => one.clone(),
             _ => return Response::text(400, MULTI_CONTAINER),
         };
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        let cmd = Command::ServiceAction {
-            app_id,
-            which: ServiceRef {
-                service_name: Some(service.service_name.clone()),
-                image_id: None,
-            },
-            action,
-            force: truthy(doc.get("force")),
-            reply: tx,
+        let which = ServiceRef {
+            service_name: Some(service.service_name.clone()),
+            image_id: None,
         };
-        if self.engine.send_timeout(cmd, ENGINE_TIMEOUT).is_err() {
-            return failed(503, "state engine is not answering");
-        }
-        match rx.recv_timeout(ENGINE_TIMEOUT * 4) {
+        match self.ask_service_action(app_id, which, action, truthy(doc.get("force"))) {
             Ok(Ok(())) => json_response(200, json!({"containerId": service.container_id})),
             Ok(Err(ActionError::NotFound(text)))
                 if text == "Service does not exist in target release" =>
@@ -161,7 +151,7 @@ impl Api {
             Ok(Err(ActionError::NotFound(text))) => Response::text(400, text),
             Ok(Err(ActionError::Locked(m))) => failed(423, m),
             Ok(Err(ActionError::Failed(m))) => failed(503, m),
-            Err(_) => failed(503, "state engine is not answering"),
+            Err(unanswered) => unanswered,
         }
     }
 

@@ -581,30 +581,40 @@ impl Api {
             image_id: doc.get("imageId").and_then(int_param),
         };
         if which.service_name.is_none() && which.image_id.is_none() {
-            return Response::text(
-                400,
-                "serviceName or imageId parameters were not provided or the app is multi-container. Use the v2 service action endpoints.",
-            );
+            return Response::text(400, device::MULTI_CONTAINER);
         }
+        match self.ask_service_action(app_id, which, action, truthy(doc.get("force"))) {
+            Ok(Ok(())) => Response::text(200, "OK"),
+            Ok(Err(ActionError::NotFound(text))) => Response::text(404, text),
+            Ok(Err(ActionError::Locked(m))) => failed(423, m),
+            Ok(Err(ActionError::Failed(m))) => failed(503, m),
+            Err(unanswered) => unanswered,
+        }
+    }
+
+    /// Asks the state engine to run a service action; `Err` is the 503 to answer when it does
+    /// not take or answer the request.
+    fn ask_service_action(
+        &self,
+        app_id: i64,
+        which: ServiceRef,
+        action: ServiceAction,
+        force: bool,
+    ) -> Result<Result<(), ActionError>, Response> {
         let (tx, rx) = crossbeam_channel::bounded(1);
         let cmd = Command::ServiceAction {
             app_id,
             which,
             action,
-            force: truthy(doc.get("force")),
+            force,
             reply: tx,
         };
         if self.engine.send_timeout(cmd, ENGINE_TIMEOUT).is_err() {
-            return failed(503, "state engine is not answering");
+            return Err(failed(503, "state engine is not answering"));
         }
         // A stop waits for the container's grace period: allow for it.
-        match rx.recv_timeout(ENGINE_TIMEOUT * 4) {
-            Ok(Ok(())) => Response::text(200, "OK"),
-            Ok(Err(ActionError::NotFound(text))) => Response::text(404, text),
-            Ok(Err(ActionError::Locked(m))) => failed(423, m),
-            Ok(Err(ActionError::Failed(m))) => failed(503, m),
-            Err(_) => failed(503, "state engine is not answering"),
-        }
+        rx.recv_timeout(ENGINE_TIMEOUT * 4)
+            .map_err(|_| failed(503, "state engine is not answering"))
     }
 
     fn state_status(&self) -> Response {
