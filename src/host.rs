@@ -139,7 +139,7 @@ pub fn cpu_times() -> Option<(u64, u64)> {
         .collect();
     let total: u64 = v.iter().take(8).sum();
     let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
-    Some((total - idle, total))
+    Some((total.saturating_sub(idle), total))
 }
 
 /// Memory used and total in MB: used = total − free − buffers − cached − reclaimable.
@@ -175,7 +175,7 @@ pub fn storage_mb(path: &Path) -> Option<(u64, u64)> {
     let block = st.f_frsize as u64;
     let total = st.f_blocks as u64 * block;
     let free = st.f_bfree as u64 * block;
-    Some(((total - free) / 1_048_576, total / 1_048_576))
+    Some((total.saturating_sub(free) / 1_048_576, total / 1_048_576))
 }
 
 /// The block device mounted at `mount` (from /proc/self/mounts), e.g. `/dev/mmcblk0p6`.
@@ -198,7 +198,7 @@ pub fn metrics(data_path: &Path, previous_cpu: Option<(u64, u64)>) -> Metrics {
     // Without an earlier reading, the average since boot (a first report that says "unknown"
     // would be followed by a metrics-only report as soon as a second reading exists).
     let cpu_usage = match (previous_cpu.unwrap_or((0, 0)), cpu_times()) {
-        ((b0, t0), Some((b1, t1))) if t1 > t0 => Some((b1 - b0) * 100 / (t1 - t0)),
+        ((b0, t0), Some((b1, t1))) if t1 > t0 => Some(b1.saturating_sub(b0) * 100 / (t1 - t0)),
         _ => None,
     };
     let mem = std::fs::read_to_string("/proc/meminfo")
