@@ -210,11 +210,10 @@ impl Api {
 
     /// `GET /v2/device/vpn`: whether the VPN is enabled and connected.
     pub(super) fn vpn(&self) -> Response {
-        let enabled = crate::cloud::poll::target_var(
-            self.current_target().as_deref(),
-            "SUPERVISOR_VPN_CONTROL",
-        )
-        .is_none_or(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "on"));
+        let enabled = self.current_target().is_none_or(|t| {
+            t.var("SUPERVISOR_VPN_CONTROL").is_none()
+                || t.flag("SUPERVISOR_VPN_CONTROL") == Some(true)
+        });
         let connected = self.settings.paths.vpn_status_path.join("active").exists();
         json_response(
             200,

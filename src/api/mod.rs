@@ -2,7 +2,7 @@
 //! the app and service endpoints here, device endpoints in [`device`]. It never calls the
 //! engine: it asks the state engine over its channel and reads the status it publishes.
 
-use crate::cloud::{poll::target_var, CloudShared, PollRequest};
+use crate::cloud::{poll, CloudShared, PollRequest};
 use crate::compose::target::TargetState;
 use crate::compose::target::{parse_device_target, parse_v2_local, MAX_TARGET_BYTES};
 use crate::config::Settings;
@@ -244,17 +244,7 @@ impl Api {
             Err(r) => return r,
         };
         let force = truthy(doc.get("force"));
-        let instant = target_var(
-            self.current_target().as_deref(),
-            "SUPERVISOR_INSTANT_UPDATE_TRIGGER",
-        )
-        .is_none_or(|v| {
-            !matches!(
-                v.trim().to_ascii_lowercase().as_str(),
-                "0" | "false" | "off"
-            )
-        });
-        if !force && !instant {
+        if !force && !poll::instant_updates(self.current_target().as_deref()) {
             return Response::text(202, "Accepted");
         }
         if let Some(cloud) = &self.cloud {
@@ -393,10 +383,7 @@ impl Api {
     /// Unhealthy when an apply has been busy (not downloading) for twice the poll interval.
     fn healthy(&self) -> Response {
         let s = self.status();
-        let interval_ms = target_var(s.target.as_deref(), "SUPERVISOR_POLL_INTERVAL")
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or_else(|| self.settings.config_json.poll_interval_ms());
-        let limit = Duration::from_millis(2 * interval_ms);
+        let limit = 2 * poll::poll_interval(s.target.as_deref(), &self.settings.config_json);
         let stuck =
             s.downloads.is_empty() && s.applying_since.is_some_and(|t| t.elapsed() >= limit);
         let poll_stale = self

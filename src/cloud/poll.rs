@@ -22,17 +22,18 @@ pub fn backoff(failures: u32, interval: Duration) -> Duration {
     (Duration::from_secs(15) * (1u32 << n)).min(interval)
 }
 
-/// A config variable of the target (names are stored without their BALENA_/RESIN_ prefix).
-pub fn target_var<'a>(target: Option<&'a TargetState>, name: &str) -> Option<&'a str> {
-    target.and_then(|t| t.config.get(name)).map(String::as_str)
+/// The poll interval: the target's `SUPERVISOR_POLL_INTERVAL`, else config.json's.
+pub fn poll_interval(target: Option<&TargetState>, cfg: &crate::config::ConfigJson) -> Duration {
+    let ms = target
+        .and_then(|t| t.var("SUPERVISOR_POLL_INTERVAL"))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or_else(|| cfg.poll_interval_ms());
+    Duration::from_millis(ms.max(1))
 }
 
-fn parse_bool(v: &str) -> Option<bool> {
-    match v.trim().to_ascii_lowercase().as_str() {
-        "1" | "true" | "on" => Some(true),
-        "0" | "false" | "off" | "" => Some(false),
-        _ => None,
-    }
+/// `SUPERVISOR_INSTANT_UPDATE_TRIGGER`, on unless the target turns it off.
+pub fn instant_updates(target: Option<&TargetState>) -> bool {
+    target.and_then(|t| t.flag("SUPERVISOR_INSTANT_UPDATE_TRIGGER")) != Some(false)
 }
 
 /// What a fetch found.
@@ -86,18 +87,12 @@ impl Poller {
         self.last.as_ref().or(self.stored.as_ref())
     }
 
-    /// The poll interval: the target's `SUPERVISOR_POLL_INTERVAL`, else config.json.
     fn interval(&self) -> Duration {
-        let ms = target_var(self.settings_source(), "SUPERVISOR_POLL_INTERVAL")
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or_else(|| self.settings.config_json.poll_interval_ms());
-        Duration::from_millis(ms.max(1))
+        poll_interval(self.settings_source(), &self.settings.config_json)
     }
 
     fn instant_updates(&self) -> bool {
-        target_var(self.settings_source(), "SUPERVISOR_INSTANT_UPDATE_TRIGGER")
-            .and_then(parse_bool)
-            .unwrap_or(true)
+        instant_updates(self.settings_source())
     }
 
     /// Provisions (retrying every `bootstrapRetryDelay`), then polls until shut down.
@@ -334,8 +329,18 @@ mod tests {
 
     #[test]
     fn config_booleans_read_like_v19() {
-        assert_eq!(parse_bool("1"), Some(true));
-        assert_eq!(parse_bool("False"), Some(false));
-        assert_eq!(parse_bool("maybe"), None);
+        let with = |v: &str| {
+            let mut t = crate::compose::target::parse_device_target(
+                &serde_json::json!({"name": "", "config": {}, "apps": {}}),
+            )
+            .unwrap();
+            t.config
+                .insert("SUPERVISOR_INSTANT_UPDATE_TRIGGER".into(), v.into());
+            t
+        };
+        assert!(instant_updates(None));
+        assert!(instant_updates(Some(&with("1"))));
+        assert!(!instant_updates(Some(&with("False"))));
+        assert!(instant_updates(Some(&with("maybe"))));
     }
 }

@@ -4,7 +4,7 @@
 //! is kept on disk so a restart sends a diff, not everything.
 
 use super::client::{Auth, Cloud, CloudError};
-use super::{poll::target_var, CloudShared};
+use super::CloudShared;
 use crate::config::Settings;
 use crate::host::{self, Metrics};
 use crate::state::apply::Status;
@@ -337,14 +337,11 @@ impl Reporter {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone();
-            let hardware = target_var(status.target.as_deref(), "SUPERVISOR_HARDWARE_METRICS")
-                .map(|v| {
-                    !matches!(
-                        v.trim().to_ascii_lowercase().as_str(),
-                        "0" | "false" | "off"
-                    )
-                })
-                .unwrap_or(true);
+            let hardware = status
+                .target
+                .as_deref()
+                .and_then(|t| t.flag("SUPERVISOR_HARDWARE_METRICS"))
+                != Some(false);
             // A switch of SUPERVISOR_HARDWARE_METRICS takes effect at once, not at the next read.
             let switched = hardware != device.metrics.is_some();
             if switched || metrics_read.is_none_or(|t| now >= t + METRICS_INTERVAL) {

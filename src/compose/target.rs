@@ -82,6 +82,17 @@ impl TargetState {
             ..self.clone()
         }
     }
+
+    /// A config variable (names without their `BALENA_`/`RESIN_` prefix once normalised).
+    pub fn var(&self, name: &str) -> Option<&str> {
+        self.config.get(name).map(String::as_str)
+    }
+
+    /// A boolean config variable; `None` when unset or not a boolean.
+    pub fn flag(&self, name: &str) -> Option<bool> {
+        self.var(name)
+            .and_then(crate::config::config_json::str_as_bool)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -85,11 +85,16 @@ pub fn as_bool(v: &Value) -> Option<bool> {
             Some(1) => Some(true),
             _ => None,
         },
-        Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
-            "true" | "1" | "on" => Some(true),
-            "false" | "0" | "off" | "" => Some(false),
-            _ => None,
-        },
+        Value::String(s) => str_as_bool(s),
+        _ => None,
+    }
+}
+
+/// A boolean written as text: "true/1/on", "false/0/off" or empty; anything else is `None`.
+pub fn str_as_bool(s: &str) -> Option<bool> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "on" => Some(true),
+        "false" | "0" | "off" | "" => Some(false),
         _ => None,
     }
 }

@@ -730,10 +730,7 @@ impl StateEngine {
         if self.settings.config_json.unmanaged() {
             return;
         }
-        let wanted = cloud
-            .config
-            .get("SUPERVISOR_LOCAL_MODE")
-            .is_some_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "on"));
+        let wanted = cloud.flag("SUPERVISOR_LOCAL_MODE") == Some(true);
         if wanted == self.local_mode {
             return;
         }
@@ -776,9 +773,7 @@ impl StateEngine {
 
     /// Delta settings when the target turns deltas on (`SUPERVISOR_DELTA`) on a managed device.
     fn delta_settings(&self, target: &TargetState) -> Option<crate::cloud::delta::DeltaSettings> {
-        let var = |k: &str| target.config.get(k).map(|v| v.trim().to_ascii_lowercase());
-        let on = var("SUPERVISOR_DELTA").is_some_and(|v| matches!(v.as_str(), "1" | "true" | "on"));
-        if !on || self.delta_cloud.is_none() {
+        if target.flag("SUPERVISOR_DELTA") != Some(true) || self.delta_cloud.is_none() {
             return None;
         }
         let endpoint = self
@@ -789,8 +784,9 @@ impl StateEngine {
             .unwrap_or_else(|| "https://delta.balena-cloud.com".into());
         Some(crate::cloud::delta::DeltaSettings {
             endpoint: endpoint.trim_end_matches('/').to_string(),
-            version: var("SUPERVISOR_DELTA_VERSION")
-                .and_then(|v| v.parse().ok())
+            version: target
+                .var("SUPERVISOR_DELTA_VERSION")
+                .and_then(|v| v.trim().parse().ok())
                 .unwrap_or(2),
         })
     }

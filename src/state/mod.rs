@@ -17,10 +17,5 @@ pub use snapshot::EngineSnapshot;
 pub fn lock_override(target: &crate::compose::target::TargetState) -> bool {
     ["SUPERVISOR_OVERRIDE_LOCK", "OVERRIDE_LOCK"]
         .iter()
-        .any(|k| {
-            target
-                .config
-                .get(*k)
-                .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "on"))
-        })
+        .any(|k| crate::compose::labels::truthy(target.config.get(*k)))
 }
