@@ -115,8 +115,8 @@ impl CloudLink {
         let cloud = device_client(&settings);
         let facts = provision::RegisterFacts {
             device_type: settings.device_type.slug.clone(),
-            os_version,
-            os_variant,
+            os_version: os_version.clone(),
+            os_variant: os_variant.clone(),
             mac_address: crate::host::mac_addresses(&settings.paths.mac_address_path),
         };
         let shared = Arc::new(CloudShared::default());
@@ -148,6 +148,8 @@ impl CloudLink {
             settings,
             status,
             shared: Arc::clone(&shared),
+            os_version,
+            os_variant,
         };
         // TLS handshakes and the deflate compressor (miniz_oxide keeps large tables on the
         // stack in unoptimised builds) need more than our usual 256 KiB.

@@ -236,6 +236,9 @@ pub struct Reporter {
     pub shared: Arc<CloudShared>,
     /// `<ROOT>/tmp/balena-supervisor/state-report-cache`.
     pub cache_path: PathBuf,
+    /// From os-release, read once by the cloud link at start.
+    pub os_version: Option<String>,
+    pub os_variant: Option<String>,
 }
 
 impl Reporter {
@@ -297,12 +300,8 @@ impl Reporter {
             api_port: self.settings.listen_port,
             ..DeviceFields::default()
         };
-        let (os_version, os_variant) = host::os_version_and_variant(
-            &self.settings.paths.host_os_version_path,
-            self.settings.config_json.get_bool("developmentMode"),
-        );
-        device.os_version = os_version;
-        device.os_variant = os_variant;
+        device.os_version = self.os_version.clone();
+        device.os_variant = self.os_variant.clone();
         let mut addresses_read = Instant::now() - ADDRESS_INTERVAL;
         let mut metrics_read: Option<Instant> = None;
         let mut cpu = None;
