@@ -34,8 +34,6 @@ pub struct StreamBody {
     pos: usize,
     last_message: Instant,
     idle_end: Duration,
-    /// Messages written so far (for tests and logs).
-    pub sent: u64,
 }
 
 impl StreamBody {
@@ -53,7 +51,6 @@ impl StreamBody {
             pos: 0,
             last_message: Instant::now(),
             idle_end,
-            sent: 0,
         };
         body.encode(&first);
         body
@@ -70,7 +67,6 @@ impl StreamBody {
         }
         let _ = enc.flush();
         self.out.append(enc.get_mut());
-        self.sent += batch.len() as u64;
     }
 
     /// Fills `out` with the next compressed bytes; false when the body is finished.

@@ -177,19 +177,6 @@ impl LogBus {
         out
     }
 
-    /// Puts messages back at the front (a failed send), still bounded.
-    pub fn requeue(&self, msgs: Vec<LogMessage>) {
-        let mut inner = self.lock();
-        for m in msgs.into_iter().rev() {
-            if inner.bytes + m.message.len() > MAX_PENDING_BYTES {
-                inner.dropped += 1;
-                continue;
-            }
-            inner.bytes += m.message.len();
-            inner.queue.push_front(m);
-        }
-    }
-
     /// A copy of every message from now on, as NDJSON lines.
     pub fn subscribe(&self) -> Receiver<Arc<str>> {
         let (tx, rx) = crossbeam_channel::bounded(LISTENER_QUEUE);
