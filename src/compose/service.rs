@@ -284,8 +284,9 @@ impl Service {
         let img = image.cloned().unwrap_or_default();
         let name = &origin.service_name;
 
-        // Labels: image labels as defaults, then composition, then target, then ours.
-        let mut labels_map = img.labels.clone();
+        // Labels: image labels as defaults (normalised like the container's: an image built by
+        // balena push carries io.resin.local.*), then composition, then target, then ours.
+        let mut labels_map = labels::normalise_labels(&img.labels);
         labels_map.extend(labels::normalise_labels(&c.labels));
         labels_map.extend(labels::normalise_labels(&t.labels));
         labels_map.insert(SUPERVISED.into(), "true".into());
