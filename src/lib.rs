@@ -6,6 +6,7 @@ pub mod cloud;
 pub mod compose;
 pub mod config;
 pub mod db;
+pub mod dbus;
 pub mod dry_run;
 pub mod encoding;
 pub mod engine;
@@ -15,6 +16,7 @@ pub mod locks;
 pub mod logs;
 pub mod planner;
 pub mod state;
+pub mod systemd;
 
 #[cfg(test)]
 pub(crate) mod testutil;

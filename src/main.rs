@@ -203,14 +203,22 @@ fn main() -> ExitCode {
     if managed {
         listeners.push(changes_tx.clone());
     }
-    let (engine_tx, engine_thread) =
-        match apply::spawn(Arc::clone(&settings), db, Arc::clone(&status), listeners) {
-            Ok(x) => x,
-            Err(e) => {
-                error!("cannot start the state engine: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
+    let host: Arc<dyn tinyvisor::systemd::HostControl> = Arc::new(
+        tinyvisor::systemd::SystemBus::new(&settings.paths.dbus_system_bus_address),
+    );
+    let (engine_tx, engine_thread) = match apply::spawn(
+        Arc::clone(&settings),
+        db,
+        Arc::clone(&status),
+        listeners,
+        Arc::clone(&host),
+    ) {
+        Ok(x) => x,
+        Err(e) => {
+            error!("cannot start the state engine: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let stop_collector = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let collector = logs::collect::Collector {
         source: Arc::new(logs::collect::EngineLogs {

@@ -9,6 +9,7 @@ use crate::config::Settings;
 use crate::logs::LogBus;
 use crate::state::actions::{ActionError, AppAction, ServiceAction, ServiceRef};
 use crate::state::apply::{Command, Status};
+use crate::state::power::PowerAction;
 use crossbeam_channel::Sender;
 use log::info;
 use serde_json::{json, Value};
@@ -16,6 +17,7 @@ use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 mod device;
+mod host;
 pub mod server;
 
 use server::{Limits, Method, Request, Response, Server};
@@ -144,6 +146,8 @@ impl Api {
             (Method::Get, "/v2/cleanup-volumes") => self.cleanup_volumes(),
             (Method::Post, "/v1/regenerate-api-key") => self.regenerate_api_key(&req),
             (Method::Post, "/v1/blink") => self.blink(),
+            (Method::Post, "/v1/reboot") => self.power(PowerAction::Reboot, &req),
+            (Method::Post, "/v1/shutdown") => self.power(PowerAction::Shutdown, &req),
             (Method::Post, "/v2/journal-logs") => self.journal_logs(&req),
             (Method::Post, p) if p.starts_with("/v1/apps/") => self.v1_app_action(p, &req),
             (Method::Get, p) if p.starts_with("/v1/apps/") => self.v1_app(p),

@@ -131,6 +131,15 @@ pub const MAX_DELTA_DOWNLOADS: usize = 3;
 
 /// Plans the next iteration. An empty list means the target is reached.
 pub fn plan(current: &[CurrentApp], target: &[TargetApp], ctx: &Context) -> Vec<Step> {
+    let mut steps = plan_apps(current, target, ctx);
+    // A.3 rule 4: a pending reboot happens once only waiting is left (or nothing at all).
+    if ctx.reboot_breadcrumb && steps.iter().all(|s| matches!(s, Step::Noop)) {
+        steps.push(Step::Reboot);
+    }
+    steps
+}
+
+fn plan_apps(current: &[CurrentApp], target: &[TargetApp], ctx: &Context) -> Vec<Step> {
     // C.2.1: the supervisor network comes first; services using the API are stopped first.
     if !ctx.supervisor_network_ready {
         let mut kills = Vec::new();

@@ -173,6 +173,8 @@ impl Simulation {
                 Step::EnsureSupervisorNetwork => self.ctx.supervisor_network_ready = true,
                 Step::EnsureExtraFirmwareVolume => self.ctx.extra_firmware_ready = true,
                 Step::Noop => {}
+                // The device reboots: the breadcrumb is gone with the host's /tmp.
+                Step::Reboot => self.ctx.reboot_breadcrumb = false,
             }
         }
         // The engine shows nothing of an app that has no objects left.

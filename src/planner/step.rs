@@ -80,6 +80,9 @@ pub enum Step {
     },
     /// Nothing to do now, but the target is not reached: keep the loop alive.
     Noop,
+    /// Reboot the device (a change needs it and nothing else is left to do; engine.md A.3 4).
+    /// Run by the state engine itself: it takes every app's locks and stops the loop.
+    Reboot,
 }
 
 impl Step {
@@ -107,6 +110,7 @@ impl Step {
             Step::ReleaseLock { .. } => "releaseLock",
             Step::RequireReboot { .. } => "requireReboot",
             Step::Noop => "noop",
+            Step::Reboot => "reboot",
         }
     }
 
@@ -188,6 +192,7 @@ impl fmt::Display for Step {
             Step::ReleaseLock { app_id } => write!(f, "releaseLock app {app_id}"),
             Step::RequireReboot { service_name } => write!(f, "requireReboot for {service_name}"),
             Step::Noop => write!(f, "noop"),
+            Step::Reboot => write!(f, "reboot"),
         }
     }
 }

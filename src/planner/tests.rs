@@ -1005,7 +1005,11 @@ fn j36_requires_reboot_service_is_not_started_until_reboot() {
         ["requireReboot:main"]
     );
     c.reboot_breadcrumb = true;
-    assert!(plan(&[capp("c1", vec![created.clone()])], &[ta.clone()], &c).is_empty());
+    // Nothing else to do: the pending reboot is the only step (A.3 rule 4).
+    assert_eq!(
+        plan_brief(&[capp("c1", vec![created.clone()])], &[ta.clone()], &c),
+        ["reboot"]
+    );
     // After the reboot the container predates the boot: start it.
     c.boot_time = rfc3339_seconds("2026-11-25T11:00:00Z").unwrap();
     c.reboot_breadcrumb = false;
@@ -1013,6 +1017,41 @@ fn j36_requires_reboot_service_is_not_started_until_reboot() {
         plan_brief(&[capp("c1", vec![created])], &[ta], &c),
         ["start:main"]
     );
+}
+
+#[test]
+fn a3_4_a_pending_reboot_waits_until_only_noops_are_left() {
+    let t = svc("main", "img1", "c1");
+    let ta = tapp("c1", vec![t.clone()]);
+    let mut c = with_images(ctx(), &[&t]);
+    c.reboot_breadcrumb = true;
+    // Converged: reboot.
+    assert_eq!(
+        plan_brief(&[capp("c1", vec![running(t.clone())])], &[ta.clone()], &c),
+        ["reboot"]
+    );
+    // Only waiting left (a container still stopping): reboot after the noop.
+    let mut old = running(svc("main", "img0", "c0"));
+    old.status = Status::Stopping;
+    let stopping = plan_brief(&[capp("c0", vec![old])], &[ta.clone()], &c);
+    assert_eq!(
+        stopping.last().map(String::as_str),
+        Some("reboot"),
+        "{stopping:?}"
+    );
+    assert!(
+        stopping[..stopping.len() - 1].iter().all(|s| s == "noop"),
+        "{stopping:?}"
+    );
+    // Real work left: no reboot yet.
+    let steps = plan_brief(&[], &[ta.clone()], &c);
+    assert!(
+        !steps.is_empty() && !steps.contains(&"reboot".to_string()),
+        "{steps:?}"
+    );
+    // No breadcrumb (or one from before this boot, which the context reports as unset): none.
+    c.reboot_breadcrumb = false;
+    assert!(plan_brief(&[capp("c1", vec![running(t)])], &[ta], &c).is_empty());
 }
 
 #[test]

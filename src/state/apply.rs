@@ -4,6 +4,7 @@
 use super::actions::{ActionError, Actions, AppAction, ServiceAction, ServiceRef};
 use super::device::{device_context, universe};
 use super::executor::{supervisor_network_ok, Executor, StepError, EXTRA_FIRMWARE_VOLUME};
+use super::power::{self, PowerAction};
 use super::snapshot::EngineSnapshot;
 use super::target::target_apps;
 use crate::compose::service::ImageDefaults;
@@ -13,6 +14,7 @@ use crate::db::Db;
 use crate::engine::Engine;
 use crate::locks::Locks;
 use crate::planner::{plan, Context, ImageRef, Step};
+use crate::systemd::HostControl;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use log::{error, info, warn};
 use serde::Serialize;
@@ -58,6 +60,13 @@ pub enum Command {
     /// Remove volumes no container mounts and no target app names (`/v2/cleanup-volumes`).
     CleanupVolumes {
         reply: Sender<Result<usize, String>>,
+    },
+    /// Reboot or power off the device (`/v1/reboot`, `/v1/shutdown`). The reply comes once
+    /// the locks are taken; the host is asked a second later.
+    Power {
+        action: PowerAction,
+        force: bool,
+        reply: Sender<Result<(), ActionError>>,
     },
     Shutdown,
 }
@@ -139,6 +148,10 @@ pub struct StateEngine {
     progress: Mutex<BTreeMap<String, u8>>,
     locks_held: BTreeSet<i64>,
     boot_time: i64,
+    /// The host's systemd and logind.
+    host: Arc<dyn HostControl>,
+    /// A reboot or shutdown was asked of the host: no more steps run.
+    shutting_down: bool,
 }
 
 /// Unix seconds of the last boot, from /proc/stat.
@@ -158,6 +171,7 @@ pub fn spawn(
     db: Db,
     status: Arc<Mutex<Status>>,
     changes: Vec<Sender<()>>,
+    host: Arc<dyn HostControl>,
 ) -> std::io::Result<(Sender<Command>, std::thread::JoinHandle<()>)> {
     let (tx, rx) = crossbeam_channel::bounded(16);
     let engine = Engine::new(&settings.paths.docker_socket);
@@ -180,6 +194,8 @@ pub fn spawn(
                 progress: Mutex::new(BTreeMap::new()),
                 locks_held: BTreeSet::new(),
                 boot_time: boot_time(),
+                host,
+                shutting_down: false,
             };
             se.run(rx);
         })?;
@@ -281,6 +297,17 @@ impl StateEngine {
                     let _ = reply.send(self.cleanup_volumes(target.as_ref()));
                     continue;
                 }
+                Some(Command::Power {
+                    action,
+                    force,
+                    reply,
+                }) => {
+                    let force = force || target.as_ref().is_some_and(super::lock_override);
+                    let _ = self.power(action, force, |r| {
+                        let _ = reply.send(r);
+                    });
+                    continue;
+                }
                 Some(Command::GetTarget { reply }) => {
                     let _ = reply.send(target.clone());
                     if Instant::now() < due {
@@ -359,6 +386,11 @@ impl StateEngine {
                     }
                 }
                 None => {}
+            }
+            if self.shutting_down {
+                // Going down: targets are still stored, nothing more is applied.
+                due = Instant::now() + idle_recheck;
+                continue;
             }
             let Some(t) = target.as_ref() else {
                 self.set_status(|s| s.app_state = "applied".into());
@@ -471,6 +503,22 @@ impl StateEngine {
             return Ok(Outcome::Converged);
         }
         self.set_status(|s| s.iterations += 1);
+        if steps.iter().any(|s| matches!(s, Step::Reboot)) {
+            // Only noops besides it: the reboot is all this iteration does.
+            info!("Applying step: reboot");
+            let force = force || super::lock_override(target);
+            return match self.power(PowerAction::Reboot, force, |_| {}) {
+                Ok(()) => Ok(Outcome::Progress { all_noop: true }),
+                Err(e) => Err(StepError {
+                    step: "reboot".into(),
+                    locked: matches!(e, ActionError::Locked(_)),
+                    message: match e {
+                        ActionError::Locked(m) | ActionError::Failed(m) => m,
+                        ActionError::NotFound(m) => m.to_string(),
+                    },
+                }),
+            };
+        }
         let all_noop = steps.iter().all(|s| matches!(s, Step::Noop));
         let container_ids = current
             .iter()
@@ -625,6 +673,61 @@ impl StateEngine {
             reboot_breadcrumb,
             boot_time: self.boot_time,
         }
+    }
+
+    /// Reboots or powers off the host (device-config.md §4.4): refused during a host OS update
+    /// unless forced; takes every current app's locks (those the loop holds stay as they are);
+    /// logs the event; tells `ready` (the API answers then); a second later asks logind. If
+    /// the host refuses, the locks taken here are given back and applying goes on (v19 would
+    /// stay "shutting down" for good).
+    fn power(
+        &mut self,
+        action: PowerAction,
+        force: bool,
+        ready: impl FnOnce(Result<(), ActionError>),
+    ) -> Result<(), ActionError> {
+        let prepared = self.lock_for_power(force);
+        let taken = match prepared {
+            Ok(t) => t,
+            Err(e) => {
+                warn!("{} refused: {e:?}", action.event());
+                ready(Err(e.clone()));
+                return Err(e);
+            }
+        };
+        crate::logs::event(action.event(), false);
+        ready(Ok(()));
+        std::thread::sleep(Duration::from_secs(1));
+        match action.call(self.host.as_ref()) {
+            Ok(()) => {
+                self.shutting_down = true;
+                Ok(())
+            }
+            Err(message) => {
+                crate::logs::event(message.clone(), true);
+                for app_id in taken {
+                    let _ = self.locks.release(app_id);
+                }
+                Err(ActionError::Failed(message))
+            }
+        }
+    }
+
+    fn lock_for_power(&self, force: bool) -> Result<Vec<i64>, ActionError> {
+        if !force && power::host_os_update_pending(&self.settings.paths.state_mountpoint) {
+            return Err(ActionError::Locked(power::HOST_OS_UPDATE.into()));
+        }
+        let snapshot =
+            EngineSnapshot::read(&self.engine).map_err(|e| ActionError::Failed(e.to_string()))?;
+        let apps: Vec<(i64, Vec<String>)> = snapshot
+            .current_apps()
+            .iter()
+            .map(|a| {
+                let names = a.services.iter().map(|s| s.service_name.clone()).collect();
+                (a.app_id, names)
+            })
+            .collect();
+        power::lock_all_apps(&apps, &self.locks, &self.locks_held, force)
     }
 
     fn regenerate_api_key(&self, old: Option<String>) -> Result<String, String> {

@@ -86,6 +86,8 @@ impl Executor<'_> {
         let engine_err = |e: EngineError| fail(e.to_string(), false);
         match step {
             Step::Noop => Ok(()),
+            // It stops the loop and needs the host: the state engine runs it, never a worker.
+            Step::Reboot => Err(fail("reboot is run by the state engine".into(), false)),
             Step::Fetch { image, .. } => self.fetch(image).map_err(|m| fail(m, false)),
             Step::SaveImage { image } => self
                 .record_image(image, image.docker_image_id.clone())

@@ -6,6 +6,7 @@ pub mod apply;
 pub mod device;
 pub mod executor;
 pub mod local_mode;
+pub mod power;
 pub mod preload;
 pub mod snapshot;
 pub mod target;

@@ -1,6 +1,7 @@
 //! Shared helpers for tests that talk to the real engine started by scripts/setup-engine.
 #![allow(dead_code)]
 
+pub mod fake_systemd;
 pub mod mock_api;
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -107,6 +108,8 @@ pub struct Daemon {
     pub key: Option<String>,
     /// Extra environment of the daemon process.
     pub env: Vec<(String, String)>,
+    /// `--root-mountpoint`: "/" (this host) unless a test gives it a scratch root.
+    pub root: String,
 }
 
 /// A free TCP port on loopback.
@@ -145,6 +148,7 @@ impl Daemon {
             log,
             key: None,
             env: Vec::new(),
+            root: "/".into(),
         }
     }
 
@@ -158,9 +162,11 @@ impl Daemon {
             // The engine binds host paths (lock directories): tinyvisor runs on this host, so
             // the host root is "/".
             "--root-mountpoint".into(),
-            "/".into(),
+            self.root.clone(),
             "--data-mountpoint".into(),
             p("data"),
+            "--state-mountpoint".into(),
+            p("state"),
             "--database-path".into(),
             p("data/database.sqlite"),
             "--listen-port".into(),

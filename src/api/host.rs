@@ -1,0 +1,41 @@
+//! Endpoints that act on the host (device-api.md 3.6, 3.13, 3.14): `/v1/reboot`,
+//! `/v1/shutdown`, and `/v1/device/host-config`.
+
+use super::server::{Request, Response};
+use super::{json_response, truthy, Api, ENGINE_TIMEOUT};
+use crate::state::actions::ActionError;
+use crate::state::apply::Command;
+use crate::state::power::PowerAction;
+use serde_json::json;
+
+impl Api {
+    /// `POST /v1/reboot`, `POST /v1/shutdown` with `{"force"}`: 202 once the state engine has
+    /// the locks (the host is asked a second later), 423 while locked, 500 otherwise — all in
+    /// v1's `{"Data","Error"}` shape.
+    pub(super) fn power(&self, action: PowerAction, req: &Request) -> Response {
+        let refuse = |status: u16, message: String| {
+            json_response(status, json!({"Data": "", "Error": message}))
+        };
+        let doc = match Self::read_json_body(req) {
+            Ok(d) => d,
+            Err(_) => return refuse(500, "could not parse the request body".into()),
+        };
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let cmd = Command::Power {
+            action,
+            force: truthy(doc.get("force")),
+            reply: tx,
+        };
+        if self.engine.send_timeout(cmd, ENGINE_TIMEOUT).is_err() {
+            return refuse(500, "state engine is not answering".into());
+        }
+        // Locks wait for a running apply iteration to end: allow for a long one.
+        match rx.recv_timeout(ENGINE_TIMEOUT * 4) {
+            Ok(Ok(())) => json_response(202, json!({"Data": "OK", "Error": null})),
+            Ok(Err(ActionError::Locked(m))) => refuse(423, m),
+            Ok(Err(ActionError::Failed(m))) => refuse(500, m),
+            Ok(Err(ActionError::NotFound(m))) => refuse(500, m.into()),
+            Err(_) => refuse(500, "state engine is not answering".into()),
+        }
+    }
+}

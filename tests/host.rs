@@ -1,0 +1,232 @@
+//! tinyvisor's D-Bus client against a private dbus-daemon with a fake systemd and logind
+//! (tests/support/fake_systemd.py, written with dbus-next): the exact methods and arguments.
+
+mod common;
+
+use common::fake_systemd::FakeSystemd;
+use common::{engine, reset_engine, serial, Daemon};
+use serde_json::json;
+use std::time::{Duration, Instant};
+use tinyvisor::systemd::{HostControl, SystemBus};
+
+#[test]
+fn reboot_and_power_off_call_logind_without_interaction() {
+    let fake = FakeSystemd::start(&[]);
+    let host = SystemBus::new(&fake.address);
+    host.reboot().unwrap();
+    host.power_off().unwrap();
+    assert_eq!(
+        fake.calls(),
+        vec![
+            json!({"member": "Reboot", "args": [false]}),
+            json!({"member": "PowerOff", "args": [false]})
+        ]
+    );
+}
+
+#[test]
+fn units_are_started_stopped_restarted_and_read() {
+    let fake = FakeSystemd::start(&[
+        "openvpn.service",
+        "redsocks.service=redsocks-conf.target,other.target",
+    ]);
+    let host = SystemBus::new(&fake.address);
+    assert!(!host.unit_active("openvpn.service").unwrap());
+    host.start_unit("openvpn.service").unwrap();
+    assert!(host.unit_active("openvpn.service").unwrap());
+    host.stop_unit("openvpn.service").unwrap();
+    assert!(!host.unit_active("openvpn.service").unwrap());
+    host.restart_unit("redsocks.service").unwrap();
+    assert_eq!(
+        host.unit_part_of("redsocks.service").unwrap(),
+        vec!["redsocks-conf.target", "other.target"]
+    );
+    assert!(host.unit_part_of("openvpn.service").unwrap().is_empty());
+    assert_eq!(
+        fake.calls(),
+        vec![
+            json!({"member": "StartUnit", "args": ["openvpn.service", "fail"]}),
+            json!({"member": "StopUnit", "args": ["openvpn.service", "fail"]}),
+            json!({"member": "RestartUnit", "args": ["redsocks.service", "fail"]}),
+        ]
+    );
+}
+
+#[test]
+fn a_unit_that_is_not_loaded_is_inactive_and_jobs_on_it_fail_with_the_bus_error() {
+    let fake = FakeSystemd::start(&[]);
+    let host = SystemBus::new(&fake.address);
+    assert!(!host.unit_active("nope.service").unwrap());
+    assert!(host.unit_part_of("nope.service").unwrap().is_empty());
+    let err = host.start_unit("nope.service").unwrap_err().to_string();
+    assert!(
+        err.contains("org.freedesktop.systemd1.NoSuchUnit") && err.contains("nope.service"),
+        "{err}"
+    );
+}
+
+#[test]
+fn no_bus_is_a_clear_error() {
+    let host = SystemBus::new("unix:path=/nonexistent/bus");
+    let err = host.reboot().unwrap_err().to_string();
+    assert!(err.starts_with("D-Bus:"), "{err}");
+}
+
+fn one_service_target(labels: serde_json::Value) -> serde_json::Value {
+    json!({"local": {"name": "test-device", "config": {}, "apps": {"4343": {
+        "name": "hostapp", "commit": "c1", "releaseId": 1, "volumes": {}, "networks": {},
+        "services": {"1": {"serviceName": "main", "serviceId": 1, "imageId": 1,
+            "image": common::BUSYBOX, "running": true, "init": true, "labels": labels,
+            "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2; done"]}}}}}})
+}
+
+/// A daemon on the fake bus with a scratch host root (its /tmp holds locks and breadcrumbs).
+fn daemon_on(fake: &FakeSystemd) -> Daemon {
+    let mut d = Daemon::create();
+    d.root = d.dir.join("root").display().to_string();
+    d.env
+        .push(("DBUS_SYSTEM_BUS_ADDRESS".into(), fake.address.clone()));
+    d.start();
+    d
+}
+
+fn clean_up(d: &Daemon) {
+    let (code, _) = d.post_target(
+        &json!({"local": {"name": "test-device", "config": {}, "apps": {}}, "force": true}),
+    );
+    assert_eq!(code, 200);
+    reset_engine(&engine());
+}
+
+#[test]
+fn v1_reboot_waits_for_update_locks_unless_forced_then_calls_logind() {
+    let _serial = serial();
+    let e = engine();
+    reset_engine(&e);
+    let fake = FakeSystemd::start(&[]);
+    let d = daemon_on(&fake);
+    assert_eq!(d.post_target(&one_service_target(json!({}))).0, 200);
+    d.wait_applied(1, 60);
+    // The app holds its own update lock.
+    let lock_dir = std::path::Path::new(&d.root).join("tmp/balena-supervisor/services/4343/main");
+    std::fs::create_dir_all(&lock_dir).unwrap();
+    std::fs::write(lock_dir.join("updates.lock"), "").unwrap();
+
+    let (code, body) = d.request("POST", "/v1/reboot", Some("{}")).unwrap();
+    assert_eq!(code, 423, "{body}");
+    assert_eq!(
+        body,
+        json!({"Data": "", "Error": "Lockfile exists for { appId: 4343, service: main }"})
+    );
+    assert!(
+        fake.wait_for("Reboot", 2).is_none(),
+        "rebooted despite the lock"
+    );
+
+    let (code, body) = d
+        .request("POST", "/v1/reboot", Some(r#"{"force": true}"#))
+        .unwrap();
+    assert_eq!((code, body), (202, json!({"Data": "OK", "Error": null})));
+    let asked = Instant::now();
+    let call = fake
+        .wait_for("Reboot", 10)
+        .expect("logind was not asked to reboot");
+    assert_eq!(call["args"], json!([false]));
+    // The API answered first; the call came about a second later.
+    assert!(asked.elapsed() >= Duration::from_millis(500));
+    assert!(d.log_text().contains("Rebooting"));
+    // Forced: the app's own lock was taken over by the supervisor's.
+    let owner = std::fs::metadata(lock_dir.join("updates.lock")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(owner.uid(), 65534);
+    assert_eq!(fake.calls().len(), 1);
+    drop(d);
+    reset_engine(&e);
+}
+
+#[test]
+fn v1_shutdown_powers_off_and_a_host_that_refuses_leaves_the_device_working() {
+    let _serial = serial();
+    let e = engine();
+    reset_engine(&e);
+    let fake = FakeSystemd::start(&[]);
+    let d = daemon_on(&fake);
+    let (code, body) = d.request("POST", "/v1/shutdown", None).unwrap();
+    assert_eq!((code, body), (202, json!({"Data": "OK", "Error": null})));
+    let call = fake
+        .wait_for("PowerOff", 10)
+        .expect("logind was not asked to power off");
+    assert_eq!(call["args"], json!([false]));
+    assert!(d.log_text().contains("Shutting down"));
+    drop(d);
+
+    // No logind on the bus: the answer is still 202 (the call comes after it); the failure is
+    // logged, the locks are given back, and the device goes on applying targets.
+    let mut d = Daemon::create();
+    d.root = d.dir.join("root").display().to_string();
+    d.env.push((
+        "DBUS_SYSTEM_BUS_ADDRESS".into(),
+        format!("unix:path={}/nobus", d.dir.display()),
+    ));
+    d.start();
+    let (code, _) = d.request("POST", "/v1/reboot", None).unwrap();
+    assert_eq!(code, 202);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d.log_text().contains("Unable to reboot: D-Bus:") {
+        assert!(Instant::now() < deadline, "{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(d.post_target(&one_service_target(json!({}))).0, 200);
+    d.wait_applied(1, 60);
+    // A host OS update in progress refuses it (unless forced).
+    std::fs::create_dir_all(d.dir.join("state")).unwrap();
+    std::fs::write(d.dir.join("state/rollback-health-breadcrumb"), "").unwrap();
+    let (code, body) = d.request("POST", "/v1/reboot", None).unwrap();
+    assert_eq!(
+        (code, body),
+        (
+            423,
+            json!({"Data": "", "Error": "Waiting for Host OS update to finish"})
+        )
+    );
+    clean_up(&d);
+}
+
+#[test]
+fn a_service_that_requires_a_reboot_reboots_the_device_once_the_rest_is_applied() {
+    let _serial = serial();
+    let e = engine();
+    reset_engine(&e);
+    let fake = FakeSystemd::start(&[]);
+    let d = daemon_on(&fake);
+    let t = one_service_target(json!({"io.balena.update.requires-reboot": "1"}));
+    assert_eq!(d.post_target(&t).0, 200);
+    let call = fake
+        .wait_for("Reboot", 60)
+        .unwrap_or_else(|| panic!("no reboot: {}", d.log_text()));
+    assert_eq!(call["args"], json!([false]));
+    let log = d.log_text();
+    assert!(
+        log.contains("Skipping start of service main until reboot"),
+        "{log}"
+    );
+    assert!(
+        log.contains("Reboot has been scheduled to apply changes"),
+        "{log}"
+    );
+    let crumb = std::path::Path::new(&d.root).join("tmp/balena-supervisor/reboot-after-apply");
+    assert!(crumb.exists());
+    // The container waits for the reboot: created, not started.
+    let c = e
+        .list_containers(true, &["io.balena.supervised"])
+        .unwrap()
+        .into_iter()
+        .next()
+        .expect("the container was created");
+    assert_eq!(c.state, "created");
+    // Exactly one reboot: after it the loop applies nothing more.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(fake.calls().len(), 1, "{:?}", fake.calls());
+    drop(d);
+    reset_engine(&e);
+}
