@@ -12,6 +12,7 @@ pub mod encoding;
 pub mod engine;
 pub mod fsutil;
 pub mod host;
+pub mod hostconfig;
 pub mod locks;
 pub mod logs;
 pub mod planner;

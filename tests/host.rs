@@ -230,3 +230,89 @@ fn a_service_that_requires_a_reboot_reboots_the_device_once_the_rest_is_applied(
     drop(d);
     reset_engine(&e);
 }
+
+#[test]
+fn host_config_patch_writes_hostname_and_proxy_under_locks_and_restarts_the_proxy_units() {
+    let _serial = serial();
+    let e = engine();
+    reset_engine(&e);
+    // An older balenaOS: the legacy proxy unit, and redsocks restarted by its target.
+    let fake = FakeSystemd::start(&[
+        "resin-proxy-config.service",
+        "redsocks.service=redsocks-conf.target",
+    ]);
+    let d = daemon_on(&fake);
+    std::fs::create_dir_all(d.dir.join("root/etc")).unwrap();
+    std::fs::write(d.dir.join("root/etc/hostname"), "balena\n").unwrap();
+    let (code, body) = d.get("/v1/device/host-config").unwrap();
+    assert_eq!(
+        (code, body),
+        (200, json!({"network": {"hostname": "balena"}}))
+    );
+
+    assert_eq!(d.post_target(&one_service_target(json!({}))).0, 200);
+    d.wait_applied(1, 60);
+    let lock_dir = std::path::Path::new(&d.root).join("tmp/balena-supervisor/services/4343/main");
+    std::fs::create_dir_all(&lock_dir).unwrap();
+    std::fs::write(lock_dir.join("updates.lock"), "").unwrap();
+    let patch = json!({"network": {"hostname": "kiosk", "proxy": {"type": "socks5", "ip": "10.1.2.3",
+        "port": 1080, "noProxy": ["192.168.0.0/16"]}}});
+    let (code, body) = d
+        .request("PATCH", "/v1/device/host-config", Some(&patch.to_string()))
+        .unwrap();
+    assert_eq!(code, 423, "{body}");
+    assert_eq!(
+        body,
+        json!("Lockfile exists for { appId: 4343, service: main }")
+    );
+    assert!(!d.dir.join("boot/system-proxy").exists());
+
+    let mut forced = patch.clone();
+    forced["force"] = json!(true);
+    let (code, body) = d
+        .request("PATCH", "/v1/device/host-config", Some(&forced.to_string()))
+        .unwrap();
+    assert_eq!((code, body), (200, json!("OK")));
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.dir.join("boot/config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["hostname"], "kiosk");
+    let (_, body) = d.get("/v1/device/host-config").unwrap();
+    assert_eq!(
+        body["network"]["proxy"],
+        json!({"type": "socks5", "ip": "10.1.2.3", "port": 1080, "noProxy": ["192.168.0.0/16"]})
+    );
+    // balena-proxy-config is not there: the legacy unit is restarted; redsocks is left to its
+    // target.
+    let restarts: Vec<_> = fake
+        .calls()
+        .into_iter()
+        .map(|c| c["args"][0].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(
+        restarts,
+        vec!["balena-proxy-config.service", "resin-proxy-config.service"]
+    );
+    // The supervisor's locks were given back; the app's own was taken over by force.
+    assert!(!lock_dir.join("updates.lock").exists());
+
+    // Bad input: 400 with the reason, nothing changed.
+    for bad in [
+        r#"{"network": {"proxy": {"type": "ftp"}}}"#,
+        r#"{"network": {"hostname": "no spaces please"}}"#,
+        "not json",
+    ] {
+        let (code, body) = d
+            .request("PATCH", "/v1/device/host-config", Some(bad))
+            .unwrap();
+        assert_eq!(code, 400, "{bad}");
+        assert!(
+            body.as_str()
+                .unwrap()
+                .starts_with("Could not parse host config input to a valid format: "),
+            "{body}"
+        );
+    }
+    let (_, after) = d.get("/v1/device/host-config").unwrap();
+    assert_eq!(after["network"]["proxy"]["type"], "socks5");
+    clean_up(&d);
+}

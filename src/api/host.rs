@@ -12,6 +12,53 @@ impl Api {
     /// `POST /v1/reboot`, `POST /v1/shutdown` with `{"force"}`: 202 once the state engine has
     /// the locks (the host is asked a second later), 423 while locked, 500 otherwise — all in
     /// v1's `{"Data","Error"}` shape.
+    /// `GET /v1/device/host-config`: hostname and proxy as the files say.
+    pub(super) fn host_config(&self) -> Response {
+        let paths = &self.settings.paths;
+        match crate::hostconfig::read(&paths.root_mountpoint, &paths.boot_mountpoint) {
+            Ok(v) => json_response(200, v),
+            Err(e) => super::failed(503, e.to_string()),
+        }
+    }
+
+    /// `PATCH /v1/device/host-config`: plain-text answers, as v19's.
+    pub(super) fn patch_host_config(&self, req: &Request) -> Response {
+        let unparsable = |e: String| {
+            Response::text(
+                400,
+                format!("Could not parse host config input to a valid format: {e}"),
+            )
+        };
+        let doc: serde_json::Value = match serde_json::from_slice(&req.body) {
+            Ok(d) => d,
+            Err(e) => return unparsable(format!("invalid JSON: {e}")),
+        };
+        let patch = match crate::hostconfig::parse_patch(&doc) {
+            Ok(p) => p,
+            Err(e) => return unparsable(e),
+        };
+        if patch == crate::hostconfig::Patch::default() {
+            log::warn!("Host config PATCH without network settings: nothing to change");
+            return Response::text(200, "OK");
+        }
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let cmd = Command::HostConfig {
+            patch,
+            force: truthy(doc.get("force")),
+            reply: tx,
+        };
+        if self.engine.send_timeout(cmd, ENGINE_TIMEOUT).is_err() {
+            return Response::text(503, "state engine is not answering");
+        }
+        match rx.recv_timeout(ENGINE_TIMEOUT * 4) {
+            Ok(Ok(())) => Response::text(200, "OK"),
+            Ok(Err(ActionError::Locked(m))) => Response::text(423, m),
+            Ok(Err(ActionError::Failed(m))) => Response::text(503, m),
+            Ok(Err(ActionError::NotFound(m))) => Response::text(503, m),
+            Err(_) => Response::text(503, "state engine is not answering"),
+        }
+    }
+
     pub(super) fn power(&self, action: PowerAction, req: &Request) -> Response {
         let refuse = |status: u16, message: String| {
             json_response(status, json!({"Data": "", "Error": message}))

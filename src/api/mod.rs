@@ -146,6 +146,8 @@ impl Api {
             (Method::Get, "/v2/cleanup-volumes") => self.cleanup_volumes(),
             (Method::Post, "/v1/regenerate-api-key") => self.regenerate_api_key(&req),
             (Method::Post, "/v1/blink") => self.blink(),
+            (Method::Get, "/v1/device/host-config") => self.host_config(),
+            (Method::Patch, "/v1/device/host-config") => self.patch_host_config(&req),
             (Method::Post, "/v1/reboot") => self.power(PowerAction::Reboot, &req),
             (Method::Post, "/v1/shutdown") => self.power(PowerAction::Shutdown, &req),
             (Method::Post, "/v2/journal-logs") => self.journal_logs(&req),

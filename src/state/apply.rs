@@ -61,6 +61,13 @@ pub enum Command {
     CleanupVolumes {
         reply: Sender<Result<usize, String>>,
     },
+    /// Write the hostname and proxy settings (`PATCH /v1/device/host-config`) under every
+    /// app's locks; the host's proxy units are restarted after a proxy change.
+    HostConfig {
+        patch: crate::hostconfig::Patch,
+        force: bool,
+        reply: Sender<Result<(), ActionError>>,
+    },
     /// Reboot or power off the device (`/v1/reboot`, `/v1/shutdown`). The reply comes once
     /// the locks are taken; the host is asked a second later.
     Power {
@@ -295,6 +302,15 @@ impl StateEngine {
                 }
                 Some(Command::CleanupVolumes { reply }) => {
                     let _ = reply.send(self.cleanup_volumes(target.as_ref()));
+                    continue;
+                }
+                Some(Command::HostConfig {
+                    patch,
+                    force,
+                    reply,
+                }) => {
+                    let force = force || target.as_ref().is_some_and(super::lock_override);
+                    let _ = reply.send(self.host_config(&patch, force));
                     continue;
                 }
                 Some(Command::Power {
@@ -686,7 +702,12 @@ impl StateEngine {
         force: bool,
         ready: impl FnOnce(Result<(), ActionError>),
     ) -> Result<(), ActionError> {
-        let prepared = self.lock_for_power(force);
+        let prepared =
+            if !force && power::host_os_update_pending(&self.settings.paths.state_mountpoint) {
+                Err(ActionError::Locked(power::HOST_OS_UPDATE.into()))
+            } else {
+                self.lock_every_app(force)
+            };
         let taken = match prepared {
             Ok(t) => t,
             Err(e) => {
@@ -713,10 +734,9 @@ impl StateEngine {
         }
     }
 
-    fn lock_for_power(&self, force: bool) -> Result<Vec<i64>, ActionError> {
-        if !force && power::host_os_update_pending(&self.settings.paths.state_mountpoint) {
-            return Err(ActionError::Locked(power::HOST_OS_UPDATE.into()));
-        }
+    /// Takes the update locks of every app on the engine that the loop does not hold already;
+    /// returns the apps locked here.
+    fn lock_every_app(&self, force: bool) -> Result<Vec<i64>, ActionError> {
         let snapshot =
             EngineSnapshot::read(&self.engine).map_err(|e| ActionError::Failed(e.to_string()))?;
         let apps: Vec<(i64, Vec<String>)> = snapshot
@@ -728,6 +748,35 @@ impl StateEngine {
             })
             .collect();
         power::lock_all_apps(&apps, &self.locks, &self.locks_held, force)
+    }
+
+    fn host_config(
+        &self,
+        patch: &crate::hostconfig::Patch,
+        force: bool,
+    ) -> Result<(), ActionError> {
+        let taken = self.lock_every_app(force)?;
+        let result = crate::hostconfig::apply(
+            patch,
+            &self.settings.paths.boot_mountpoint,
+            &self.settings.config_json,
+        );
+        match &result {
+            Ok(applied) => {
+                if let Some(h) = &applied.hostname {
+                    info!("Hostname set to {h} (config.json)");
+                }
+                if applied.proxy_changed {
+                    info!("Proxy settings changed");
+                    crate::hostconfig::restart_proxy_units(self.host.as_ref());
+                }
+            }
+            Err(e) => warn!("Host config not applied: {e}"),
+        }
+        for app_id in taken {
+            let _ = self.locks.release(app_id);
+        }
+        result.map(drop).map_err(ActionError::Failed)
     }
 
     fn regenerate_api_key(&self, old: Option<String>) -> Result<String, String> {
