@@ -187,8 +187,14 @@ fn main() -> ExitCode {
             }
         };
     let settings = Arc::new(settings);
+    // The global key works from the first request; the state engine publishes the rest.
+    let api_keys = api_secret
+        .iter()
+        .map(|k| (k.clone(), tinyvisor::state::apply::KeyScope::GLOBAL))
+        .collect();
     let status = Arc::new(Mutex::new(Status {
         api_secret,
+        api_keys: Arc::new(api_keys),
         ..Status::default()
     }));
     let log_bus = Arc::new(logs::LogBus::default());

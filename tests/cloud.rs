@@ -802,3 +802,192 @@ fn failed_polls_back_off_instead_of_waiting_for_the_next_interval() {
     wait_release_done(&api, "c1", 0);
     finish(d);
 }
+
+/// The environment variable `name` of the running container of `service`.
+fn container_env(e: &tinyvisor::engine::Engine, service: &str, name: &str) -> Option<String> {
+    let c = e
+        .list_containers(false, &[&format!("io.balena.service-name={service}")])
+        .unwrap()
+        .into_iter()
+        .next()?;
+    let env = e.inspect_container(&c.id).unwrap().config.env;
+    env.iter()
+        .find_map(|kv| kv.strip_prefix(&format!("{name}=")).map(String::from))
+}
+
+#[test]
+fn scoped_service_keys_act_only_on_their_own_app() {
+    let _serial = serial();
+    let e = engine();
+    reset_engine(&e);
+    let svc = |id: u32, labels: Value| {
+        json!({"id": id, "image_id": id, "image": BUSYBOX, "running": true, "environment": {},
+            "labels": labels, "composition": {"init": true,
+            "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2; done"]}})
+    };
+    let other_app = "b1b2c3d4e5f6a1b2c3d4e5f6a1b2c3d4";
+    let target = json!({ UUID: {"name": "cloud-device", "config": {}, "apps": {
+        APP_UUID: {"id": 4242, "name": "testapp", "class": "fleet", "releases": {"c1": {"id": 1,
+            "services": {"main": svc(1, json!({"io.balena.features.supervisor-api": "1"})),
+                         "helper": svc(2, json!({}))}, "volumes": {}, "networks": {}}}},
+        other_app: {"id": 5353, "name": "otherapp", "class": "fleet", "releases": {"c2": {"id": 2,
+            "services": {"other": svc(3, json!({}))}, "volumes": {}, "networks": {}}}}
+    }}});
+    let api = MockApi::start();
+    api.set(|b| {
+        b.target = Some(target);
+        b.known_keys = vec![DEVICE_KEY.into()];
+    });
+    let mut d = managed(&api, provisioned_with(DEVICE_KEY));
+    d.start();
+    wait_release_done(&api, "c1", 0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while e
+        .list_containers(false, &["io.balena.supervised"])
+        .unwrap()
+        .len()
+        < 3
+    {
+        assert!(Instant::now() < deadline, "{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let global = reports(&api)[0]["api_secret"].as_str().unwrap().to_string();
+
+    // Only the service with the supervisor-api feature has a key, under both prefixes.
+    let scoped = container_env(&e, "main", "BALENA_SUPERVISOR_API_KEY").expect("no scoped key");
+    assert_eq!(scoped.len(), 32);
+    assert_ne!(scoped, global);
+    assert_eq!(
+        container_env(&e, "main", "RESIN_SUPERVISOR_API_KEY").as_deref(),
+        Some(scoped.as_str())
+    );
+    assert_eq!(
+        container_env(&e, "helper", "BALENA_SUPERVISOR_API_KEY"),
+        None
+    );
+
+    let mut call = |key: Option<&str>, method: &str, path: &str, body: Option<&str>| {
+        d.key = key.map(String::from);
+        d.request(method, path, body).unwrap()
+    };
+    let s = Some(scoped.as_str());
+    let g = Some(global.as_str());
+    // Who gets in.
+    assert_eq!(call(None, "GET", "/v2/version", None).0, 401);
+    assert_eq!(
+        call(Some("0000deadbeef"), "GET", "/v2/version", None).0,
+        401
+    );
+    assert_eq!(call(s, "GET", "/v2/version", None).0, 200);
+    assert_eq!(call(g, "GET", "/v2/version", None).0, 200);
+    // What a scoped key may touch: its own app only.
+    let unauthorized = json!({"status": "failed", "message": "Unauthorized"});
+    let restart_other = r#"{"serviceName": "other"}"#;
+    assert_eq!(
+        call(
+            s,
+            "POST",
+            "/v2/applications/5353/restart-service",
+            Some(restart_other)
+        ),
+        (401, unauthorized.clone())
+    );
+    assert_eq!(
+        call(s, "POST", "/v1/restart", Some(r#"{"appId": 5353}"#)),
+        (401, unauthorized.clone())
+    );
+    assert_eq!(
+        call(s, "POST", "/v2/applications/5353/purge", Some("{}")),
+        (401, unauthorized)
+    );
+    assert_eq!(
+        call(s, "GET", "/v1/apps/5353", None),
+        (
+            401,
+            json!({"status": "failed", "message": "Application is not available"})
+        )
+    );
+    assert_eq!(
+        call(s, "GET", "/v2/applications/5353/state", None),
+        (
+            409,
+            json!({"status": "failed", "message": "Application ID does not exist: 5353"})
+        )
+    );
+    let (_, ids) = call(s, "GET", "/v2/containerId", None);
+    let mut names: Vec<_> = ids["services"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    names.sort();
+    assert_eq!(names, ["helper", "main"]);
+    let (_, ids) = call(g, "GET", "/v2/containerId", None);
+    assert_eq!(ids["services"].as_object().unwrap().len(), 3);
+    let (_, apps) = call(s, "GET", "/v2/applications/state", None);
+    assert_eq!(
+        apps.as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["testapp"]
+    );
+    let (_, status) = call(s, "GET", "/v2/state/status", None);
+    assert!(status["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c["appId"] == 4242));
+    // ... and acting on its own app works.
+    let id_of = |e: &tinyvisor::engine::Engine, service: &str| {
+        e.list_containers(false, &[&format!("io.balena.service-name={service}")])
+            .unwrap()
+            .first()
+            .map(|c| c.id.clone())
+    };
+    let before = id_of(&e, "helper");
+    assert_eq!(
+        call(
+            s,
+            "POST",
+            "/v2/applications/4242/restart-service",
+            Some(r#"{"serviceName": "helper"}"#)
+        ),
+        (200, json!("OK"))
+    );
+    let after = id_of(&e, "helper");
+    assert!(after.is_some() && after != before, "not recreated");
+    // The global key acts on any app.
+    assert_eq!(
+        call(
+            g,
+            "POST",
+            "/v2/applications/5353/restart-service",
+            Some(restart_other)
+        )
+        .0,
+        200
+    );
+
+    // Regenerating the scoped key: the old one stops working at once, the service gets the
+    // new one when its container is recreated (which the next apply does: its env changed).
+    let (code, new) = call(s, "POST", "/v1/regenerate-api-key", None);
+    assert_eq!(code, 200);
+    let new = new.as_str().unwrap().to_string();
+    assert!(new.len() == 32 && new != scoped);
+    assert_eq!(call(s, "GET", "/v2/version", None).0, 401);
+    assert_eq!(call(Some(&new), "GET", "/v2/version", None).0, 200);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while container_env(&e, "main", "BALENA_SUPERVISOR_API_KEY").as_deref() != Some(new.as_str()) {
+        assert!(Instant::now() < deadline, "main never got the new key");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // A restart keeps the keys: nothing is recreated.
+    d.key = Some(global.clone());
+    d.wait_applied(2, 60);
+    let id = id_of(&e, "main");
+    d.kill9();
+    d.start();
+    std::thread::sleep(Duration::from_secs(3));
+    d.wait_applied(2, 60);
+    assert_eq!(id_of(&e, "main"), id);
+    finish(d);
+}

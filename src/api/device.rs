@@ -6,7 +6,7 @@
 use super::server::{Request, Response};
 use super::{failed, int_param, json_response, truthy, Api, ENGINE_TIMEOUT};
 use crate::state::actions::{ActionError, ServiceAction, ServiceRef};
-use crate::state::apply::Command;
+use crate::state::apply::{Command, KeyScope};
 use serde_json::{json, Map, Value};
 use std::io::Read;
 use std::time::Duration;
@@ -80,11 +80,14 @@ impl Api {
     }
 
     /// `GET /v1/apps/:appId`: the single-container app's container.
-    pub(super) fn v1_app(&self, path: &str) -> Response {
+    pub(super) fn v1_app(&self, path: &str, scope: &KeyScope) -> Response {
         let param = path.trim_start_matches("/v1/apps/");
         let Some(app_id) = int_param(&Value::String(param.into())).filter(|id| *id > 0) else {
             return Response::text(400, "Missing app id");
         };
+        if !scope.allows(app_id) {
+            return failed(401, "Application is not available");
+        }
         let s = self.status();
         let services: Vec<_> = s.containers.iter().filter(|c| c.app_id == app_id).collect();
         let c = match services.as_slice() {
@@ -111,7 +114,7 @@ impl Api {
     }
 
     /// `POST /v1/apps/:appId/stop` and `/start`: the service action on a single-container app.
-    pub(super) fn v1_app_action(&self, path: &str, req: &Request) -> Response {
+    pub(super) fn v1_app_action(&self, path: &str, req: &Request, scope: &KeyScope) -> Response {
         let rest = path.trim_start_matches("/v1/apps/");
         let (app_param, verb) = rest.split_once('/').unwrap_or((rest, ""));
         let action = match verb {
@@ -122,6 +125,9 @@ impl Api {
         let Some(app_id) = int_param(&Value::String(app_param.into())).filter(|id| *id > 0) else {
             return Response::text(400, "Invalid app id");
         };
+        if !scope.allows(app_id) {
+            return Response::text(401, "Unauthorized");
+        }
         let doc = match Self::read_json_body(req) {
             Ok(d) => d,
             Err(r) => return r,
@@ -156,7 +162,7 @@ impl Api {
     }
 
     /// `GET /v2/applications/:appId/state`: the legacy per-app state, keyed by image id.
-    pub(super) fn v2_app_state(&self, path: &str) -> Response {
+    pub(super) fn v2_app_state(&self, path: &str, scope: &KeyScope) -> Response {
         let param = path
             .trim_start_matches("/v2/applications/")
             .trim_end_matches("/state");
@@ -168,6 +174,7 @@ impl Api {
             .target
             .as_deref()
             .and_then(|t| t.apps.values().find(|a| a.id == app_id))
+            .filter(|_| scope.allows(app_id))
         else {
             return failed(409, format!("Application ID does not exist: {app_id}"));
         };

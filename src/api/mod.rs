@@ -8,7 +8,7 @@ use crate::compose::target::{parse_device_target, parse_v2_local, MAX_TARGET_BYT
 use crate::config::Settings;
 use crate::logs::LogBus;
 use crate::state::actions::{ActionError, AppAction, ServiceAction, ServiceRef};
-use crate::state::apply::{Command, Status};
+use crate::state::apply::{Command, KeyScope, Status};
 use crate::state::power::PowerAction;
 use crossbeam_channel::Sender;
 use log::info;
@@ -136,29 +136,46 @@ impl Api {
         let method = req.method.clone();
         let path = req.path().to_string();
         let open = matches!(path.as_str(), "/ping" | "/v1/healthy");
-        let response = match (&method, path.as_str()) {
-            _ if !open && !self.authorized(&req) => Response::text(401, "Unauthorized"),
-            (Method::Post, "/v1/update") => self.update(&req),
+        let scope = if open {
+            Some(KeyScope::GLOBAL)
+        } else {
+            self.key_scope(&req)
+        };
+        let response = match scope {
+            None => Response::text(401, "Unauthorized"),
+            Some(scope) => self.route(&method, &path, &req, &scope),
+        };
+        info!(
+            "{method} {path} {} - {} ms",
+            response.status,
+            started.elapsed().as_millis()
+        );
+        response
+    }
+
+    fn route(&self, method: &Method, path: &str, req: &Request, scope: &KeyScope) -> Response {
+        match (method, path) {
+            (Method::Post, "/v1/update") => self.update(req),
             (Method::Get | Method::Head, "/ping") => Response::text(200, "OK"),
             (Method::Get, "/v2/local/logs") => self.stream_logs(),
             (Method::Get, "/v1/device") => self.v1_device(),
             (Method::Get, "/v2/device/vpn") => self.vpn(),
             (Method::Get, "/v2/cleanup-volumes") => self.cleanup_volumes(),
-            (Method::Post, "/v1/regenerate-api-key") => self.regenerate_api_key(&req),
+            (Method::Post, "/v1/regenerate-api-key") => self.regenerate_api_key(req),
             (Method::Post, "/v1/blink") => self.blink(),
             (Method::Get, "/v1/device/host-config") => self.host_config(),
-            (Method::Patch, "/v1/device/host-config") => self.patch_host_config(&req),
-            (Method::Post, "/v1/reboot") => self.power(PowerAction::Reboot, &req),
-            (Method::Post, "/v1/shutdown") => self.power(PowerAction::Shutdown, &req),
-            (Method::Post, "/v2/journal-logs") => self.journal_logs(&req),
-            (Method::Post, p) if p.starts_with("/v1/apps/") => self.v1_app_action(p, &req),
-            (Method::Get, p) if p.starts_with("/v1/apps/") => self.v1_app(p),
+            (Method::Patch, "/v1/device/host-config") => self.patch_host_config(req),
+            (Method::Post, "/v1/reboot") => self.power(PowerAction::Reboot, req),
+            (Method::Post, "/v1/shutdown") => self.power(PowerAction::Shutdown, req),
+            (Method::Post, "/v2/journal-logs") => self.journal_logs(req),
+            (Method::Post, p) if p.starts_with("/v1/apps/") => self.v1_app_action(p, req, scope),
+            (Method::Get, p) if p.starts_with("/v1/apps/") => self.v1_app(p, scope),
             (Method::Get, p)
                 if p.starts_with("/v2/applications/")
                     && p.ends_with("/state")
                     && p != "/v2/applications/state" =>
             {
-                self.v2_app_state(p)
+                self.v2_app_state(p, scope)
             }
             (Method::Get, "/v2/version") => json_response(
                 200,
@@ -169,11 +186,11 @@ impl Api {
                 json!({"status": "success", "info": {"arch": self.settings.device_type.arch, "deviceType": self.settings.device_type.slug}}),
             ),
             (Method::Get, "/v2/local/target-state") => self.get_target(),
-            (Method::Post, "/v2/local/target-state") => self.post_target(&req),
-            (Method::Get, "/v2/state/status") => self.state_status(),
+            (Method::Post, "/v2/local/target-state") => self.post_target(req),
+            (Method::Get, "/v2/state/status") => self.state_status(scope),
             (Method::Get | Method::Head, "/v1/healthy") => self.healthy(),
-            (Method::Get, "/v2/applications/state") => self.applications_state(),
-            (Method::Get, "/v2/containerId") => self.container_id(&req.url),
+            (Method::Get, "/v2/applications/state") => self.applications_state(scope),
+            (Method::Get, "/v2/containerId") => self.container_id(&req.url, scope),
             (Method::Get, "/v2/device/name") => {
                 let name = self
                     .target()
@@ -187,42 +204,36 @@ impl Api {
                 )
             }
             (Method::Post, p) if p.starts_with("/v2/applications/") && p.ends_with("-service") => {
-                self.service_action(p, &req)
+                self.service_action(p, req, scope)
             }
-            (Method::Post, "/v1/restart") => self.app_action_v1(AppAction::Restart, &req),
-            (Method::Post, "/v1/purge") => self.app_action_v1(AppAction::Purge, &req),
+            (Method::Post, "/v1/restart") => self.app_action_v1(AppAction::Restart, req, scope),
+            (Method::Post, "/v1/purge") => self.app_action_v1(AppAction::Purge, req, scope),
             (Method::Post, p)
                 if p.starts_with("/v2/applications/")
                     && (p.ends_with("/restart") || p.ends_with("/purge")) =>
             {
-                self.app_action_v2(p, &req)
+                self.app_action_v2(p, req, scope)
             }
             (m, p) => Response::text(404, format!("Cannot {m} {p}")),
-        };
-        info!(
-            "{method} {path} {} - {} ms",
-            response.status,
-            started.elapsed().as_millis()
-        );
-        response
+        }
     }
 
-    /// Device API auth (device-api.md §1): off when unmanaged or in local mode; otherwise the
-    /// global key from `?apikey=` or `Authorization: Bearer|ApiKey <key>`.
-    fn authorized(&self, req: &Request) -> bool {
+    /// Device API auth (device-api.md §1): off when unmanaged or in local mode (everything is
+    /// allowed); otherwise the key from `?apikey=` or `Authorization: Bearer|ApiKey <key>`
+    /// must be one the state engine published, and its scope is what the request may touch.
+    fn key_scope(&self, req: &Request) -> Option<KeyScope> {
         if self.local_mode() {
-            return true;
+            return Some(KeyScope::GLOBAL);
         }
-        let secret = self
-            .status
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .api_secret
-            .clone();
-        let Some(secret) = secret.filter(|k| !k.is_empty()) else {
-            return false;
-        };
-        request_key(req).is_some_and(|k| k == secret)
+        let key = request_key(req)?;
+        let keys = Arc::clone(
+            &self
+                .status
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .api_keys,
+        );
+        keys.get(&key).cloned()
     }
 
     /// `POST /v1/regenerate-api-key`: replaces the key of this request (the global key when
@@ -403,13 +414,17 @@ impl Api {
         }
     }
 
-    fn applications_state(&self) -> Response {
+    fn applications_state(&self, scope: &KeyScope) -> Response {
         let Ok(target) = self.target() else {
             return failed(503, "state engine is not answering");
         };
         let s = self.status();
         let mut out = serde_json::Map::new();
-        for app in target.iter().flat_map(|t| t.apps.values()) {
+        for app in target
+            .iter()
+            .flat_map(|t| t.apps.values())
+            .filter(|a| scope.allows(a.id))
+        {
             let Some(rel) = &app.release else { continue };
             let applied = s.releases.get(&app.id) == Some(&rel.commit);
             let mut services = serde_json::Map::new();
@@ -446,15 +461,16 @@ impl Api {
         json_response(200, Value::Object(out))
     }
 
-    fn container_id(&self, url: &str) -> Response {
+    fn container_id(&self, url: &str, scope: &KeyScope) -> Response {
         let query = url.split_once('?').map(|(_, q)| q).unwrap_or_default();
         let wanted = query.split('&').find_map(|kv| {
             let (k, v) = kv.split_once('=')?;
             matches!(k, "serviceName" | "service").then(|| v.to_string())
         });
         let s = self.status();
+        let scoped = || s.containers.iter().filter(|c| scope.allows(c.app_id));
         match wanted {
-            Some(name) => match s.containers.iter().find(|c| c.service_name == name) {
+            Some(name) => match scoped().find(|c| c.service_name == name) {
                 Some(c) => json_response(
                     200,
                     json!({"status": "success", "containerId": c.container_id}),
@@ -462,9 +478,7 @@ impl Api {
                 None => failed(503, "Could not find service with that name"),
             },
             None => {
-                let services: serde_json::Map<String, Value> = s
-                    .containers
-                    .iter()
+                let services: serde_json::Map<String, Value> = scoped()
                     .map(|c| (c.service_name.clone(), json!(c.container_id)))
                     .collect();
                 json_response(200, json!({"status": "success", "services": services}))
@@ -504,7 +518,7 @@ impl Api {
     }
 
     /// `POST /v1/restart`, `POST /v1/purge` with `{"appId", "force"}` (device-api.md 3.7, 3.8).
-    fn app_action_v1(&self, action: AppAction, req: &Request) -> Response {
+    fn app_action_v1(&self, action: AppAction, req: &Request, scope: &KeyScope) -> Response {
         let doc = match Self::read_json_body(req) {
             Ok(d) => d,
             Err(r) => return r,
@@ -516,6 +530,9 @@ impl Api {
         let Some(app_id) = doc.get("appId").and_then(int_param).filter(|id| *id > 0) else {
             return Response::text(400, missing);
         };
+        if !scope.allows(app_id) {
+            return failed(401, "Unauthorized");
+        }
         match (
             self.run_app_action(app_id, action, truthy(doc.get("force"))),
             action,
@@ -527,7 +544,7 @@ impl Api {
     }
 
     /// `POST /v2/applications/:appId/restart|purge` with `{"force"}`.
-    fn app_action_v2(&self, path: &str, req: &Request) -> Response {
+    fn app_action_v2(&self, path: &str, req: &Request, scope: &KeyScope) -> Response {
         let rest = path.trim_start_matches("/v2/applications/");
         let (app_param, action) = match rest.split_once('/') {
             Some((a, "restart")) => (a, AppAction::Restart),
@@ -538,6 +555,9 @@ impl Api {
         else {
             return failed(400, "Missing app id");
         };
+        if !scope.allows(app_id) {
+            return failed(401, "Unauthorized");
+        }
         let doc = match Self::read_json_body(req) {
             Ok(d) => d,
             Err(r) => return r,
@@ -549,7 +569,7 @@ impl Api {
     }
 
     /// `POST /v2/applications/:appId/{restart,stop,start}-service` (device-api.md 3.9).
-    fn service_action(&self, path: &str, req: &Request) -> Response {
+    fn service_action(&self, path: &str, req: &Request, scope: &KeyScope) -> Response {
         let mut parts = path.trim_start_matches("/v2/applications/").splitn(2, '/');
         let app_param = parts.next().unwrap_or_default();
         let action = match parts.next() {
@@ -562,6 +582,9 @@ impl Api {
             Some(id) if id > 0 => id,
             _ => return failed(400, "Invalid app id"),
         };
+        if !scope.allows(app_id) {
+            return failed(401, "Unauthorized");
+        }
         let doc = match Self::read_json_body(req) {
             Ok(d) => d,
             Err(r) => return r,
@@ -610,7 +633,7 @@ impl Api {
             .map_err(|_| failed(503, "state engine is not answering"))
     }
 
-    fn state_status(&self) -> Response {
+    fn state_status(&self, scope: &KeyScope) -> Response {
         let s = self
             .status
             .lock()
@@ -622,9 +645,10 @@ impl Api {
         });
         let first_app = s
             .containers
-            .first()
+            .iter()
             .map(|c| c.app_id)
-            .or_else(|| s.images.first().map(|i| i.app_id));
+            .find(|a| scope.allows(*a))
+            .or_else(|| s.images.iter().map(|i| i.app_id).find(|a| scope.allows(*a)));
         let containers: Vec<Value> = s
             .containers
             .iter()

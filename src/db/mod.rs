@@ -526,6 +526,49 @@ impl Db {
         Ok(global)
     }
 
+    /// The scoped key of a service (`io.balena.features.supervisor-api`): the stored one when
+    /// its scopes are still `[{"type":"app","appId":<app>}]`, else a new one from `new_key`
+    /// (device-api.md §1). Returns the key and whether it was created.
+    pub fn service_api_key(
+        &self,
+        app_id: i64,
+        service_name: &str,
+        new_key: impl FnOnce() -> String,
+    ) -> Result<(String, bool)> {
+        let scopes = format!(r#"[{{"type":"app","appId":{app_id}}}]"#);
+        let existing: Option<(String, String)> = self
+            .conn
+            .query_row(
+                "SELECT key, scopes FROM apiSecret WHERE appId = ?1 AND serviceName = ?2",
+                params![app_id, service_name],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        if let Some((key, stored)) = &existing {
+            let same = serde_json::from_str::<serde_json::Value>(stored).ok()
+                == serde_json::from_str::<serde_json::Value>(&scopes).ok();
+            if same {
+                return Ok((key.clone(), false));
+            }
+        }
+        let key = new_key();
+        self.conn.execute(
+            "INSERT INTO apiSecret (appId, key, scopes, serviceName) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (appId, serviceName) DO UPDATE SET key = excluded.key, scopes = excluded.scopes",
+            params![app_id, key, scopes, service_name],
+        )?;
+        Ok((key, true))
+    }
+
+    /// Every API key with its scopes (JSON text as stored).
+    pub fn api_keys(&self) -> Result<Vec<(String, String)>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT key, COALESCE(scopes, '[]') FROM apiSecret WHERE key IS NOT NULL")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect()
+    }
+
     /// Number of database pages written since open, for the "no writes while idle" checks.
     pub fn total_changes(&self) -> u64 {
         self.conn.total_changes()

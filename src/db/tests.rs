@@ -212,3 +212,54 @@ fn api_keys_are_replaced_in_place() {
     assert_eq!(db.global_api_key(|| "k3".into()).unwrap(), "k2");
     assert_eq!(db.replace_api_key("unknown", "k4").unwrap(), None);
 }
+
+#[test]
+fn service_keys_are_made_once_per_service_and_renewed_when_their_scope_changed() {
+    let db = Db::open_in_memory().unwrap();
+    db.global_api_key(|| "g".into()).unwrap();
+    assert_eq!(
+        db.service_api_key(7, "main", || "s1".into()).unwrap(),
+        ("s1".to_string(), true)
+    );
+    assert_eq!(
+        db.service_api_key(7, "main", || "s2".into()).unwrap(),
+        ("s1".to_string(), false)
+    );
+    assert_eq!(
+        db.service_api_key(7, "other", || "s3".into()).unwrap().0,
+        "s3"
+    );
+    // A row the Node supervisor left with other scopes is given a new key.
+    db.conn
+        .execute(
+            "UPDATE apiSecret SET scopes = '[{\"type\":\"app\",\"appId\":8}]' WHERE key = 's1'",
+            [],
+        )
+        .unwrap();
+    assert_eq!(
+        db.service_api_key(7, "main", || "s4".into()).unwrap(),
+        ("s4".to_string(), true)
+    );
+    let mut keys = db.api_keys().unwrap();
+    keys.sort();
+    assert_eq!(
+        keys,
+        vec![
+            ("g".to_string(), r#"[{"type":"global"}]"#.to_string()),
+            (
+                "s3".to_string(),
+                r#"[{"type":"app","appId":7}]"#.to_string()
+            ),
+            (
+                "s4".to_string(),
+                r#"[{"type":"app","appId":7}]"#.to_string()
+            ),
+        ]
+    );
+    // Regenerating a scoped key keeps its service and scope.
+    assert_eq!(db.replace_api_key("s4", "s5").unwrap(), Some(false));
+    assert_eq!(
+        db.service_api_key(7, "main", || "s6".into()).unwrap().0,
+        "s5"
+    );
+}

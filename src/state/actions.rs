@@ -54,6 +54,8 @@ pub struct Actions<'a> {
     pub settings: &'a Settings,
     pub engine: &'a Engine,
     pub locks: &'a Locks,
+    /// A service's scoped API key (so a restarted container gets the same environment).
+    pub api_key: &'a dyn Fn(i64, &str) -> Option<String>,
 }
 
 impl Actions<'_> {
@@ -93,7 +95,7 @@ impl Actions<'_> {
             &device,
             &universe(self.settings),
             &defaults,
-            &|_, _| None,
+            self.api_key,
         );
         let target = built
             .apps

@@ -101,9 +101,48 @@ pub struct Status {
     pub target: Option<Arc<TargetState>>,
     /// Local mode: API auth off, apps left out of reports, logs not sent to the cloud.
     pub local_mode: bool,
-    /// The global API key (`apiSecret` appId 0): the API checks it, the report sends it.
+    /// The global API key (`apiSecret` appId 0): the report sends it to the cloud.
     #[serde(skip)]
     pub api_secret: Option<String>,
+    /// Every API key the API accepts (global and per-service), with what it may act on.
+    #[serde(skip)]
+    pub api_keys: Arc<BTreeMap<String, KeyScope>>,
+}
+
+/// What an API key may act on (device-api.md §1): everything, or some apps.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyScope {
+    pub global: bool,
+    pub apps: BTreeSet<i64>,
+}
+
+impl KeyScope {
+    pub const GLOBAL: KeyScope = KeyScope {
+        global: true,
+        apps: BTreeSet::new(),
+    };
+
+    /// From the `scopes` column: `[{"type":"global"}]`, `[{"type":"app","appId":1}]`, ...
+    pub fn from_json(scopes: &str) -> KeyScope {
+        let mut scope = KeyScope::default();
+        let parsed: Vec<serde_json::Value> = serde_json::from_str(scopes).unwrap_or_default();
+        for s in parsed {
+            match s.get("type").and_then(|t| t.as_str()) {
+                Some("global") => scope.global = true,
+                Some("app") => {
+                    if let Some(id) = s.get("appId").and_then(|a| a.as_i64()) {
+                        scope.apps.insert(id);
+                    }
+                }
+                _ => {}
+            }
+        }
+        scope
+    }
+
+    pub fn allows(&self, app_id: i64) -> bool {
+        self.global || self.apps.contains(&app_id)
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -237,10 +276,12 @@ impl StateEngine {
         what: &str,
         f: impl FnOnce(&Actions, bool) -> Result<(), ActionError>,
     ) -> Result<(), ActionError> {
+        let api_key = |app_id: i64, service: &str| self.service_api_key(app_id, service);
         let actions = Actions {
             settings: &self.settings,
             engine: &self.engine,
             locks: &self.locks,
+            api_key: &api_key,
         };
         let result = f(&actions, self.locks_held.contains(&app_id));
         if let Err(e) = &result {
@@ -253,6 +294,7 @@ impl StateEngine {
     fn run(&mut self, rx: Receiver<Command>) {
         // Nothing is known to be applied until the first iteration has looked.
         self.set_status(|s| s.app_state = "applying".into());
+        self.publish_api_keys();
         let never_set = self
             .db()
             .config_get("targetStateSet")
@@ -297,7 +339,13 @@ impl StateEngine {
             match cmd {
                 Some(Command::Shutdown) => return,
                 Some(Command::RegenerateApiKey { old, reply }) => {
-                    let _ = reply.send(self.regenerate_api_key(old));
+                    let result = self.regenerate_api_key(old);
+                    if result.is_ok() {
+                        // A service whose key changed is recreated with the new one now,
+                        // rather than holding a dead key until the next poll.
+                        due = Instant::now();
+                    }
+                    let _ = reply.send(result);
                     continue;
                 }
                 Some(Command::CleanupVolumes { reply }) => {
@@ -508,7 +556,8 @@ impl StateEngine {
                 .ok()
                 .map(|i| ImageDefaults::from_inspect(&i))
         };
-        let built = target_apps(target, &device, &universe, &image_defaults, &|_, _| None);
+        let api_key = |app_id: i64, service: &str| self.service_api_key(app_id, service);
+        let built = target_apps(target, &device, &universe, &image_defaults, &api_key);
         for m in &built.messages {
             warn!("{m}");
         }
@@ -779,6 +828,41 @@ impl StateEngine {
         result.map(drop).map_err(ActionError::Failed)
     }
 
+    /// The scoped key of a service with the supervisor-api feature, made on first use.
+    fn service_api_key(&self, app_id: i64, service: &str) -> Option<String> {
+        let made = self.db().service_api_key(app_id, service, || {
+            crate::encoding::random_hex_key().unwrap_or_default()
+        });
+        match made {
+            Ok((key, created)) => {
+                if created {
+                    self.publish_api_keys();
+                }
+                Some(key)
+            }
+            Err(e) => {
+                warn!("cannot read or create the API key of {service}: {e}");
+                None
+            }
+        }
+    }
+
+    /// Publishes the keys the API accepts.
+    fn publish_api_keys(&self) {
+        let keys = match self.db().api_keys() {
+            Ok(k) => k,
+            Err(e) => {
+                warn!("cannot read the API keys: {e}");
+                return;
+            }
+        };
+        let keys: BTreeMap<String, KeyScope> = keys
+            .into_iter()
+            .map(|(k, scopes)| (k, KeyScope::from_json(&scopes)))
+            .collect();
+        self.set_status(|s| s.api_keys = Arc::new(keys));
+    }
+
     fn regenerate_api_key(&self, old: Option<String>) -> Result<String, String> {
         let current = self
             .status
@@ -798,6 +882,8 @@ impl StateEngine {
             let key = new.clone();
             self.set_status(|s| s.api_secret = Some(key));
         }
+        // The old key stops working at once.
+        self.publish_api_keys();
         Ok(new)
     }
 
