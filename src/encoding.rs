@@ -33,6 +33,26 @@ pub fn base64url(data: &[u8]) -> String {
     encode(data, URL_SAFE)
 }
 
+/// Decodes standard base64 (padding optional, no whitespace); `None` for anything else.
+pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let text = text.trim_end_matches('=');
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let mut acc: u32 = 0;
+    let mut bits = 0;
+    for c in text.bytes() {
+        let v = STANDARD.iter().position(|a| *a == c)? as u32;
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    // Leftover bits must be padding zeros, and a lone sixth of a byte is not base64.
+    (bits < 6 && acc == 0).then_some(out)
+}
+
 /// 32 lowercase hex characters from the kernel's random source: the shape of the real
 /// supervisor's uuids and API keys (a UUIDv4 without dashes).
 pub fn random_hex_key() -> std::io::Result<String> {
@@ -43,6 +63,27 @@ pub fn random_hex_key() -> std::io::Result<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn base64_round_trips_and_rejects_garbage() {
+        for data in [
+            &b""[..],
+            b"f",
+            b"fo",
+            b"foo",
+            b"foob",
+            b"\x89PNG\r\n\x1a\n\x00\xff",
+        ] {
+            assert_eq!(
+                super::base64_decode(&super::base64(data)).as_deref(),
+                Some(data)
+            );
+        }
+        assert_eq!(super::base64_decode("Zm9v"), Some(b"foo".to_vec()));
+        assert_eq!(super::base64_decode("Zm8"), Some(b"fo".to_vec()));
+        assert_eq!(super::base64_decode("not base64!"), None);
+        assert_eq!(super::base64_decode("Z"), None);
+    }
+
     use super::*;
 
     #[test]

@@ -2,6 +2,7 @@
 //! See ARCHITECTURE.md for the map of modules, threads and channels.
 
 pub mod api;
+pub mod bootconfig;
 pub mod cloud;
 pub mod compose;
 pub mod config;
