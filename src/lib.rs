@@ -8,6 +8,7 @@ pub mod compose;
 pub mod config;
 pub mod db;
 pub mod dbus;
+pub mod deviceconfig;
 pub mod dry_run;
 pub mod encoding;
 pub mod engine;

@@ -316,3 +316,96 @@ fn host_config_patch_writes_hostname_and_proxy_under_locks_and_restarts_the_prox
     assert_eq!(after["network"]["proxy"]["type"], "socks5");
     clean_up(&d);
 }
+
+#[test]
+fn device_config_is_applied_before_apps_and_a_boot_change_reboots_once_apps_run() {
+    let _serial = serial();
+    let e = engine();
+    reset_engine(&e);
+    let fake = FakeSystemd::start(&[]);
+    let mut d = Daemon::create();
+    d.root = d.dir.join("root").display().to_string();
+    d.env
+        .push(("DBUS_SYSTEM_BUS_ADDRESS".into(), fake.address.clone()));
+    std::fs::write(
+        d.dir.join("boot/config.json"),
+        r#"{"deviceType":"raspberrypi3"}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        d.dir.join("boot/device-type.json"),
+        r#"{"slug":"raspberrypi3","arch":"amd64"}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        d.dir.join("boot/config.txt"),
+        "# Set by the OS image\ngpu_mem=16\ndtparam=audio=on\n[pi4]\narm_boost=1\n",
+    )
+    .unwrap();
+    d.start();
+    // A forbidden key first: the apply fails with v19's message and nothing changes.
+    let mut t = one_service_target(json!({}));
+    t["local"]["config"] = json!({"HOST_CONFIG_kernel": "evil.img"});
+    assert_eq!(d.post_target(&t).0, 200);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, status) = d.get("/v2/state/status").unwrap();
+        if status["lastError"]
+            .as_str()
+            .is_some_and(|e| e.contains("Attempt to change blacklisted config value kernel"))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{status}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        std::fs::read_to_string(d.dir.join("boot/config.txt")).unwrap(),
+        "# Set by the OS image\ngpu_mem=16\ndtparam=audio=on\n[pi4]\narm_boost=1\n"
+    );
+    assert!(e
+        .list_containers(true, &["io.balena.supervised"])
+        .unwrap()
+        .is_empty());
+
+    t["local"]["config"] = json!({
+        "HOST_CONFIG_gpu_mem": "64",
+        "HOST_CONFIG_dtparam": "\"audio=on\",\"spi=on\"",
+        "HOST_CONFIG_arm_boost": "1",
+        "SUPERVISOR_PERSISTENT_LOGGING": "true"
+    });
+    assert_eq!(d.post_target(&t).0, 200);
+    let call = fake
+        .wait_for("Reboot", 60)
+        .unwrap_or_else(|| panic!("no reboot: {}", d.log_text()));
+    assert_eq!(call["args"], json!([false]));
+    // The app was running before the reboot was asked for.
+    assert_eq!(
+        e.list_containers(false, &["io.balena.supervised"])
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.dir.join("boot/config.txt")).unwrap(),
+        "# Set by the OS image\ngpu_mem=64\ndtparam=audio=on\ndtparam=spi=on\n[pi4]\narm_boost=1\n"
+    );
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.dir.join("boot/config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["persistentLogging"], true);
+    assert_eq!(cfg["deviceType"], "raspberrypi3");
+    let log = d.log_text();
+    let at = |what: &str| {
+        log.find(what)
+            .unwrap_or_else(|| panic!("no '{what}' in the log:\n{log}"))
+    };
+    assert!(at("Applied configuration change") < at("Applied boot config"));
+    assert!(at("Applied boot config") < at("Installing service"));
+    assert!(at("Installing service") < at("Rebooting"));
+    assert!(
+        log.contains(r#"Reboot has been scheduled to apply changes: {"persistentLogging":"true"}"#)
+    );
+
+    drop(d);
+    reset_engine(&e);
+}

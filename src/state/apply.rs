@@ -179,7 +179,7 @@ const MAX_QUICK_ITERATIONS: u32 = 20;
 pub const LOCAL_SOURCE: &str = "local";
 
 pub struct StateEngine {
-    settings: Arc<Settings>,
+    pub(super) settings: Arc<Settings>,
     engine: Engine,
     db: Mutex<Db>,
     locks: Locks,
@@ -195,7 +195,9 @@ pub struct StateEngine {
     locks_held: BTreeSet<i64>,
     boot_time: i64,
     /// The host's systemd and logind.
-    host: Arc<dyn HostControl>,
+    pub(super) host: Arc<dyn HostControl>,
+    /// When the VPN was last started or stopped (one attempt an hour).
+    pub(super) vpn_tried_at: Option<Instant>,
     /// A reboot or shutdown was asked of the host: no more steps run.
     shutting_down: bool,
 }
@@ -241,6 +243,7 @@ pub fn spawn(
                 locks_held: BTreeSet::new(),
                 boot_time: boot_time(),
                 host,
+                vpn_tried_at: None,
                 shutting_down: false,
             };
             se.run(rx);
@@ -257,7 +260,7 @@ enum Outcome {
 }
 
 impl StateEngine {
-    fn db(&self) -> std::sync::MutexGuard<'_, Db> {
+    pub(super) fn db(&self) -> std::sync::MutexGuard<'_, Db> {
         self.db.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -465,6 +468,8 @@ impl StateEngine {
             match self.iterate(t, force) {
                 Ok(Outcome::Converged) => {
                     streak = 0;
+                    // A converged apply may try the VPN again at once (v19 resets its limits).
+                    self.vpn_tried_at = None;
                     if !converged {
                         info!("Device state applied");
                     }
@@ -539,6 +544,11 @@ impl StateEngine {
             message: m,
             locked: false,
         };
+        // Device configuration comes first and runs alone (device-config.md §1.3).
+        if self.apply_device_config(target)?.is_some() {
+            self.set_status(|s| s.iterations += 1);
+            return Ok(Outcome::Progress { all_noop: false });
+        }
         let snapshot = EngineSnapshot::read(&self.engine).map_err(|e| internal(e.to_string()))?;
         let mut current = snapshot.current_apps();
         {

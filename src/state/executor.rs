@@ -231,15 +231,11 @@ impl Executor<'_> {
                 .locks
                 .release(*app_id)
                 .map_err(|e| fail(e.to_string(), false)),
-            Step::RequireReboot { service_name } => {
-                let p = self.root.join("tmp/balena-supervisor/reboot-after-apply");
-                if let Some(d) = p.parent() {
-                    let _ = std::fs::create_dir_all(d);
-                }
-                std::fs::write(&p, b"").map_err(|e| fail(e.to_string(), false))?;
-                info!("Reboot has been scheduled to apply changes: {{\"serviceName\":\"{service_name}\"}}");
-                Ok(())
-            }
+            Step::RequireReboot { service_name } => super::device_config::set_reboot_breadcrumb(
+                &self.root,
+                &format!("{{\"serviceName\":\"{service_name}\"}}"),
+            )
+            .map_err(|e| fail(e.to_string(), false)),
         }
     }
 

@@ -4,6 +4,7 @@
 pub mod actions;
 pub mod apply;
 pub mod device;
+pub mod device_config;
 pub mod executor;
 pub mod local_mode;
 pub mod power;

@@ -1,0 +1,232 @@
+//! Runs the device-config half of an iteration (device-config.md §1.3): reads what the device
+//! has (config.json, the database, the VPN unit, the boot backends), asks
+//! [`crate::deviceconfig::plan`] for steps and runs them. They run alone: app steps wait for
+//! the next iteration.
+
+use super::apply::StateEngine;
+use super::executor::StepError;
+use crate::bootconfig::{self, Backend, Mounts};
+use crate::compose::target::TargetState;
+use crate::deviceconfig::{self, ConfigStep, Current, Kind, Storage};
+use log::{info, warn};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+const OPENVPN: &str = "openvpn.service";
+/// One VPN attempt an hour (device-config.md §6.1).
+const VPN_RETRY: Duration = Duration::from_secs(3600);
+
+fn step_error(step: &str, message: String) -> StepError {
+    StepError {
+        step: step.into(),
+        message,
+        locked: false,
+    }
+}
+
+/// Touches the reboot breadcrumb in the host's /tmp.
+pub fn set_reboot_breadcrumb(root: &std::path::Path, reason: &str) -> std::io::Result<()> {
+    let p = root.join("tmp/balena-supervisor/reboot-after-apply");
+    if let Some(d) = p.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    std::fs::write(&p, b"")?;
+    crate::logs::event(
+        format!("Reboot has been scheduled to apply changes: {reason}"),
+        false,
+    );
+    Ok(())
+}
+
+impl StateEngine {
+    fn device_type(&self) -> String {
+        self.settings
+            .config_json
+            .get_str("deviceType")
+            .filter(|d| !d.is_empty())
+            .unwrap_or_else(|| self.settings.device_type.slug.clone())
+    }
+
+    fn backends(&self) -> Vec<Box<dyn Backend>> {
+        let release = crate::host::os_release(&self.settings.paths.host_os_version_path);
+        bootconfig::backends_for(
+            &self.device_type(),
+            release.get("META_BALENA_VERSION").map(String::as_str),
+            &self.settings.paths.boot_mountpoint,
+        )
+    }
+
+    fn mounts(&self) -> Mounts<'_> {
+        Mounts {
+            boot: self.settings.paths.boot_mountpoint.clone(),
+            root: self.settings.paths.root_mountpoint.clone(),
+            config_json: &self.settings.config_json,
+        }
+    }
+
+    /// Current supervisor config values, as v19 stores them.
+    fn current_config_vars(&self) -> std::collections::BTreeMap<&'static str, String> {
+        let json = self.settings.config_json.snapshot();
+        let db = self.db();
+        deviceconfig::VARS
+            .iter()
+            .filter_map(|v| {
+                let value = match v.storage {
+                    Storage::ConfigJson => json.get(v.key).and_then(|x| match x {
+                        Value::String(s) => Some(s.clone()),
+                        Value::Null => None,
+                        other => Some(other.to_string()),
+                    }),
+                    Storage::Db => db.config_get(v.key).ok().flatten(),
+                };
+                Some((v.env, value?))
+            })
+            .collect()
+    }
+
+    /// Plans and runs this iteration's device-config steps; `None` when there are none.
+    pub(super) fn apply_device_config(
+        &mut self,
+        target: &TargetState,
+    ) -> Result<Option<()>, StepError> {
+        let managed = !self.settings.config_json.unmanaged();
+        let backends = self.backends();
+        let mounts = self.mounts();
+        let mut boot = Vec::new();
+        for b in &backends {
+            let now = b.read(&mounts).map_err(|e| {
+                crate::logs::event(format!("Apply boot config error: {e}"), true);
+                step_error("read boot config", e.0)
+            })?;
+            boot.push((b.as_ref(), now));
+        }
+        let current = Current {
+            vars: self.current_config_vars(),
+            vpn_active: if managed {
+                self.host.unit_active(OPENVPN).ok()
+            } else {
+                None
+            },
+            boot,
+        };
+        let recently = self.vpn_tried_at.is_some_and(|t| t.elapsed() < VPN_RETRY);
+        let device_type = self.device_type();
+        let plan = deviceconfig::plan(&target.config, &current, &device_type, managed, recently)
+            .map_err(|e| {
+                crate::logs::event(format!("Apply boot config error: {e}"), true);
+                step_error("device config", e)
+            })?;
+        for w in &plan.warnings {
+            crate::logs::event(w.clone(), true);
+        }
+        if plan.steps.is_empty() {
+            return Ok(None);
+        }
+        for step in &plan.steps {
+            self.run_config_step(step, &current, &device_type)?;
+        }
+        Ok(Some(()))
+    }
+
+    fn run_config_step(
+        &mut self,
+        step: &ConfigStep,
+        current: &Current,
+        device_type: &str,
+    ) -> Result<(), StepError> {
+        match step {
+            ConfigStep::ChangeConfig { changes } => {
+                let shown = deviceconfig::human_readable(changes);
+                info!("Applying step: changeConfig {shown}");
+                crate::logs::event(format!("Applying configuration change {shown}"), false);
+                let result = self.store_config(changes);
+                match &result {
+                    Ok(()) => {
+                        crate::logs::event(format!("Applied configuration change {shown}"), false)
+                    }
+                    Err(e) => crate::logs::event(
+                        format!("Error applying configuration change: {e}"),
+                        true,
+                    ),
+                }
+                result.map_err(|e| step_error("changeConfig", e))
+            }
+            ConfigStep::SetVpn { enable } => {
+                info!("Applying step: setVPNEnabled {enable}");
+                self.vpn_tried_at = Some(Instant::now());
+                let result = if *enable {
+                    self.host.start_unit(OPENVPN)
+                } else {
+                    self.host.stop_unit(OPENVPN)
+                };
+                match result {
+                    Ok(()) => crate::logs::event(
+                        format!("Applied configuration change {{\"SUPERVISOR_VPN_CONTROL\":\"{enable}\"}}"),
+                        false,
+                    ),
+                    // The VPN must not hold app updates back: logged, tried again in an hour.
+                    Err(e) => warn!("Could not {} the VPN: {e}", if *enable { "start" } else { "stop" }),
+                }
+                Ok(())
+            }
+            ConfigStep::SetBootConfig { target } => {
+                info!("Applying step: setBootConfig");
+                let mounts = self.mounts();
+                for (backend, now) in &current.boot {
+                    let Some(wanted) =
+                        deviceconfig::backend_target(*backend, target, device_type, now)
+                    else {
+                        continue;
+                    };
+                    let shown = serde_json::to_string(&bootconfig::boot_to_env(*backend, &wanted))
+                        .unwrap_or_default();
+                    crate::logs::event(format!("Applying boot config: {shown}"), false);
+                    if let Err(e) = backend.write(&mounts, &wanted) {
+                        crate::logs::event(format!("Error setting boot config: {e}"), true);
+                        return Err(step_error("setBootConfig", e.0));
+                    }
+                    crate::logs::event(format!("Applied boot config: {shown}"), false);
+                }
+                Ok(())
+            }
+            ConfigStep::RebootBreadcrumb { reason } => {
+                info!("Applying step: setRebootBreadcrumb");
+                set_reboot_breadcrumb(&self.settings.paths.root_mountpoint, reason)
+                    .map_err(|e| step_error("setRebootBreadcrumb", e.to_string()))
+            }
+        }
+    }
+
+    /// Writes changed supervisor config values where v19 keeps them.
+    fn store_config(&self, changes: &[deviceconfig::Change]) -> Result<(), String> {
+        let mut json_changes: Vec<(&str, Option<Value>)> = Vec::new();
+        for c in changes {
+            match c.var.storage {
+                Storage::ConfigJson => {
+                    let value = match c.var.kind {
+                        Kind::Bool => json!(c.value == "true"),
+                        Kind::Int => c
+                            .value
+                            .parse::<i64>()
+                            .map(|n| json!(n))
+                            .unwrap_or(json!(c.value)),
+                        Kind::Word(_) => json!(c.value),
+                    };
+                    json_changes.push((c.var.key, Some(value)));
+                }
+                Storage::Db => {
+                    self.db()
+                        .config_set(c.var.key, Some(&c.value))
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        if !json_changes.is_empty() {
+            self.settings
+                .config_json
+                .update(&json_changes)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}
