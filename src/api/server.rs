@@ -1,12 +1,17 @@
-//! The local API's HTTP/1.1 server: a fixed number of worker threads behind a bounded queue
-//! of accepted connections, deadlines on every read and write (a slow client cannot hold a
-//! worker), keep-alive, bounded heads and bodies, and streamed (chunked) answers on their own
-//! threads, at most a few at once. It replaced tiny_http 0.12, which grows one thread per open
-//! connection, has no timeouts and buffers streamed answers (see ARCHITECTURE.md).
+//! The local API's HTTP/1.1 server. One poll thread owns the listener and every connection
+//! that is waiting for its next request (`poll(2)` on all of them, so an idle or silent client
+//! costs a file descriptor, not a thread); a connection with a request arriving goes to one of
+//! a fixed number of workers, which serves that one request and hands the connection back.
+//! So a few workers serve many kept-alive clients in turn, and none waits on a quiet one.
+//! Deadlines on every read and write (a slow client cannot hold a worker for long), bounded
+//! heads, bodies and connections, streamed (chunked) answers on their own threads, at most a
+//! few at once. It replaced tiny_http 0.12, which grows one thread per open connection, has no
+//! timeouts and buffers streamed answers (see ARCHITECTURE.md).
 
 use crate::engine::http::{self, Body, Framing};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -140,8 +145,8 @@ impl Response {
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub workers: usize,
-    /// Accepted connections waiting for a worker; beyond it new ones get a 503 at once.
-    pub queue: usize,
+    /// Open connections (idle or being served); beyond it new ones get a 503 at once.
+    pub max_connections: usize,
     /// Whole request (head and body) must arrive within this.
     pub request_deadline: Duration,
     /// A kept-alive connection with no new request for this long is closed.
@@ -156,7 +161,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             workers: 2,
-            queue: 16,
+            max_connections: 64,
             request_deadline: Duration::from_secs(15),
             idle: Duration::from_secs(5),
             write_timeout: Duration::from_secs(15),
@@ -168,10 +173,17 @@ impl Default for Limits {
 
 pub type Handler = dyn Fn(Request) -> Response + Send + Sync;
 
-/// The running server; [`Server::stop`] ends the accept loop and the workers.
+/// The running server; [`Server::stop`] ends the poll loop and the workers.
 pub struct Server {
     stop: Arc<AtomicBool>,
     addr: std::net::SocketAddr,
+    waker: UnixStream,
+}
+
+/// A connection between requests, with what it already sent of the next one.
+struct Conn {
+    stream: TcpStream,
+    pending: Vec<u8>,
 }
 
 impl Server {
@@ -181,50 +193,53 @@ impl Server {
         handler: Arc<Handler>,
     ) -> io::Result<Server> {
         let addr = listener.local_addr()?;
+        listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = crossbeam_channel::bounded::<TcpStream>(limits.queue);
+        // Never more in flight than connections allowed, so the poll thread never blocks.
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Conn>(limits.max_connections);
+        let (back_tx, back_rx) = crossbeam_channel::bounded::<Option<Conn>>(limits.max_connections);
+        let (waker, wake_rx) = UnixStream::pair()?;
+        waker.set_nonblocking(true)?;
+        wake_rx.set_nonblocking(true)?;
         let streams = Arc::new(AtomicUsize::new(0));
         let limits = Arc::new(limits);
         for i in 0..limits.workers {
-            let (rx, handler, limits, streams) = (
-                rx.clone(),
+            let (rx, back, handler, limits, streams) = (
+                ready_rx.clone(),
+                back_tx.clone(),
                 Arc::clone(&handler),
                 Arc::clone(&limits),
                 Arc::clone(&streams),
             );
+            let waker = waker.try_clone()?;
             std::thread::Builder::new()
                 .name(format!("api-{i}"))
                 .stack_size(256 * 1024)
                 .spawn(move || {
                     for conn in rx {
-                        serve_connection(conn, &handler, &limits, &streams);
+                        let kept = serve_one(conn, &handler, &limits, &streams);
+                        let _ = back.try_send(kept);
+                        let _ = (&waker).write(&[1]);
                     }
                 })?;
         }
-        let accept_stop = Arc::clone(&stop);
+        let poll_stop = Arc::clone(&stop);
+        let poll_limits = Arc::clone(&limits);
         std::thread::Builder::new()
-            .name("api-accept".into())
+            .name("api-poll".into())
             .stack_size(128 * 1024)
             .spawn(move || {
-                for conn in listener.incoming() {
-                    if accept_stop.load(Ordering::Acquire) {
-                        break;
-                    }
-                    let Ok(conn) = conn else {
-                        // EMFILE and the like: back off instead of spinning.
-                        std::thread::sleep(Duration::from_millis(100));
-                        continue;
-                    };
-                    let _ = conn.set_nodelay(true);
-                    if let Err(crossbeam_channel::TrySendError::Full(mut conn)) = tx.try_send(conn)
-                    {
-                        let _ = conn.set_write_timeout(Some(Duration::from_secs(1)));
-                        refuse(&mut conn, 503, "Too many connections");
-                    }
-                }
-                // Dropping the sender ends the workers once the queue is drained.
+                poll_loop(
+                    &listener,
+                    &wake_rx,
+                    &ready_tx,
+                    &back_rx,
+                    &poll_limits,
+                    &poll_stop,
+                );
+                // Dropping the sender ends the workers.
             })?;
-        Ok(Server { stop, addr })
+        Ok(Server { stop, addr, waker })
     }
 
     pub fn local_addr(&self) -> std::net::SocketAddr {
@@ -233,16 +248,109 @@ impl Server {
 
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Release);
-        // Wake the accept loop.
-        let ip = if self.addr.ip().is_unspecified() {
-            std::net::IpAddr::from([127, 0, 0, 1])
-        } else {
-            self.addr.ip()
-        };
-        let _ = TcpStream::connect_timeout(
-            &std::net::SocketAddr::new(ip, self.addr.port()),
-            Duration::from_millis(200),
-        );
+        let _ = (&self.waker).write(&[1]);
+    }
+}
+
+/// Accepts connections, waits for requests on idle ones, hands ready ones to the workers and
+/// takes them back; closes connections idle for longer than `limits.idle`.
+fn poll_loop(
+    listener: &TcpListener,
+    wake: &UnixStream,
+    ready: &crossbeam_channel::Sender<Conn>,
+    back: &crossbeam_channel::Receiver<Option<Conn>>,
+    limits: &Limits,
+    stop: &AtomicBool,
+) {
+    use std::os::fd::AsRawFd;
+    let mut idle: Vec<(Conn, Instant)> = Vec::new();
+    let mut in_service = 0usize;
+    let dispatch = |conn: Conn, in_service: &mut usize| {
+        if ready.try_send(conn).is_ok() {
+            *in_service += 1;
+        }
+    };
+    let mut fds: Vec<libc::pollfd> = Vec::new();
+    while !stop.load(Ordering::Acquire) {
+        while let Ok(returned) = back.try_recv() {
+            in_service = in_service.saturating_sub(1);
+            match returned {
+                // A pipelined request is already here: no need to wait for the socket.
+                Some(c) if !c.pending.is_empty() => dispatch(c, &mut in_service),
+                Some(c) => idle.push((c, Instant::now())),
+                None => {}
+            }
+        }
+        // Dropping an expired connection closes it.
+        idle.retain(|(_, since)| since.elapsed() < limits.idle);
+        let next_expiry = idle
+            .iter()
+            .map(|(_, since)| limits.idle.saturating_sub(since.elapsed()))
+            .min()
+            .unwrap_or(Duration::from_secs(1));
+        fds.clear();
+        fds.push(libc::pollfd {
+            fd: listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        fds.push(libc::pollfd {
+            fd: wake.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        fds.extend(idle.iter().map(|(c, _)| libc::pollfd {
+            fd: c.stream.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }));
+        let timeout = next_expiry.as_millis().clamp(1, 1000) as libc::c_int;
+        // SAFETY: `fds` is a valid, initialised array of `fds.len()` pollfd structs.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+        if n < 0 {
+            // EINTR; anything else would repeat, so pause a little.
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        }
+        if fds[1].revents != 0 {
+            let mut sink = [0u8; 64];
+            while matches!((&*wake).read(&mut sink), Ok(k) if k > 0) {}
+        }
+        // Ready idle connections, highest index first so removal keeps the others' places.
+        for i in (0..idle.len()).rev() {
+            if fds[i + 2].revents != 0 {
+                let (conn, _) = idle.swap_remove(i);
+                dispatch(conn, &mut in_service);
+            }
+        }
+        if fds[0].revents != 0 {
+            loop {
+                match listener.accept() {
+                    Ok((mut stream, _)) => {
+                        let _ = stream.set_nonblocking(false);
+                        let _ = stream.set_nodelay(true);
+                        if idle.len() + in_service >= limits.max_connections {
+                            let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+                            refuse(&mut stream, 503, "Too many connections");
+                            continue;
+                        }
+                        idle.push((
+                            Conn {
+                                stream,
+                                pending: Vec::new(),
+                            },
+                            Instant::now(),
+                        ));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        // EMFILE and the like: back off instead of spinning.
+                        std::thread::sleep(Duration::from_millis(100));
+                        break;
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -301,13 +409,22 @@ fn write_head(
 }
 
 /// A socket reader that fails once `deadline` has passed, however slowly bytes trickle in.
-struct Deadline {
+/// Reads what the connection already sent (`pending`), then the socket, all within a deadline.
+struct ConnReader {
+    pending: Vec<u8>,
+    pos: usize,
     conn: TcpStream,
     deadline: Instant,
 }
 
-impl Read for Deadline {
+impl Read for ConnReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.pos < self.pending.len() {
+            let n = buf.len().min(self.pending.len() - self.pos);
+            buf[..n].copy_from_slice(&self.pending[self.pos..self.pos + n]);
+            self.pos += n;
+            return Ok(n);
+        }
         let left = self.deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(io::Error::new(io::ErrorKind::TimedOut, "request too slow"));
@@ -330,122 +447,126 @@ fn failed_body(message: &str) -> Vec<u8> {
         .into_bytes()
 }
 
-/// Serves requests on one connection until it closes, errs, idles or asks to close.
-fn serve_connection(
-    conn: TcpStream,
+/// Serves one request of a connection that has one arriving; gives the connection back when
+/// it stays open (kept alive, with any bytes of the next request already read).
+fn serve_one(
+    conn: Conn,
     handler: &Arc<Handler>,
     limits: &Limits,
     streams: &Arc<AtomicUsize>,
-) {
-    let Ok(read_half) = conn.try_clone() else {
-        return;
-    };
-    let mut out = conn;
+) -> Option<Conn> {
+    let read_half = conn.stream.try_clone().ok()?;
+    let mut out = conn.stream;
     let _ = out.set_write_timeout(Some(limits.write_timeout));
+    // The whole request must arrive within `request_deadline`.
     let mut reader = BufReader::with_capacity(
         8 * 1024,
-        Deadline {
+        ConnReader {
+            pending: conn.pending,
+            pos: 0,
             conn: read_half,
-            deadline: Instant::now() + limits.idle,
+            deadline: Instant::now() + limits.request_deadline,
         },
     );
-    loop {
-        // Each request must begin within `idle` (a connection that says nothing is dropped
-        // quickly) and arrive whole within `request_deadline`.
-        reader.get_mut().deadline = Instant::now() + limits.idle;
-        if reader.fill_buf().map(|b| b.is_empty()).unwrap_or(true) {
-            return;
-        }
-        reader.get_mut().deadline = Instant::now() + limits.request_deadline;
-        let head = match http::read_request_head(&mut reader) {
-            Ok(Some(h)) => h,
-            Ok(None) => return,
-            Err(e) => {
-                if e.kind() == io::ErrorKind::InvalidData {
-                    refuse(&mut out, 400, &format!("bad request: {e}"));
-                }
-                return;
-            }
-        };
-        let framing = match head.framing() {
-            Ok(f) => f,
-            Err(e) => {
+    if reader.fill_buf().map(|b| b.is_empty()).unwrap_or(true) {
+        return None;
+    }
+    let head = match http::read_request_head(&mut reader) {
+        Ok(Some(h)) => h,
+        Ok(None) => return None,
+        Err(e) => {
+            if e.kind() == io::ErrorKind::InvalidData {
                 refuse(&mut out, 400, &format!("bad request: {e}"));
-                return;
             }
-        };
-        if let Framing::Length(n) = framing {
-            if n > limits.max_body as u64 {
-                // Not 413: balena-cli takes only 400 and 503 as failures (device-api.md §0).
-                refuse(&mut out, 400, "request body too large");
-                return;
-            }
+            return None;
         }
-        if framing != Framing::Empty
-            && head
-                .header("expect")
-                .is_some_and(|e| e.eq_ignore_ascii_case("100-continue"))
-        {
-            let _ = out.write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
+    };
+    let framing = match head.framing() {
+        Ok(f) => f,
+        Err(e) => {
+            refuse(&mut out, 400, &format!("bad request: {e}"));
+            return None;
         }
-        let body = match Body::new(&mut reader, framing).read_to_end_limited(limits.max_body) {
-            Ok(b) => b,
-            Err(e) => {
-                if e.kind() == io::ErrorKind::InvalidData {
-                    refuse(&mut out, 400, &format!("bad request body: {e}"));
+    };
+    if let Framing::Length(n) = framing {
+        if n > limits.max_body as u64 {
+            // Not 413: balena-cli takes only 400 and 503 as failures (device-api.md §0).
+            refuse(&mut out, 400, "request body too large");
+            return None;
+        }
+    }
+    if framing != Framing::Empty
+        && head
+            .header("expect")
+            .is_some_and(|e| e.eq_ignore_ascii_case("100-continue"))
+    {
+        let _ = out.write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
+    }
+    let body = match Body::new(&mut reader, framing).read_to_end_limited(limits.max_body) {
+        Ok(b) => b,
+        Err(e) => {
+            if e.kind() == io::ErrorKind::InvalidData {
+                refuse(&mut out, 400, &format!("bad request body: {e}"));
+            }
+            return None;
+        }
+    };
+    let connection = head
+        .header("connection")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let keep_alive = if head.http10 {
+        connection.contains("keep-alive")
+    } else {
+        !connection.contains("close")
+    };
+    let method = Method::parse(&head.method);
+    let is_head = method == Method::Head;
+    let response = handler(Request {
+        method,
+        url: head.target,
+        headers: head.headers,
+        body,
+    });
+    match response.body {
+        ResponseBody::Bytes(bytes) => {
+            let sent = write_head(
+                &mut out,
+                response.status,
+                &response.headers,
+                Some(bytes.len()),
+                keep_alive,
+            )
+            .and_then(|_| {
+                if is_head {
+                    Ok(())
+                } else {
+                    out.write_all(&bytes)
                 }
-                return;
+            });
+            if sent.is_err() || !keep_alive {
+                let _ = out.shutdown(Shutdown::Both);
+                return None;
             }
-        };
-        let connection = head
-            .header("connection")
-            .unwrap_or_default()
-            .to_ascii_lowercase();
-        let keep_alive = if head.http10 {
-            connection.contains("keep-alive")
-        } else {
-            !connection.contains("close")
-        };
-        let method = Method::parse(&head.method);
-        let is_head = method == Method::Head;
-        let response = handler(Request {
-            method,
-            url: head.target,
-            headers: head.headers,
-            body,
-        });
-        match response.body {
-            ResponseBody::Bytes(bytes) => {
-                let sent = write_head(
-                    &mut out,
-                    response.status,
-                    &response.headers,
-                    Some(bytes.len()),
-                    keep_alive,
-                )
-                .and_then(|_| {
-                    if is_head {
-                        Ok(())
-                    } else {
-                        out.write_all(&bytes)
-                    }
-                });
-                if sent.is_err() || !keep_alive {
-                    let _ = out.shutdown(Shutdown::Both);
-                    return;
-                }
-            }
-            ResponseBody::Stream(body) => {
-                start_stream(
-                    out,
-                    response.status,
-                    response.headers,
-                    body,
-                    streams,
-                    limits,
-                );
-                return;
-            }
+            // Bytes of the next request read along with this one travel with the connection.
+            let mut pending = reader.buffer().to_vec();
+            let rest = reader.into_inner();
+            pending.extend_from_slice(&rest.pending[rest.pos..]);
+            Some(Conn {
+                stream: out,
+                pending,
+            })
+        }
+        ResponseBody::Stream(body) => {
+            start_stream(
+                out,
+                response.status,
+                response.headers,
+                body,
+                streams,
+                limits,
+            );
+            None
         }
     }
 }

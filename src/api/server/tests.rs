@@ -162,18 +162,16 @@ fn an_idle_kept_alive_connection_is_closed() {
 }
 
 #[test]
-fn a_full_queue_answers_503_at_once() {
+fn too_many_connections_get_a_503_at_once() {
     let s = serve(Limits {
         workers: 1,
-        queue: 1,
+        max_connections: 2,
         ..Limits::default()
     });
-    // One connection busy in the worker, one waiting in the queue.
+    // One connection busy in the worker, one idle.
     let mut busy = connect(&s);
     busy.write_all(b"GET /slow HTTP/1.1\r\n\r\n").unwrap();
-    std::thread::sleep(Duration::from_millis(50));
-    let mut queued = connect(&s);
-    queued.write_all(b"GET /slow HTTP/1.1\r\n\r\n").unwrap();
+    let _idle = connect(&s);
     std::thread::sleep(Duration::from_millis(50));
     let mut third = connect(&s);
     let mut all = Vec::new();
@@ -182,6 +180,54 @@ fn a_full_queue_answers_503_at_once() {
     assert!(text.starts_with("HTTP/1.1 503 "), "{text}");
     assert!(text.contains("Too many connections"));
     assert_eq!(answer(&mut BufReader::new(busy)).0, 200);
+}
+
+#[test]
+fn one_worker_serves_many_kept_alive_clients_in_turn() {
+    let s = serve(Limits {
+        workers: 1,
+        ..Limits::default()
+    });
+    let started = Instant::now();
+    let clients: Vec<_> = (0..20)
+        .map(|i| {
+            let mut c = connect(&s);
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(c.try_clone().unwrap());
+                for n in 0..5 {
+                    c.write_all(format!("GET /c{i}/{n} HTTP/1.1\r\n\r\n").as_bytes())
+                        .unwrap();
+                    let (status, _, body) = answer(&mut r);
+                    assert_eq!((status, body), (200, format!("GET /c{i}/{n}").into_bytes()));
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    // Kept-alive clients do not wait for each other to go idle (5 s each).
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn silent_connections_hold_no_worker() {
+    let s = serve(Limits {
+        workers: 1,
+        ..Limits::default()
+    });
+    let _silent: Vec<TcpStream> = (0..30).map(|_| connect(&s)).collect();
+    std::thread::sleep(Duration::from_millis(50));
+    let started = Instant::now();
+    let mut c = connect(&s);
+    c.write_all(b"GET /now HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    assert_eq!(answer(&mut BufReader::new(c)).0, 200);
+    assert!(started.elapsed() < Duration::from_millis(500));
 }
 
 #[test]
