@@ -265,6 +265,11 @@ fn main() -> ExitCode {
         cloud: cloud.as_ref().map(|c| api::CloudHandle {
             shared: Arc::clone(&c.shared),
             poll: c.poll.clone(),
+            // An API worker waits for it: 10 s at most.
+            client: tinyvisor::cloud::device_client_with_timeout(
+                &settings,
+                std::time::Duration::from_secs(10),
+            ),
         }),
         logs: log_bus,
     }) {

@@ -42,6 +42,7 @@ fn provisioned_with(key: &str) -> Value {
 /// A daemon whose config.json points at the mock, with a provisioning key.
 fn managed(api: &MockApi, extra: Value) -> Daemon {
     let _ = std::fs::remove_file("/tmp/balena-supervisor/state-report-cache");
+    let _ = std::fs::remove_file("/tmp/balena-supervisor/tags-report-cache");
     let d = Daemon::create();
     let mut cfg = json!({
         "apiEndpoint": api.url, "apiKey": "provisioningkey", "applicationId": 1234,
@@ -989,5 +990,99 @@ fn scoped_service_keys_act_only_on_their_own_app() {
     std::thread::sleep(Duration::from_secs(3));
     d.wait_applied(2, 60);
     assert_eq!(id_of(&e, "main"), id);
+    finish(d);
+}
+
+#[test]
+fn device_tags_are_read_from_the_cloud_and_local_changes_are_sent_to_it() {
+    let _serial = serial();
+    reset_engine(&engine());
+    let api = MockApi::start();
+    api.set(|b| {
+        b.target = Some(json!({ UUID: {"name": "cloud-device", "config": {}, "apps": {}}}));
+        b.known_keys = vec![DEVICE_KEY.into()];
+        b.tags = vec![json!({"id": 188303, "tag_key": "DeviceLocation", "value": "warehouse #3"})];
+    });
+    let mut d = managed(&api, provisioned_with(DEVICE_KEY));
+    d.start();
+    api.wait_for("first report", Duration::from_secs(30), |rs| {
+        rs.iter()
+            .any(|r| r.method == "PATCH" && r.url == "/device/v3/state")
+    });
+    d.key = reports(&api)[0]["api_secret"].as_str().map(String::from);
+    assert_eq!(
+        d.get("/v2/device/tags").unwrap(),
+        (
+            200,
+            json!({"status": "success", "tags": [{"id": 188303, "name": "DeviceLocation", "value": "warehouse #3"}]})
+        )
+    );
+    // Bad bodies (T30), nothing sent.
+    for (body, message) in [
+        (r#"{"a b": "x"}"#, "Tag keys cannot contain whitespace"),
+        (
+            r#"{"a": 1}"#,
+            "Invalid tags body, must be an object like `{[tagKey: string]: string}`",
+        ),
+        (
+            "[]",
+            "Invalid tags body, must be an object like `{[tagKey: string]: string}`",
+        ),
+    ] {
+        assert_eq!(
+            d.request("PATCH", "/v2/device/tags", Some(body)).unwrap(),
+            (400, json!({"status": "failed", "message": message})),
+            "{body}"
+        );
+    }
+    assert_eq!(
+        d.request(
+            "PATCH",
+            "/v2/device/tags",
+            Some(r#"{"rack": "b7", "floor": "2"}"#)
+        )
+        .unwrap(),
+        (202, json!({"status": "success"}))
+    );
+    api.wait_for("tags sent", Duration::from_secs(30), |rs| {
+        rs.iter()
+            .any(|r| r.method == "PATCH" && r.url == "/device/v3/tags")
+    });
+    let sent = api.calls("PATCH", "/device/v3/tags");
+    assert_eq!(
+        sent[0].json(),
+        json!({ UUID: {"rack": "b7", "floor": "2"} })
+    );
+    assert_eq!(sent[0].bearer(), Some(DEVICE_KEY));
+    // Only changes go out; a restart sends nothing already acknowledged.
+    assert_eq!(
+        d.request(
+            "PATCH",
+            "/v2/device/tags",
+            Some(r#"{"rack": "b8", "floor": "2"}"#)
+        )
+        .unwrap()
+        .0,
+        202
+    );
+    api.wait_for("second tags", Duration::from_secs(30), |rs| {
+        rs.iter()
+            .filter(|r| r.method == "PATCH" && r.url == "/device/v3/tags")
+            .count()
+            == 2
+    });
+    assert_eq!(
+        api.calls("PATCH", "/device/v3/tags")[1].json(),
+        json!({ UUID: {"rack": "b8"} })
+    );
+    d.kill9();
+    d.start();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(api.calls("PATCH", "/device/v3/tags").len(), 2);
+    // The cloud unreachable: 500 with the reason.
+    api.set(|b| b.known_keys.clear());
+    let (code, body) = d.get("/v2/device/tags").unwrap();
+    assert_eq!(code, 500, "{body}");
+    assert_eq!(body["status"], "failed");
     finish(d);
 }

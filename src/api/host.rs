@@ -1,5 +1,5 @@
-//! Endpoints that act on the host (device-api.md 3.6, 3.13, 3.14): `/v1/reboot`,
-//! `/v1/shutdown`, and `/v1/device/host-config`.
+//! Endpoints that act on the host or the device record (device-api.md 3.6, 3.13, 3.14, 3.25,
+//! 3.26): `/v1/reboot`, `/v1/shutdown`, `/v1/device/host-config`, `/v2/device/tags`.
 
 use super::server::{Request, Response};
 use super::{json_response, truthy, Api, ENGINE_TIMEOUT};
@@ -12,6 +12,42 @@ impl Api {
     /// `POST /v1/reboot`, `POST /v1/shutdown` with `{"force"}`: 202 once the state engine has
     /// the locks (the host is asked a second later), 423 while locked, 500 otherwise — all in
     /// v1's `{"Data","Error"}` shape.
+    /// `GET /v2/device/tags`: asks the cloud (500 when it cannot be asked).
+    pub(super) fn get_tags(&self) -> Response {
+        let Some(cloud) = &self.cloud else {
+            return super::failed(500, "The device is not managed by a balena API");
+        };
+        match crate::cloud::tags::fetch(&cloud.client, &self.settings) {
+            Ok(tags) => json_response(200, json!({"status": "success", "tags": tags})),
+            Err(e) => super::failed(500, e),
+        }
+    }
+
+    /// `PATCH /v2/device/tags`: stored now, sent to the cloud by the report thread.
+    pub(super) fn patch_tags(&self, req: &Request) -> Response {
+        let doc: serde_json::Value = match serde_json::from_slice(&req.body) {
+            Ok(d) => d,
+            Err(e) => return super::failed(400, format!("invalid JSON: {e}")),
+        };
+        let tags = match crate::cloud::tags::parse_patch(&doc) {
+            Ok(t) => t,
+            Err(m) => return super::failed(400, m),
+        };
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        if self
+            .engine
+            .send_timeout(Command::SetTags { tags, reply: tx }, ENGINE_TIMEOUT)
+            .is_err()
+        {
+            return super::failed(500, "state engine is not answering");
+        }
+        match rx.recv_timeout(ENGINE_TIMEOUT) {
+            Ok(Ok(())) => json_response(202, json!({"status": "success"})),
+            Ok(Err(e)) => super::failed(500, e),
+            Err(_) => super::failed(500, "state engine is not answering"),
+        }
+    }
+
     /// `GET /v1/device/host-config`: hostname and proxy as the files say.
     pub(super) fn host_config(&self) -> Response {
         let paths = &self.settings.paths;

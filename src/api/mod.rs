@@ -63,6 +63,8 @@ impl Read for LinesReader {
 pub struct CloudHandle {
     pub shared: Arc<CloudShared>,
     pub poll: Sender<PollRequest>,
+    /// For `GET /v2/device/tags`.
+    pub client: crate::cloud::client::Cloud,
 }
 
 /// Binds the port and starts the server; returns it so the caller can stop it.
@@ -163,6 +165,8 @@ impl Api {
             (Method::Get, "/v2/cleanup-volumes") => self.cleanup_volumes(),
             (Method::Post, "/v1/regenerate-api-key") => self.regenerate_api_key(req),
             (Method::Post, "/v1/blink") => self.blink(),
+            (Method::Get, "/v2/device/tags") => self.get_tags(),
+            (Method::Patch, "/v2/device/tags") => self.patch_tags(req),
             (Method::Get, "/v1/device/host-config") => self.host_config(),
             (Method::Patch, "/v1/device/host-config") => self.patch_host_config(req),
             (Method::Post, "/v1/reboot") => self.power(PowerAction::Reboot, req),

@@ -8,6 +8,7 @@ pub mod log_stream;
 pub mod poll;
 pub mod provision;
 pub mod report;
+pub mod tags;
 
 use crate::config::Settings;
 use crate::state::apply::{Command, Status};
@@ -85,10 +86,15 @@ fn os_of(settings: &Settings) -> (Option<String>, Option<String>) {
 
 /// A client of the device's API endpoint with the supervisor's User-Agent.
 pub fn device_client(settings: &Settings) -> client::Cloud {
+    device_client_with_timeout(settings, API_TIMEOUT)
+}
+
+/// The same with another request timeout (the API's calls to the cloud wait less).
+pub fn device_client_with_timeout(settings: &Settings, timeout: Duration) -> client::Cloud {
     let (os_version, os_variant) = os_of(settings);
     client::Cloud::new(
         &settings.config_json.api_endpoint(),
-        API_TIMEOUT,
+        timeout,
         &client::user_agent(os_version.as_deref(), os_variant.as_deref()),
     )
 }

@@ -270,6 +270,26 @@ impl Reporter {
         }
     }
 
+    /// Tags the cloud acknowledged, kept next to the report cache (host /tmp: after a reboot
+    /// they are sent once more, which changes nothing).
+    fn tags_cache_path(&self) -> PathBuf {
+        self.cache_path.with_file_name("tags-report-cache")
+    }
+
+    fn load_reported_tags(&self) -> Map<String, Value> {
+        std::fs::read(self.tags_cache_path())
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    fn save_reported_tags(&self, tags: &Map<String, Value>) {
+        let bytes = serde_json::to_vec(tags).unwrap_or_default();
+        if let Err(e) = crate::fsutil::write_atomic(&self.tags_cache_path(), &bytes) {
+            warn!("cannot keep the reported tags: {e}");
+        }
+    }
+
     fn send(&self, body: &Map<String, Value>) -> Result<(), CloudError> {
         let cfg = &self.settings.config_json;
         let uuid = cfg.get_str("uuid").unwrap_or_default();
@@ -293,6 +313,7 @@ impl Reporter {
     /// address and metric changes found by its own timers.
     pub fn run(self, changes: Receiver<()>) {
         let mut last = self.load_cache();
+        let mut reported_tags = self.load_reported_tags();
         let mut last_sent: Option<Instant> = None;
         let mut not_before = Instant::now();
         let mut failures: u32 = 0;
@@ -353,6 +374,27 @@ impl Reporter {
                 pending = true;
             }
             if !pending || now < not_before || !self.shared.provisioned() {
+                continue;
+            }
+            // Tags set through the local API, sent under the same throttle and backoff.
+            let tags = super::tags::unreported(&status.target_tags, &reported_tags);
+            if !tags.is_empty() {
+                match super::tags::send(&self.cloud, &self.settings, &tags) {
+                    Ok(()) => {
+                        reported_tags.extend(tags);
+                        self.save_reported_tags(&reported_tags);
+                        failures = 0;
+                        not_before = now + MIN_REPORT_INTERVAL;
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        let interval =
+                            Duration::from_millis(self.settings.config_json.poll_interval_ms());
+                        let wait = super::poll::backoff(failures, interval);
+                        warn!("Non-200 response from the API while reporting tags: {e}; retrying in {wait:?}");
+                        not_before = now + wait;
+                    }
+                }
                 continue;
             }
             let local_mode = status.local_mode || self.settings.config_json.unmanaged();

@@ -68,6 +68,12 @@ pub enum Command {
         force: bool,
         reply: Sender<Result<(), ActionError>>,
     },
+    /// Tags to set on the device in the cloud (`PATCH /v2/device/tags`): kept in the DB and
+    /// published for the report thread.
+    SetTags {
+        tags: BTreeMap<String, String>,
+        reply: Sender<Result<(), String>>,
+    },
     /// Reboot or power off the device (`/v1/reboot`, `/v1/shutdown`). The reply comes once
     /// the locks are taken; the host is asked a second later.
     Power {
@@ -107,6 +113,9 @@ pub struct Status {
     /// Every API key the API accepts (global and per-service), with what it may act on.
     #[serde(skip)]
     pub api_keys: Arc<BTreeMap<String, KeyScope>>,
+    /// Device tags set locally, for the report thread to send (DB `targetTags`).
+    #[serde(skip)]
+    pub target_tags: Arc<BTreeMap<String, String>>,
 }
 
 /// What an API key may act on (device-api.md §1): everything, or some apps.
@@ -298,6 +307,8 @@ impl StateEngine {
         // Nothing is known to be applied until the first iteration has looked.
         self.set_status(|s| s.app_state = "applying".into());
         self.publish_api_keys();
+        let tags = self.stored_tags();
+        self.set_status(|s| s.target_tags = Arc::new(tags));
         let never_set = self
             .db()
             .config_get("targetStateSet")
@@ -353,6 +364,10 @@ impl StateEngine {
                 }
                 Some(Command::CleanupVolumes { reply }) => {
                     let _ = reply.send(self.cleanup_volumes(target.as_ref()));
+                    continue;
+                }
+                Some(Command::SetTags { tags, reply }) => {
+                    let _ = reply.send(self.set_tags(tags));
                     continue;
                 }
                 Some(Command::HostConfig {
@@ -855,6 +870,27 @@ impl StateEngine {
                 None
             }
         }
+    }
+
+    fn stored_tags(&self) -> BTreeMap<String, String> {
+        self.db()
+            .config_get("targetTags")
+            .ok()
+            .flatten()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default()
+    }
+
+    /// Merges tags into the stored ones and publishes them for the report thread.
+    fn set_tags(&self, tags: BTreeMap<String, String>) -> Result<(), String> {
+        let mut all = self.stored_tags();
+        all.extend(tags);
+        let text = serde_json::to_string(&all).map_err(|e| e.to_string())?;
+        self.db()
+            .config_set("targetTags", Some(&text))
+            .map_err(|e| e.to_string())?;
+        self.set_status(|s| s.target_tags = Arc::new(all));
+        Ok(())
     }
 
     /// Publishes the keys the API accepts.

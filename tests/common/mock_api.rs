@@ -54,6 +54,8 @@ pub struct Behaviour {
     /// The delta server (`/api/v3/delta`): its status and, for 200, the delta image name.
     pub delta_status: u16,
     pub delta_name: String,
+    /// `/v7/device_tag` rows (`{"id", "tag_key", "value"}`).
+    pub tags: Vec<Value>,
 }
 
 impl Default for Behaviour {
@@ -71,6 +73,7 @@ impl Default for Behaviour {
             retry_after: None,
             delta_status: 200,
             delta_name: String::new(),
+            tags: Vec::new(),
         }
     }
 }
@@ -268,6 +271,23 @@ fn handle(mut req: tiny_http::Request, b: &Mutex<Behaviour>, log: &Mutex<Vec<Rec
                 }
             }
             ("PATCH", p) if p.starts_with("/v7/device(") => {
+                if b.known_keys.contains(&bearer) {
+                    (200, b"OK".to_vec())
+                } else {
+                    (401, b"Unauthorized".to_vec())
+                }
+            }
+            ("GET", "/v7/device_tag") => {
+                let filter = format!("device%20eq%20{}", b.device_id);
+                if !b.known_keys.contains(&bearer) {
+                    (401, b"Unauthorized".to_vec())
+                } else if !url.contains(&filter) {
+                    (400, b"bad filter".to_vec())
+                } else {
+                    (200, json!({"d": b.tags}).to_string().into_bytes())
+                }
+            }
+            ("PATCH", "/device/v3/tags") => {
                 if b.known_keys.contains(&bearer) {
                     (200, b"OK".to_vec())
                 } else {
