@@ -1086,3 +1086,47 @@ fn device_tags_are_read_from_the_cloud_and_local_changes_are_sent_to_it() {
     assert_eq!(body["status"], "failed");
     finish(d);
 }
+
+#[test]
+fn log_control_off_keeps_logs_on_the_device() {
+    let _serial = serial();
+    let e = engine();
+    reset_engine(&e);
+    let mut target = v3_target("c1", "quiet");
+    target[UUID]["config"] = json!({"RESIN_SUPERVISOR_LOG_CONTROL": "false"});
+    let api = MockApi::start();
+    api.set(|b| {
+        b.target = Some(target);
+        b.known_keys = vec![DEVICE_KEY.into()];
+    });
+    let mut d = managed(&api, provisioned_with(DEVICE_KEY));
+    d.start();
+    wait_release_done(&api, "c1", 0);
+    std::thread::sleep(Duration::from_secs(3));
+    let shipped = |what: &str| {
+        api.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l["message"].as_str().is_some_and(|m| m.contains(what)))
+    };
+    assert!(
+        !shipped("hello-from-quiet"),
+        "{:#?}",
+        api.logs.lock().unwrap()
+    );
+    // Switched back on: the next release's output goes to the cloud.
+    api.set(|b| {
+        b.target = Some(v3_target("c2", "loud"));
+        b.etag = "\"2\"".into();
+    });
+    d.key = reports(&api)[0]["api_secret"].as_str().map(String::from);
+    assert_eq!(update(&d), 204);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !shipped("hello-from-loud") {
+        assert!(Instant::now() < deadline, "{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!shipped("hello-from-quiet"));
+    finish(d);
+}

@@ -409,3 +409,66 @@ fn device_config_is_applied_before_apps_and_a_boot_change_reboots_once_apps_run(
     drop(d);
     reset_engine(&e);
 }
+
+#[test]
+fn host_discoverability_starts_and_stops_avahi() {
+    let _serial = serial();
+    let e = engine();
+    reset_engine(&e);
+    let fake = FakeSystemd::start(&["avahi-daemon.service", "avahi-daemon.socket"]);
+    let d = daemon_on(&fake);
+    // At start, as stored (default on).
+    let started = fake
+        .wait_for("StartUnit", 10)
+        .expect("avahi not started at start");
+    assert_eq!(started["args"], json!(["avahi-daemon.service", "fail"]));
+    let mut t = json!({"local": {"name": "test-device", "apps": {},
+        "config": {"HOST_DISCOVERABILITY": "false"}}});
+    assert_eq!(d.post_target(&t).0, 200);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while fake
+        .calls()
+        .iter()
+        .filter(|c| c["member"] == "StopUnit")
+        .count()
+        < 2
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}\n{}",
+            fake.calls(),
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let stopped: Vec<_> = fake
+        .calls()
+        .into_iter()
+        .filter(|c| c["member"] == "StopUnit")
+        .map(|c| c["args"].clone())
+        .collect();
+    assert_eq!(
+        stopped,
+        [
+            json!(["avahi-daemon.service", "fail"]),
+            json!(["avahi-daemon.socket", "fail"])
+        ]
+    );
+    assert!(d
+        .log_text()
+        .contains(r#"Applied configuration change {"HOST_DISCOVERABILITY":"false"}"#));
+    // Back on.
+    t["local"]["config"] = json!({});
+    assert_eq!(d.post_target(&t).0, 200);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while fake
+        .calls()
+        .iter()
+        .filter(|c| c["member"] == "StartUnit")
+        .count()
+        < 4
+    {
+        assert!(Instant::now() < deadline, "{:?}", fake.calls());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

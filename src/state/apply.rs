@@ -209,6 +209,8 @@ pub struct StateEngine {
     pub(super) vpn_tried_at: Option<Instant>,
     /// A reboot or shutdown was asked of the host: no more steps run.
     shutting_down: bool,
+    /// `SUPERVISOR_LOG_CONTROL` of the cloud target: logs may go to the cloud.
+    log_control: bool,
 }
 
 /// Unix seconds of the last boot, from /proc/stat.
@@ -254,6 +256,7 @@ pub fn spawn(
                 host,
                 vpn_tried_at: None,
                 shutting_down: false,
+                log_control: true,
             };
             se.run(rx);
         })?;
@@ -335,6 +338,12 @@ impl StateEngine {
         let mut target = self.effective_target();
         let published = target.clone().map(Arc::new);
         self.set_status(|s| s.target = published);
+        if let Some(t) = target.as_ref().filter(|_| !self.local_mode) {
+            self.follow_log_control(t);
+        }
+        // Host discoverability as stored (v19 applies it at every start).
+        let discoverable = self.db().config_get("hostDiscoverability").ok().flatten();
+        self.apply_discoverability(discoverable.as_deref().is_none_or(|v| v == "true"));
         let mut force = false;
         let mut failures: u32 = 0;
         // Iterations with steps since the last convergence.
@@ -446,6 +455,7 @@ impl StateEngine {
                             let state = state.normalised();
                             if from != LOCAL_SOURCE {
                                 self.follow_local_mode_setting(&state);
+                                self.follow_log_control(&state);
                             }
                             target = if from == self.source() {
                                 Some(state)
@@ -1002,10 +1012,19 @@ impl StateEngine {
         let local = self.local_mode;
         self.set_status(|s| s.local_mode = local);
         if !self.settings.config_json.unmanaged() {
-            // Logs go to the cloud only outside local mode.
+            // Logs go to the cloud only outside local mode, and unless the target says not to.
             if let Some(bus) = crate::logs::bus() {
-                bus.set_shipping(!local);
+                bus.set_shipping(!local && self.log_control);
             }
+        }
+    }
+
+    /// `SUPERVISOR_LOG_CONTROL=false` in the cloud target stops sending logs to the cloud.
+    fn follow_log_control(&mut self, cloud: &TargetState) {
+        let wanted = cloud.flag("SUPERVISOR_LOG_CONTROL") != Some(false);
+        if wanted != self.log_control {
+            self.log_control = wanted;
+            self.publish_mode();
         }
     }
 

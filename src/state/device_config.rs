@@ -142,7 +142,11 @@ impl StateEngine {
                 let result = self.store_config(changes);
                 match &result {
                     Ok(()) => {
-                        crate::logs::event(format!("Applied configuration change {shown}"), false)
+                        crate::logs::event(format!("Applied configuration change {shown}"), false);
+                        if let Some(c) = changes.iter().find(|c| c.var.key == "hostDiscoverability")
+                        {
+                            self.apply_discoverability(c.value == "true");
+                        }
                     }
                     Err(e) => crate::logs::event(
                         format!("Error applying configuration change: {e}"),
@@ -193,6 +197,23 @@ impl StateEngine {
                 info!("Applying step: setRebootBreadcrumb");
                 set_reboot_breadcrumb(&self.settings.paths.root_mountpoint, reason)
                     .map_err(|e| step_error("setRebootBreadcrumb", e.to_string()))
+            }
+        }
+    }
+
+    /// `HOST_DISCOVERABILITY`: avahi's service and socket started or stopped (errors logged).
+    pub(super) fn apply_discoverability(&self, on: bool) {
+        for unit in ["avahi-daemon.service", "avahi-daemon.socket"] {
+            let result = if on {
+                self.host.start_unit(unit)
+            } else {
+                self.host.stop_unit(unit)
+            };
+            if let Err(e) = result {
+                warn!(
+                    "Could not {} {unit}: {e}",
+                    if on { "start" } else { "stop" }
+                );
             }
         }
     }
