@@ -56,6 +56,18 @@ fn managed(api: &MockApi, extra: Value) -> Daemon {
     d
 }
 
+/// The mock API serving `target` and a started device already provisioned with DEVICE_KEY.
+fn provisioned_device(target: Value) -> (MockApi, Daemon) {
+    let api = MockApi::start();
+    api.set(|b| {
+        b.target = Some(target);
+        b.known_keys = vec![DEVICE_KEY.into()];
+    });
+    let mut d = managed(&api, provisioned_with(DEVICE_KEY));
+    d.start();
+    (api, d)
+}
+
 fn config_json(d: &Daemon) -> Value {
     serde_json::from_slice(&std::fs::read(d.dir.join("boot/config.json")).unwrap()).unwrap()
 }
@@ -834,13 +846,7 @@ fn scoped_service_keys_act_only_on_their_own_app() {
         other_app: {"id": 5353, "name": "otherapp", "class": "fleet", "releases": {"c2": {"id": 2,
             "services": {"other": svc(3, json!({}))}, "volumes": {}, "networks": {}}}}
     }}});
-    let api = MockApi::start();
-    api.set(|b| {
-        b.target = Some(target);
-        b.known_keys = vec![DEVICE_KEY.into()];
-    });
-    let mut d = managed(&api, provisioned_with(DEVICE_KEY));
-    d.start();
+    let (api, mut d) = provisioned_device(target);
     wait_release_done(&api, "c1", 0);
     let deadline = Instant::now() + Duration::from_secs(60);
     while e
@@ -997,14 +1003,11 @@ fn scoped_service_keys_act_only_on_their_own_app() {
 fn device_tags_are_read_from_the_cloud_and_local_changes_are_sent_to_it() {
     let _serial = serial();
     reset_engine(&engine());
-    let api = MockApi::start();
+    let (api, mut d) =
+        provisioned_device(json!({ UUID: {"name": "cloud-device", "config": {}, "apps": {}}}));
     api.set(|b| {
-        b.target = Some(json!({ UUID: {"name": "cloud-device", "config": {}, "apps": {}}}));
-        b.known_keys = vec![DEVICE_KEY.into()];
         b.tags = vec![json!({"id": 188303, "tag_key": "DeviceLocation", "value": "warehouse #3"})];
     });
-    let mut d = managed(&api, provisioned_with(DEVICE_KEY));
-    d.start();
     api.wait_for("first report", Duration::from_secs(30), |rs| {
         rs.iter()
             .any(|r| r.method == "PATCH" && r.url == "/device/v3/state")
@@ -1094,13 +1097,7 @@ fn log_control_off_keeps_logs_on_the_device() {
     reset_engine(&e);
     let mut target = v3_target("c1", "quiet");
     target[UUID]["config"] = json!({"RESIN_SUPERVISOR_LOG_CONTROL": "false"});
-    let api = MockApi::start();
-    api.set(|b| {
-        b.target = Some(target);
-        b.known_keys = vec![DEVICE_KEY.into()];
-    });
-    let mut d = managed(&api, provisioned_with(DEVICE_KEY));
-    d.start();
+    let (api, mut d) = provisioned_device(target);
     wait_release_done(&api, "c1", 0);
     std::thread::sleep(Duration::from_secs(3));
     let shipped = |what: &str| {

@@ -240,11 +240,8 @@ impl Backend for ConfigTxt {
             .strip_prefix(PREFIX)
             .is_some_and(|k| !k.is_empty() && k != "power_mode" && k != "fan_profile")
     }
-    fn key_of(&self, env_name: &str) -> String {
-        env_name.trim_start_matches(PREFIX).to_string()
-    }
-    fn env_name(&self, key: &str) -> String {
-        format!("{PREFIX}{key}")
+    fn prefix(&self) -> &'static str {
+        PREFIX
     }
     fn value_of(&self, key: &str, env_value: &str) -> BootValue {
         if ARRAY_KEYS.contains(&key) {

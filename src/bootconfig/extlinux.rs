@@ -7,6 +7,11 @@ use super::{err, read_optional, write_file, Backend, BootConfig, BootError, Boot
 pub struct Extlinux;
 
 pub const PREFIX: &str = "HOST_EXTLINUX_";
+
+/// The two settings of `HOST_EXTLINUX_*` (extra_uEnv.txt has the same).
+pub fn supports(key: &str) -> bool {
+    key == "isolcpus" || key == "fdt"
+}
 const MISSING: &str = "Could not find extlinux file. Device is possibly bricked";
 
 pub fn matches(device_type: &str, meta_release: Option<&str>) -> bool {
@@ -106,17 +111,11 @@ impl Backend for Extlinux {
     fn name(&self) -> &'static str {
         "extlinux"
     }
-    fn is_boot_config_var(&self, env_name: &str) -> bool {
-        env_name.strip_prefix(PREFIX).is_some_and(|k| !k.is_empty())
-    }
-    fn key_of(&self, env_name: &str) -> String {
-        env_name.trim_start_matches(PREFIX).to_string()
-    }
-    fn env_name(&self, key: &str) -> String {
-        format!("{PREFIX}{key}")
+    fn prefix(&self) -> &'static str {
+        PREFIX
     }
     fn is_supported(&self, key: &str) -> bool {
-        key == "isolcpus" || key == "fdt"
+        supports(key)
     }
     fn validate(&self, target: &BootConfig) -> Result<(), BootError> {
         for (k, v) in target {

@@ -2,7 +2,7 @@
 //! `custom_fdt_file`, `HOST_EXTLINUX_isolcpus` inside `extra_os_cmdline`. Other entries are kept
 //! in order; the two managed ones are set from the target or deleted.
 
-use super::extlinux::PREFIX;
+use super::extlinux::{supports, PREFIX};
 use super::{err, read_optional, write_file, Backend, BootConfig, BootError, BootValue, Mounts};
 
 pub struct ExtraUEnv;
@@ -41,17 +41,11 @@ impl Backend for ExtraUEnv {
     fn name(&self) -> &'static str {
         "extra_uEnv"
     }
-    fn is_boot_config_var(&self, env_name: &str) -> bool {
-        env_name.strip_prefix(PREFIX).is_some_and(|k| !k.is_empty())
-    }
-    fn key_of(&self, env_name: &str) -> String {
-        env_name.trim_start_matches(PREFIX).to_string()
-    }
-    fn env_name(&self, key: &str) -> String {
-        format!("{PREFIX}{key}")
+    fn prefix(&self) -> &'static str {
+        PREFIX
     }
     fn is_supported(&self, key: &str) -> bool {
-        key == "isolcpus" || key == "fdt"
+        supports(key)
     }
     fn validate(&self, target: &BootConfig) -> Result<(), BootError> {
         for (k, v) in target {

@@ -73,12 +73,25 @@ pub const HOST_PREFIX: &str = "HOST_";
 
 pub trait Backend: Send + Sync {
     fn name(&self) -> &'static str;
+    /// The start of its variables' names (`HOST_CONFIG_`, ...): the rest is the key.
+    fn prefix(&self) -> &'static str;
     /// Does a (prefix-less) config variable belong to this backend?
-    fn is_boot_config_var(&self, env_name: &str) -> bool;
+    fn is_boot_config_var(&self, env_name: &str) -> bool {
+        env_name
+            .strip_prefix(self.prefix())
+            .is_some_and(|k| !k.is_empty())
+    }
     /// The backend key of one of its variables.
-    fn key_of(&self, env_name: &str) -> String;
+    fn key_of(&self, env_name: &str) -> String {
+        env_name
+            .strip_prefix(self.prefix())
+            .unwrap_or(env_name)
+            .to_string()
+    }
     /// The variable name of a backend key.
-    fn env_name(&self, key: &str) -> String;
+    fn env_name(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix())
+    }
     /// A variable's value as this backend stores it.
     fn value_of(&self, key: &str, env_value: &str) -> BootValue {
         let _ = key;

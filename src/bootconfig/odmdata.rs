@@ -28,14 +28,8 @@ impl Backend for Odmdata {
     fn name(&self) -> &'static str {
         "odmdata"
     }
-    fn is_boot_config_var(&self, env_name: &str) -> bool {
-        env_name.strip_prefix(PREFIX).is_some_and(|k| !k.is_empty())
-    }
-    fn key_of(&self, env_name: &str) -> String {
-        env_name.trim_start_matches(PREFIX).to_string()
-    }
-    fn env_name(&self, key: &str) -> String {
-        format!("{PREFIX}{key}")
+    fn prefix(&self) -> &'static str {
+        PREFIX
     }
     fn is_supported(&self, key: &str) -> bool {
         key == "configuration"

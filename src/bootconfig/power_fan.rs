@@ -30,8 +30,8 @@ impl Backend for PowerFan {
     fn key_of(&self, env_name: &str) -> String {
         key(env_name).unwrap_or_default().to_string()
     }
-    fn env_name(&self, key: &str) -> String {
-        format!("{PREFIX}{key}")
+    fn prefix(&self) -> &'static str {
+        PREFIX
     }
     fn is_supported(&self, key: &str) -> bool {
         key == "power_mode" || key == "fan_profile"

@@ -70,8 +70,8 @@ impl Backend for SplashImage {
     fn key_of(&self, _env_name: &str) -> String {
         "image".into()
     }
-    fn env_name(&self, key: &str) -> String {
-        format!("{PREFIX}{key}")
+    fn prefix(&self) -> &'static str {
+        PREFIX
     }
     fn value_of(&self, _key: &str, env_value: &str) -> BootValue {
         BootValue::Str(normalise(env_value))
