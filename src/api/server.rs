@@ -283,11 +283,12 @@ fn poll_loop(
         }
         // Dropping an expired connection closes it.
         idle.retain(|(_, since)| since.elapsed() < limits.idle);
+        // Sleep until the next idle connection expires; with none, until something happens
+        // (a stop, a returned connection and a new one all wake the poll).
         let next_expiry = idle
             .iter()
             .map(|(_, since)| limits.idle.saturating_sub(since.elapsed()))
-            .min()
-            .unwrap_or(Duration::from_secs(1));
+            .min();
         fds.clear();
         fds.push(libc::pollfd {
             fd: listener.as_raw_fd(),
@@ -304,7 +305,7 @@ fn poll_loop(
             events: libc::POLLIN,
             revents: 0,
         }));
-        let timeout = next_expiry.as_millis().clamp(1, 1000) as libc::c_int;
+        let timeout = next_expiry.map_or(-1, |d| d.as_millis().clamp(1, 60_000) as libc::c_int);
         // SAFETY: `fds` is a valid, initialised array of `fds.len()` pollfd structs.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
         if n < 0 {
