@@ -97,6 +97,14 @@ impl FakeSystemd {
             .collect()
     }
 
+    /// The calls to one method.
+    pub fn calls_to(&self, member: &str) -> Vec<serde_json::Value> {
+        self.calls()
+            .into_iter()
+            .filter(|c| c["member"] == member)
+            .collect()
+    }
+
     /// Waits up to `secs` for a call to `member`.
     pub fn wait_for(&self, member: &str, secs: u64) -> Option<serde_json::Value> {
         let deadline = Instant::now() + Duration::from_secs(secs);
