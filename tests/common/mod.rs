@@ -141,13 +141,16 @@ impl Daemon {
         )
         .unwrap();
         let log = dir.join("tinyvisor.log");
+        // With the host root at "/" the default bus would be this machine's: a test daemon must
+        // never reboot it or switch its units. Tests of the D-Bus path set their own bus.
+        let no_bus = format!("unix:path={}/no-system-bus", dir.display());
         Daemon {
             dir,
             port: free_port(),
             child: None,
             log,
             key: None,
-            env: Vec::new(),
+            env: vec![("DBUS_SYSTEM_BUS_ADDRESS".into(), no_bus)],
             root: "/".into(),
         }
     }
