@@ -4,7 +4,7 @@
 //! `/v2/cleanup-volumes`.
 
 use super::server::{Request, Response};
-use super::{failed, int_param, json_response, truthy, Api, ENGINE_TIMEOUT};
+use super::{failed, int_param, json_response, truthy, Api, ENGINE_TIMEOUT, NOT_ANSWERING};
 use crate::state::actions::{ActionError, ServiceAction, ServiceRef};
 use crate::state::apply::{Command, KeyScope};
 use serde_json::{json, Map, Value};
@@ -200,18 +200,13 @@ impl Api {
 
     /// `GET /v2/cleanup-volumes`: the state engine removes volumes nothing uses.
     pub(super) fn cleanup_volumes(&self) -> Response {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        if self
-            .engine
-            .send_timeout(Command::CleanupVolumes { reply: tx }, ENGINE_TIMEOUT)
-            .is_err()
-        {
-            return failed(503, "state engine is not answering");
-        }
-        match rx.recv_timeout(ENGINE_TIMEOUT * 4) {
-            Ok(Ok(_)) => json_response(200, json!({"status": "success"})),
-            Ok(Err(e)) => failed(503, e),
-            Err(_) => failed(503, "state engine is not answering"),
+        match self.ask(
+            |reply| Command::CleanupVolumes { reply },
+            ENGINE_TIMEOUT * 4,
+        ) {
+            Some(Ok(_)) => json_response(200, json!({"status": "success"})),
+            Some(Err(e)) => failed(503, e),
+            None => failed(503, NOT_ANSWERING),
         }
     }
 

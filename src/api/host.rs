@@ -2,16 +2,13 @@
 //! 3.26): `/v1/reboot`, `/v1/shutdown`, `/v1/device/host-config`, `/v2/device/tags`.
 
 use super::server::{Request, Response};
-use super::{json_response, truthy, Api, ENGINE_TIMEOUT};
+use super::{json_response, truthy, Api, ENGINE_TIMEOUT, NOT_ANSWERING};
 use crate::state::actions::ActionError;
 use crate::state::apply::Command;
 use crate::state::power::PowerAction;
 use serde_json::json;
 
 impl Api {
-    /// `POST /v1/reboot`, `POST /v1/shutdown` with `{"force"}`: 202 once the state engine has
-    /// the locks (the host is asked a second later), 423 while locked, 500 otherwise — all in
-    /// v1's `{"Data","Error"}` shape.
     /// `GET /v2/device/tags`: asks the cloud (500 when it cannot be asked).
     pub(super) fn get_tags(&self) -> Response {
         let Some(cloud) = &self.cloud else {
@@ -33,18 +30,10 @@ impl Api {
             Ok(t) => t,
             Err(m) => return super::failed(400, m),
         };
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        if self
-            .engine
-            .send_timeout(Command::SetTags { tags, reply: tx }, ENGINE_TIMEOUT)
-            .is_err()
-        {
-            return super::failed(500, "state engine is not answering");
-        }
-        match rx.recv_timeout(ENGINE_TIMEOUT) {
-            Ok(Ok(())) => json_response(202, json!({"status": "success"})),
-            Ok(Err(e)) => super::failed(500, e),
-            Err(_) => super::failed(500, "state engine is not answering"),
+        match self.ask(|reply| Command::SetTags { tags, reply }, ENGINE_TIMEOUT) {
+            Some(Ok(())) => json_response(202, json!({"status": "success"})),
+            Some(Err(e)) => super::failed(500, e),
+            None => super::failed(500, NOT_ANSWERING),
         }
     }
 
@@ -77,24 +66,23 @@ impl Api {
             log::warn!("Host config PATCH without network settings: nothing to change");
             return Response::text(200, "OK");
         }
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        let cmd = Command::HostConfig {
+        let cmd = |reply| Command::HostConfig {
             patch,
             force: truthy(doc.get("force")),
-            reply: tx,
+            reply,
         };
-        if self.engine.send_timeout(cmd, ENGINE_TIMEOUT).is_err() {
-            return Response::text(503, "state engine is not answering");
-        }
-        match rx.recv_timeout(ENGINE_TIMEOUT * 4) {
-            Ok(Ok(())) => Response::text(200, "OK"),
-            Ok(Err(ActionError::Locked(m))) => Response::text(423, m),
-            Ok(Err(ActionError::Failed(m))) => Response::text(503, m),
-            Ok(Err(ActionError::NotFound(m))) => Response::text(503, m),
-            Err(_) => Response::text(503, "state engine is not answering"),
+        match self.ask(cmd, ENGINE_TIMEOUT * 4) {
+            Some(Ok(())) => Response::text(200, "OK"),
+            Some(Err(ActionError::Locked(m))) => Response::text(423, m),
+            Some(Err(ActionError::Failed(m))) => Response::text(503, m),
+            Some(Err(ActionError::NotFound(m))) => Response::text(503, m),
+            None => Response::text(503, NOT_ANSWERING),
         }
     }
 
+    /// `POST /v1/reboot`, `POST /v1/shutdown` with `{"force"}`: 202 once the state engine has
+    /// the locks (the host is asked a second later), 423 while locked, 500 otherwise — all in
+    /// v1's `{"Data","Error"}` shape.
     pub(super) fn power(&self, action: PowerAction, req: &Request) -> Response {
         let refuse = |status: u16, message: String| {
             json_response(status, json!({"Data": "", "Error": message}))
@@ -103,22 +91,18 @@ impl Api {
             Ok(d) => d,
             Err(_) => return refuse(500, "could not parse the request body".into()),
         };
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        let cmd = Command::Power {
+        let cmd = |reply| Command::Power {
             action,
             force: truthy(doc.get("force")),
-            reply: tx,
+            reply,
         };
-        if self.engine.send_timeout(cmd, ENGINE_TIMEOUT).is_err() {
-            return refuse(500, "state engine is not answering".into());
-        }
         // Locks wait for a running apply iteration to end: allow for a long one.
-        match rx.recv_timeout(ENGINE_TIMEOUT * 4) {
-            Ok(Ok(())) => json_response(202, json!({"Data": "OK", "Error": null})),
-            Ok(Err(ActionError::Locked(m))) => refuse(423, m),
-            Ok(Err(ActionError::Failed(m))) => refuse(500, m),
-            Ok(Err(ActionError::NotFound(m))) => refuse(500, m.into()),
-            Err(_) => refuse(500, "state engine is not answering".into()),
+        match self.ask(cmd, ENGINE_TIMEOUT * 4) {
+            Some(Ok(())) => json_response(202, json!({"Data": "OK", "Error": null})),
+            Some(Err(ActionError::Locked(m))) => refuse(423, m),
+            Some(Err(ActionError::Failed(m))) => refuse(500, m),
+            Some(Err(ActionError::NotFound(m))) => refuse(500, m.into()),
+            None => refuse(500, NOT_ANSWERING.into()),
         }
     }
 }

@@ -24,6 +24,8 @@ use server::{Limits, Method, Request, Response, Server};
 
 /// How long a request waits for the state engine.
 const ENGINE_TIMEOUT: Duration = Duration::from_secs(30);
+/// What a request answers when the state engine does not take or answer it.
+const NOT_ANSWERING: &str = "state engine is not answering";
 
 pub struct Api {
     pub settings: Arc<Settings>,
@@ -243,19 +245,23 @@ impl Api {
     /// `POST /v1/regenerate-api-key`: replaces the key of this request (the global key when
     /// none was given, as in local mode) and answers the new one.
     fn regenerate_api_key(&self, req: &Request) -> Response {
+        let old = request_key(req);
+        match self.ask(
+            |reply| Command::RegenerateApiKey { old, reply },
+            ENGINE_TIMEOUT,
+        ) {
+            Some(Ok(key)) => Response::text(200, key),
+            Some(Err(e)) => failed(503, e),
+            None => failed(503, NOT_ANSWERING),
+        }
+    }
+
+    /// Sends the command `make` builds around a reply channel and waits up to `wait` for the
+    /// reply; `None` when the state engine neither takes nor answers it in time.
+    fn ask<T>(&self, make: impl FnOnce(Sender<T>) -> Command, wait: Duration) -> Option<T> {
         let (tx, rx) = crossbeam_channel::bounded(1);
-        let cmd = Command::RegenerateApiKey {
-            old: request_key(req),
-            reply: tx,
-        };
-        if self.engine.send_timeout(cmd, ENGINE_TIMEOUT).is_err() {
-            return failed(503, "state engine is not answering");
-        }
-        match rx.recv_timeout(ENGINE_TIMEOUT) {
-            Ok(Ok(key)) => Response::text(200, key),
-            Ok(Err(e)) => failed(503, e),
-            Err(_) => failed(503, "state engine is not answering"),
-        }
+        self.engine.send_timeout(make(tx), ENGINE_TIMEOUT).ok()?;
+        rx.recv_timeout(wait).ok()
     }
 
     /// `POST /v1/update`: an immediate fetch when instant updates are on or `force` is set.
@@ -292,11 +298,8 @@ impl Api {
 
     /// The stored target, asked of the state engine.
     fn target(&self) -> Result<Option<TargetState>, ()> {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        self.engine
-            .send_timeout(Command::GetTarget { reply: tx }, ENGINE_TIMEOUT)
-            .map_err(drop)?;
-        rx.recv_timeout(ENGINE_TIMEOUT).map_err(drop)
+        self.ask(|reply| Command::GetTarget { reply }, ENGINE_TIMEOUT)
+            .ok_or(())
     }
 
     fn get_target(&self) -> Response {
@@ -358,20 +361,16 @@ impl Api {
             Ok(s) => s,
             Err(e) => return failed(400, e.to_string()),
         };
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        let cmd = Command::SetTarget {
+        let set = |reply| Command::SetTarget {
             state,
             source: crate::state::apply::LOCAL_SOURCE.to_string(),
             force: truthy(doc.get("force")),
-            reply: tx,
+            reply,
         };
-        if self.engine.send_timeout(cmd, ENGINE_TIMEOUT).is_err() {
-            return failed(503, "state engine is not answering");
-        }
-        match rx.recv_timeout(ENGINE_TIMEOUT) {
-            Ok(Ok(())) => json_response(200, json!({"status": "success", "message": "OK"})),
-            Ok(Err(e)) => failed(400, e),
-            Err(_) => failed(503, "state engine is not answering"),
+        match self.ask(set, ENGINE_TIMEOUT) {
+            Some(Ok(())) => json_response(200, json!({"status": "success", "message": "OK"})),
+            Some(Err(e)) => failed(400, e),
+            None => failed(503, NOT_ANSWERING),
         }
     }
 
@@ -502,22 +501,18 @@ impl Api {
     }
 
     fn run_app_action(&self, app_id: i64, action: AppAction, force: bool) -> Result<(), Response> {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        let cmd = Command::AppAction {
+        let cmd = |reply| Command::AppAction {
             app_id,
             action,
             force,
-            reply: tx,
+            reply,
         };
-        if self.engine.send_timeout(cmd, ENGINE_TIMEOUT).is_err() {
-            return Err(failed(503, "state engine is not answering"));
-        }
-        match rx.recv_timeout(ENGINE_TIMEOUT * 4) {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(ActionError::Locked(m))) => Err(failed(423, m)),
-            Ok(Err(ActionError::Failed(m))) => Err(failed(503, m)),
-            Ok(Err(ActionError::NotFound(t))) => Err(failed(503, t)),
-            Err(_) => Err(failed(503, "state engine is not answering")),
+        match self.ask(cmd, ENGINE_TIMEOUT * 4) {
+            Some(Ok(())) => Ok(()),
+            Some(Err(ActionError::Locked(m))) => Err(failed(423, m)),
+            Some(Err(ActionError::Failed(m))) => Err(failed(503, m)),
+            Some(Err(ActionError::NotFound(t))) => Err(failed(503, t)),
+            None => Err(failed(503, NOT_ANSWERING)),
         }
     }
 
@@ -621,20 +616,16 @@ impl Api {
         action: ServiceAction,
         force: bool,
     ) -> Result<Result<(), ActionError>, Response> {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        let cmd = Command::ServiceAction {
+        let cmd = |reply| Command::ServiceAction {
             app_id,
             which,
             action,
             force,
-            reply: tx,
+            reply,
         };
-        if self.engine.send_timeout(cmd, ENGINE_TIMEOUT).is_err() {
-            return Err(failed(503, "state engine is not answering"));
-        }
         // A stop waits for the container's grace period: allow for it.
-        rx.recv_timeout(ENGINE_TIMEOUT * 4)
-            .map_err(|_| failed(503, "state engine is not answering"))
+        self.ask(cmd, ENGINE_TIMEOUT * 4)
+            .ok_or_else(|| failed(503, NOT_ANSWERING))
     }
 
     fn state_status(&self, scope: &KeyScope) -> Response {
