@@ -84,6 +84,25 @@ fn os_of(settings: &Settings) -> (Option<String>, Option<String>) {
     )
 }
 
+/// `PATCH <path>` with `{"<uuid>": body}` as the device (its API key): state reports and tags.
+pub fn patch_as_device(
+    cloud: &client::Cloud,
+    settings: &Settings,
+    path: &str,
+    body: &serde_json::Map<String, serde_json::Value>,
+) -> Result<(), client::CloudError> {
+    let cfg = &settings.config_json;
+    let uuid = cfg.get_str("uuid").unwrap_or_default();
+    let key = cfg.get_str("deviceApiKey").unwrap_or_default();
+    let doc = serde_json::json!({ uuid: body });
+    let reply = cloud.call("PATCH", path, client::Auth::Bearer(&key), &[], Some(&doc))?;
+    if reply.ok() {
+        Ok(())
+    } else {
+        Err(reply.error())
+    }
+}
+
 /// A client of the device's API endpoint with the supervisor's User-Agent.
 pub fn device_client(settings: &Settings) -> client::Cloud {
     device_client_with_timeout(settings, API_TIMEOUT)

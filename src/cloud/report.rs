@@ -3,7 +3,7 @@
 //! at most once per 10 s (metrics-only changes once per 5 min). The last acknowledged report
 //! is kept on disk so a restart sends a diff, not everything.
 
-use super::client::{Auth, Cloud, CloudError};
+use super::client::{Cloud, CloudError};
 use super::CloudShared;
 use crate::config::Settings;
 use crate::host::{self, Metrics};
@@ -291,21 +291,21 @@ impl Reporter {
     }
 
     fn send(&self, body: &Map<String, Value>) -> Result<(), CloudError> {
-        let cfg = &self.settings.config_json;
-        let uuid = cfg.get_str("uuid").unwrap_or_default();
-        let key = cfg.get_str("deviceApiKey").unwrap_or_default();
-        let doc = json!({ uuid: body });
-        let reply = self.cloud.call(
-            "PATCH",
-            "/device/v3/state",
-            Auth::Bearer(&key),
-            &[],
-            Some(&doc),
-        )?;
-        if reply.ok() {
-            Ok(())
-        } else {
-            Err(reply.error())
+        super::patch_as_device(&self.cloud, &self.settings, "/device/v3/state", body)
+    }
+
+    /// How long to wait after the `failures`-th failed call: the answer's Retry-After, else
+    /// the poll backoff.
+    fn wait_after(&self, e: &CloudError, failures: u32) -> Duration {
+        match e {
+            CloudError::Status {
+                retry_after: Some(r),
+                ..
+            } => *r,
+            _ => {
+                let interval = Duration::from_millis(self.settings.config_json.poll_interval_ms());
+                super::poll::backoff(failures, interval)
+            }
         }
     }
 
@@ -388,9 +388,7 @@ impl Reporter {
                     }
                     Err(e) => {
                         failures += 1;
-                        let interval =
-                            Duration::from_millis(self.settings.config_json.poll_interval_ms());
-                        let wait = super::poll::backoff(failures, interval);
+                        let wait = self.wait_after(&e, failures);
                         warn!("Non-200 response from the API while reporting tags: {e}; retrying in {wait:?}");
                         not_before = now + wait;
                     }
@@ -422,15 +420,7 @@ impl Reporter {
                 }
                 Err(e) => {
                     failures += 1;
-                    let interval =
-                        Duration::from_millis(self.settings.config_json.poll_interval_ms());
-                    let wait = match &e {
-                        CloudError::Status {
-                            retry_after: Some(r),
-                            ..
-                        } => *r,
-                        _ => super::poll::backoff(failures, interval),
-                    };
+                    let wait = self.wait_after(&e, failures);
                     warn!("Non-200 response from the API while reporting state: {e}; retrying in {wait:?}");
                     not_before = now + wait;
                 }

@@ -69,21 +69,7 @@ pub fn send(
     settings: &Settings,
     tags: &Map<String, Value>,
 ) -> Result<(), CloudError> {
-    let cfg = &settings.config_json;
-    let uuid = cfg.get_str("uuid").unwrap_or_default();
-    let key = cfg.get_str("deviceApiKey").unwrap_or_default();
-    let reply = cloud.call(
-        "PATCH",
-        "/device/v3/tags",
-        Auth::Bearer(&key),
-        &[],
-        Some(&json!({ uuid: tags })),
-    )?;
-    if reply.ok() {
-        Ok(())
-    } else {
-        Err(reply.error())
-    }
+    super::patch_as_device(cloud, settings, "/device/v3/tags", tags)
 }
 
 #[cfg(test)]
