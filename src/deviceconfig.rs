@@ -173,9 +173,9 @@ pub const VARS: &[ConfigVar] = &[
 
 pub const VPN_CONTROL: &str = "SUPERVISOR_VPN_CONTROL";
 
-/// v19's checkTruthy.
+/// v19's checkTruthy: `1`, `true`, `on` in any case.
 fn truthy(v: &str) -> bool {
-    matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "on")
+    crate::config::config_json::str_as_bool(v) == Some(true)
 }
 
 /// Is `v` a valid value of its kind (PermissiveBoolean / PermissiveNumber / the words)?

@@ -742,11 +742,8 @@ impl StateEngine {
                 .and_then(|o| o.pointer("/kernel/extraFirmwareVol"))
                 .and_then(|v| v.as_str())
                 == Some(EXTRA_FIRMWARE_VOLUME);
-        let breadcrumb = self
-            .settings
-            .paths
-            .root_mountpoint
-            .join("tmp/balena-supervisor/reboot-after-apply");
+        let breadcrumb =
+            super::device_config::reboot_breadcrumb(&self.settings.paths.root_mountpoint);
         let reboot_breadcrumb = std::fs::metadata(&breadcrumb)
             .and_then(|m| m.modified())
             .ok()

@@ -24,9 +24,14 @@ fn step_error(step: &str, message: String) -> StepError {
     }
 }
 
-/// Touches the reboot breadcrumb in the host's /tmp.
+/// The reboot breadcrumb in the host's /tmp (gone after a reboot).
+pub fn reboot_breadcrumb(root: &std::path::Path) -> std::path::PathBuf {
+    root.join("tmp/balena-supervisor/reboot-after-apply")
+}
+
+/// Touches the reboot breadcrumb.
 pub fn set_reboot_breadcrumb(root: &std::path::Path, reason: &str) -> std::io::Result<()> {
-    let p = root.join("tmp/balena-supervisor/reboot-after-apply");
+    let p = reboot_breadcrumb(root);
     if let Some(d) = p.parent() {
         std::fs::create_dir_all(d)?;
     }
@@ -39,18 +44,10 @@ pub fn set_reboot_breadcrumb(root: &std::path::Path, reason: &str) -> std::io::R
 }
 
 impl StateEngine {
-    fn device_type(&self) -> String {
-        self.settings
-            .config_json
-            .get_str("deviceType")
-            .filter(|d| !d.is_empty())
-            .unwrap_or_else(|| self.settings.device_type.slug.clone())
-    }
-
-    fn backends(&self) -> Vec<Box<dyn Backend>> {
+    fn backends(&self, device_type: &str) -> Vec<Box<dyn Backend>> {
         let release = crate::host::os_release(&self.settings.paths.host_os_version_path);
         bootconfig::backends_for(
-            &self.device_type(),
+            device_type,
             release.get("META_BALENA_VERSION").map(String::as_str),
             &self.settings.paths.boot_mountpoint,
         )
@@ -90,7 +87,9 @@ impl StateEngine {
         target: &TargetState,
     ) -> Result<Option<()>, StepError> {
         let managed = !self.settings.config_json.unmanaged();
-        let backends = self.backends();
+        // The device type as resolved at start (device-type.json, else config.json).
+        let device_type = self.settings.device_type.slug.clone();
+        let backends = self.backends(&device_type);
         let mounts = self.mounts();
         let mut boot = Vec::new();
         for b in &backends {
@@ -100,17 +99,17 @@ impl StateEngine {
             })?;
             boot.push((b.as_ref(), now));
         }
+        let recently = self.vpn_tried_at.is_some_and(|t| t.elapsed() < VPN_RETRY);
         let current = Current {
             vars: self.current_config_vars(),
-            vpn_active: if managed {
+            // Asked of systemd only when a VPN step could follow.
+            vpn_active: if managed && !recently {
                 self.host.unit_active(OPENVPN).ok()
             } else {
                 None
             },
             boot,
         };
-        let recently = self.vpn_tried_at.is_some_and(|t| t.elapsed() < VPN_RETRY);
-        let device_type = self.device_type();
         let plan = deviceconfig::plan(&target.config, &current, &device_type, managed, recently)
             .map_err(|e| {
                 crate::logs::event(format!("Apply boot config error: {e}"), true);
