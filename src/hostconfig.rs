@@ -39,6 +39,14 @@ fn parse_block(text: &str, name: &str) -> Option<Vec<(String, String)>> {
     None
 }
 
+/// The `ip:port` of a valid `dnsu2t` block of redsocks.conf.
+fn dns_of(text: &str) -> Option<String> {
+    let dns = parse_block(text, "dnsu2t")?;
+    let get = |k: &str| dns.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let (ip, port) = (get("remote_ip")?, get("remote_port")?);
+    (!ip.is_empty() && port.parse::<u16>().is_ok()).then(|| format!("{ip}:{port}"))
+}
+
 /// The proxy as `GET /v1/device/host-config` shows it; `None` without redsocks.conf.
 fn read_proxy(boot: &Path) -> std::io::Result<Option<Map<String, Value>>> {
     let dir = proxy_dir(boot);
@@ -72,13 +80,8 @@ fn read_proxy(boot: &Path) -> std::io::Result<Option<Map<String, Value>>> {
             proxy.clear();
         }
     }
-    if let Some(dns) = parse_block(&text, "dnsu2t") {
-        let get = |k: &str| dns.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-        if let (Some(ip), Some(port)) = (get("remote_ip"), get("remote_port")) {
-            if !ip.is_empty() && port.parse::<u16>().is_ok() {
-                proxy.insert("dns".into(), json!(format!("{ip}:{port}")));
-            }
-        }
+    if let Some(dns) = dns_of(&text) {
+        proxy.insert("dns".into(), json!(dns));
     }
     let no_proxy = read_no_proxy(&dir)?;
     if !no_proxy.is_empty() {
@@ -341,11 +344,7 @@ pub fn apply(patch: &Patch, boot: &Path, config_json: &ConfigJson) -> Result<App
                     return Err(format!("network.proxy.{required} is required"));
                 }
             }
-            let current_dns = read_proxy(boot)
-                .ok()
-                .flatten()
-                .and_then(|p| p.get("dns").and_then(Value::as_str).map(String::from));
-            let dns = dns.clone().unwrap_or(current_dns);
+            let dns = dns.clone().unwrap_or_else(|| dns_of(&current));
             let no_proxy = no_proxy
                 .as_ref()
                 .map(|l| (!l.is_empty()).then(|| l.join("\n")));
