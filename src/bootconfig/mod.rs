@@ -218,8 +218,13 @@ pub fn change_required(
 
 /// Reads a file on the boot partition; a missing file is `None`.
 fn read_optional(path: &Path) -> Result<Option<String>, BootError> {
+    Ok(read_bytes(path)?.map(|b| String::from_utf8_lossy(&b).into_owned()))
+}
+
+/// The same, as bytes.
+fn read_bytes(path: &Path) -> Result<Option<Vec<u8>>, BootError> {
     match std::fs::read(path) {
-        Ok(b) => Ok(Some(String::from_utf8_lossy(&b).into_owned())),
+        Ok(b) => Ok(Some(b)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(err(format!("cannot read {}: {e}", path.display()))),
     }

@@ -2,7 +2,7 @@
 //! plain base64, in `<boot>/splash/balena-logo.png` (or the legacy `resin-logo.png`). The
 //! logo the OS shipped is kept as `balena-logo-default.png`; "unset" means that one.
 
-use super::{err, write_file, Backend, BootConfig, BootError, BootValue, Mounts};
+use super::{err, read_bytes, write_file, Backend, BootConfig, BootError, BootValue, Mounts};
 use crate::encoding::{base64, base64_decode};
 
 pub struct SplashImage;
@@ -22,14 +22,6 @@ fn active(m: &Mounts) -> std::path::PathBuf {
         d.join("resin-logo.png")
     } else {
         d.join("balena-logo.png")
-    }
-}
-
-fn read_bytes(path: &std::path::Path) -> Result<Option<Vec<u8>>, BootError> {
-    match std::fs::read(path) {
-        Ok(b) => Ok(Some(b)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(err(format!("cannot read {}: {e}", path.display()))),
     }
 }
 
