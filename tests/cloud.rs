@@ -816,6 +816,44 @@ fn failed_polls_back_off_instead_of_waiting_for_the_next_interval() {
     finish(d);
 }
 
+#[test]
+fn a_failed_fetch_asked_for_by_the_api_is_retried_after_its_backoff() {
+    let _serial = serial();
+    let (api, d) = {
+        let api = MockApi::start();
+        api.set(|b| {
+            b.target = Some(v3_target("c1", "a"));
+            b.known_keys = vec![DEVICE_KEY.into()];
+        });
+        // An hour between scheduled polls: only a retry can fetch within the test.
+        let mut config = provisioned_with(DEVICE_KEY);
+        config["appUpdatePollInterval"] = json!(3_600_000);
+        let mut d = managed(&api, config);
+        d.start();
+        (api, d)
+    };
+    let mut d = d;
+    wait_release_done(&api, "c1", 0);
+    d.key = Some(reports(&api)[0]["api_secret"].as_str().unwrap().to_string());
+    api.set(|b| b.target_status = 500);
+    assert_eq!(update(&d), 204);
+    api.wait_for("the failed fetch", Duration::from_secs(10), |rs| {
+        rs.iter()
+            .any(|r| r.url.ends_with("/state") && r.status == 500)
+    });
+    let failed_at = Instant::now();
+    api.set(|b| {
+        b.target_status = 200;
+        b.target = Some(v3_target("c2", "b"));
+        b.etag = "\"2\"".into();
+    });
+    // backoff(1) = 15 s: the announced retry fetches the new release.
+    wait_release_done(&api, "c2", 0);
+    assert!(failed_at.elapsed() < Duration::from_secs(40));
+    assert!(d.log_text().contains("retrying in 15s"));
+    finish(d);
+}
+
 /// The environment variable `name` of the running container of `service`.
 fn container_env(e: &tinyvisor::engine::Engine, service: &str, name: &str) -> Option<String> {
     let c = e
@@ -1126,4 +1164,150 @@ fn log_control_off_keeps_logs_on_the_device() {
     }
     assert!(!shipped("hello-from-quiet"));
     finish(d);
+}
+
+/// An HTTPS front for the mock API: a CA and a server certificate for 127.0.0.1 made now with
+/// `openssl`, and `socat` terminating TLS in front of the plain mock. Stopped on drop.
+struct TlsFront {
+    url: String,
+    ca_pem: String,
+    dir: std::path::PathBuf,
+    socat: std::process::Child,
+}
+
+impl TlsFront {
+    fn start(api: &MockApi) -> TlsFront {
+        let dir = std::env::temp_dir().join(unique("tls"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sh = |script: &str| {
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(script)
+                .current_dir(&dir)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        sh(
+            "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj '/CN=tinyvisor test CA' \
+              -keyout ca.key -out ca.pem 2>/dev/null && \
+            openssl req -newkey rsa:2048 -nodes -subj '/CN=127.0.0.1' -keyout server.key \
+              -out server.csr 2>/dev/null && \
+            printf 'subjectAltName=IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\n' > ext && \
+            openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+              -extfile ext -out server.pem 2>/dev/null",
+        );
+        let port = free_port();
+        let backend = api.url.trim_start_matches("http://");
+        let socat = std::process::Command::new("socat")
+            .arg(format!(
+                "OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={0}/server.pem,key={0}/server.key,verify=0",
+                dir.display()
+            ))
+            .arg(format!("TCP:{backend}"))
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "socat did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        TlsFront {
+            url: format!("https://127.0.0.1:{port}"),
+            ca_pem: std::fs::read_to_string(dir.join("ca.pem")).unwrap(),
+            dir,
+            socat,
+        }
+    }
+}
+
+impl Drop for TlsFront {
+    fn drop(&mut self) {
+        let _ = self.socat.kill();
+        let _ = self.socat.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A device of an API behind `front`, its CA handed over by `how` (or not at all).
+fn tls_device(api: &MockApi, front: &TlsFront, how: &str) -> Daemon {
+    let mut d = managed(api, json!({"apiEndpoint": front.url}));
+    d.root = d.dir.join("root").display().to_string();
+    match how {
+        "config.json" => {
+            let mut cfg = config_json(&d);
+            cfg["balenaRootCA"] = json!(tinyvisor::encoding::base64(front.ca_pem.as_bytes()));
+            std::fs::write(d.dir.join("boot/config.json"), cfg.to_string()).unwrap();
+        }
+        "BALENA_ROOT_CA" => d.env.push(("BALENA_ROOT_CA".into(), front.ca_pem.clone())),
+        "NODE_EXTRA_CA_CERTS" => {
+            let path = d.dir.join("extra-ca.pem");
+            std::fs::write(&path, &front.ca_pem).unwrap();
+            d.env
+                .push(("NODE_EXTRA_CA_CERTS".into(), path.display().to_string()));
+        }
+        "host file" => {
+            let path = d
+                .dir
+                .join("root/usr/share/ca-certificates/balena/balenaRootCA.crt");
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &front.ca_pem).unwrap();
+        }
+        _ => {}
+    }
+    d.start();
+    d
+}
+
+#[test]
+fn an_api_with_a_custom_root_ca_is_trusted_only_with_that_ca() {
+    let _serial = serial();
+    let api = MockApi::start();
+    let front = TlsFront::start(&api);
+    // Without the CA: refused as an unknown issuer, retried, config.json untouched.
+    let mut d = tls_device(&api, &front, "none");
+    let before = config_json(&d);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.log_text().matches("Error provisioning device").count() < 2 {
+        assert!(Instant::now() < deadline, "{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        d.log_text().to_lowercase().contains("unknownissuer")
+            || d.log_text().to_lowercase().contains("unknown issuer"),
+        "{}",
+        d.log_text()
+    );
+    assert!(api.calls("POST", "/device/register").is_empty());
+    assert_eq!(config_json(&d), before);
+    assert_eq!(d.get("/ping").unwrap().0, 200, "still answering");
+    finish(d);
+    // Each way balenaOS hands the CA over: registration over TLS succeeds.
+    for how in [
+        "config.json",
+        "BALENA_ROOT_CA",
+        "NODE_EXTRA_CA_CERTS",
+        "host file",
+    ] {
+        api.requests.lock().unwrap().clear();
+        let d = tls_device(&api, &front, how);
+        api.wait_for(
+            &format!("registered ({how})"),
+            Duration::from_secs(15),
+            |rs| {
+                rs.iter()
+                    .any(|r| r.url == "/device/register" && r.status == 201)
+            },
+        );
+        api.wait_for("a poll over TLS", Duration::from_secs(10), |rs| {
+            rs.iter().any(|r| r.url.ends_with("/state"))
+        });
+        assert!(config_json(&d).get("deviceApiKey").is_some());
+        finish(d);
+    }
 }

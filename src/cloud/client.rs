@@ -3,7 +3,38 @@
 //! body, whatever the status: callers decide what a status means (cloud-api.md).
 
 use serde_json::Value;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+/// The live `apiRequestTimeout` in ms (`SUPERVISOR_API_REQUEST_TIMEOUT`, default 59 s): set by
+/// the state engine when the target changes it, read by every call that follows it.
+pub static API_REQUEST_TIMEOUT_MS: AtomicU64 = AtomicU64::new(59_000);
+
+/// Sets the live API request timeout from its stored text (ms); text that is not a number is
+/// ignored (the device-config plan has already replaced it by the default).
+pub fn follow_api_request_timeout(ms: &str) {
+    if let Ok(ms) = ms.trim().parse::<u64>() {
+        API_REQUEST_TIMEOUT_MS.store(ms.max(1), Ordering::Relaxed);
+    }
+}
+
+/// How long each call of a client may take.
+#[derive(Clone, Copy, Debug)]
+pub enum Timeout {
+    /// The same for every call (the local API's calls to the cloud wait less).
+    Fixed(Duration),
+    /// Read from this value (ms) at every call, so a changed setting applies at once.
+    Live(&'static AtomicU64),
+}
+
+impl Timeout {
+    fn now(self) -> Duration {
+        match self {
+            Timeout::Fixed(d) => d,
+            Timeout::Live(ms) => Duration::from_millis(ms.load(Ordering::Relaxed).max(1)),
+        }
+    }
+}
 
 /// Largest answer we read (the target state is the big one).
 pub const MAX_ANSWER_BYTES: u64 = crate::compose::target::MAX_TARGET_BYTES as u64;
@@ -87,19 +118,57 @@ pub fn user_agent(os_version: Option<&str>, os_variant: Option<&str>) -> String 
     }
 }
 
+/// The TLS roots of a client: the built-in web PKI roots, or, when the device was given custom
+/// root CAs (openBalena, a self-signed API), those CAs plus the host's CA bundle.
+fn root_certs(custom: &[crate::config::ca::CustomCa], host_bundle: &[u8]) -> ureq::tls::RootCerts {
+    use ureq::tls::{parse_pem, PemItem, RootCerts};
+    if custom.is_empty() {
+        return RootCerts::WebPki;
+    }
+    let mut certs = Vec::new();
+    let mut add = |source: &str, pem: &[u8]| {
+        let before = certs.len();
+        for item in parse_pem(pem) {
+            if let Ok(PemItem::Certificate(c)) = item {
+                certs.push(c);
+            }
+        }
+        if certs.len() == before && !source.is_empty() {
+            log::error!("custom root CA from {source}: no certificate in it; ignored");
+        }
+    };
+    for ca in custom {
+        add(&ca.source, &ca.pem);
+    }
+    add("", host_bundle);
+    RootCerts::new_with_certs(&certs)
+}
+
 /// A client for one API endpoint. Cheap to clone (ureq agents share their pool).
 #[derive(Clone)]
 pub struct Cloud {
     agent: ureq::Agent,
     endpoint: String,
+    timeout: Timeout,
 }
 
 impl Cloud {
-    /// `endpoint` without a trailing slash; `timeout` bounds each whole call (apiRequestTimeout).
-    pub fn new(endpoint: &str, timeout: Duration, user_agent: &str) -> Cloud {
+    /// `endpoint` without a trailing slash; `timeout` bounds each whole call (apiRequestTimeout);
+    /// `custom_ca` are extra trusted roots, `host_bundle` the host's CA bundle (PEM) that then
+    /// stands in for the built-in roots.
+    pub fn new(
+        endpoint: &str,
+        timeout: Timeout,
+        user_agent: &str,
+        custom_ca: &[crate::config::ca::CustomCa],
+        host_bundle: &[u8],
+    ) -> Cloud {
+        let tls = ureq::tls::TlsConfig::builder()
+            .root_certs(root_certs(custom_ca, host_bundle))
+            .build();
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_global(Some(timeout))
+            .tls_config(tls)
             .user_agent(user_agent)
             // The API never redirects device calls; the delta server's redirects are answers.
             .max_redirects(0)
@@ -110,6 +179,7 @@ impl Cloud {
         Cloud {
             agent,
             endpoint: endpoint.trim_end_matches('/').to_string(),
+            timeout,
         }
     }
 
@@ -145,13 +215,15 @@ impl Cloud {
                 )
             }
         };
+        let timeout = Some(self.timeout.now());
         let result = match method {
             "GET" | "DELETE" => {
-                let mut rb = if method == "GET" {
+                let rb = if method == "GET" {
                     self.agent.get(&url)
                 } else {
                     self.agent.delete(&url)
                 };
+                let mut rb = rb.config().timeout_global(timeout).build();
                 rb = rb.header("Authorization", &authorization);
                 for (k, v) in headers {
                     rb = rb.header(*k, *v);
@@ -159,11 +231,12 @@ impl Cloud {
                 rb.call()
             }
             _ => {
-                let mut rb = match method {
+                let rb = match method {
                     "POST" => self.agent.post(&url),
                     "PUT" => self.agent.put(&url),
                     _ => self.agent.patch(&url),
                 };
+                let mut rb = rb.config().timeout_global(timeout).build();
                 rb = rb.header("Authorization", &authorization);
                 for (k, v) in headers {
                     rb = rb.header(*k, *v);
@@ -245,6 +318,31 @@ mod tests {
             format!("Supervisor/{v} (Linux; balenaOS 6.0.10)")
         );
         assert_eq!(user_agent(None, Some("dev")), format!("Supervisor/{v}"));
+    }
+
+    #[test]
+    fn a_live_timeout_cuts_a_stalled_call_when_it_changes() {
+        use std::net::TcpListener;
+        static LIVE: AtomicU64 = AtomicU64::new(60_000);
+        // A server that accepts and never answers.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let held = std::thread::spawn(move || {
+            let conns: Vec<_> = listener.incoming().take(1).collect();
+            std::thread::sleep(Duration::from_secs(5));
+            drop(conns);
+        });
+        let cloud = Cloud::new(&url, Timeout::Live(&LIVE), "t", &[], &[]);
+        LIVE.store(300, Ordering::Relaxed);
+        let started = std::time::Instant::now();
+        let r = cloud.call("GET", "/x", Auth::Bearer("k"), &[], None);
+        assert!(matches!(r, Err(CloudError::Transport(_))), "{r:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        drop(held);
     }
 
     #[test]

@@ -36,6 +36,17 @@ pub fn instant_updates(target: Option<&TargetState>) -> bool {
     target.and_then(|t| t.flag("SUPERVISOR_INSTANT_UPDATE_TRIGGER")) != Some(false)
 }
 
+/// When the next scheduled fetch comes after one that just ended, or None to keep the current
+/// schedule. A successful fetch asked for by the API does not move the timer (v19); a failure
+/// schedules the backoff retry it announces, whatever triggered the fetch.
+fn next_wait(from_api: bool, failures: u32, interval: Duration) -> Option<Duration> {
+    match failures {
+        0 if from_api => None,
+        0 => Some(interval + jitter()),
+        n => Some(backoff(n, interval)),
+    }
+}
+
 /// What a fetch found.
 #[derive(Debug)]
 pub enum Fetched {
@@ -143,19 +154,17 @@ impl Poller {
                 Ok(()) => {
                     failures = 0;
                     self.shared.fetched();
-                    // A fetch asked for by the API does not move the timer (v19).
-                    if !from_api {
-                        due = Instant::now() + self.interval() + jitter();
-                    }
                 }
                 Err(e) => {
                     failures += 1;
-                    let wait = backoff(failures, self.interval());
-                    error!("Failed to get target state for device: {e}; retrying in {wait:?}");
-                    if !from_api {
-                        due = Instant::now() + wait;
-                    }
+                    error!(
+                        "Failed to get target state for device: {e}; retrying in {:?}",
+                        backoff(failures, self.interval())
+                    );
                 }
+            }
+            if let Some(wait) = next_wait(from_api, failures, self.interval()) {
+                due = Instant::now() + wait;
             }
         }
     }
@@ -318,6 +327,24 @@ mod tests {
             backoff(40, Duration::from_secs(10)),
             Duration::from_secs(10)
         );
+    }
+
+    #[test]
+    fn a_failed_fetch_schedules_its_retry_whoever_asked_for_it() {
+        let interval = Duration::from_secs(900);
+        assert_eq!(next_wait(true, 0, interval), None, "API fetch, success");
+        let scheduled = next_wait(false, 0, interval).unwrap();
+        assert!(scheduled >= interval && scheduled < interval + Duration::from_secs(60));
+        for from_api in [true, false] {
+            assert_eq!(
+                next_wait(from_api, 1, interval),
+                Some(Duration::from_secs(15))
+            );
+            assert_eq!(
+                next_wait(from_api, 2, interval),
+                Some(Duration::from_secs(30))
+            );
+        }
     }
 
     #[test]

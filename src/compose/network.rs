@@ -98,6 +98,12 @@ fn from_spec(
     };
     let mut labels = str_map(spec.get("labels"), &join(path, "labels"))?;
     labels = labels::normalise_labels(&labels);
+    // The marker travels with the labels (as in v19), so that removing a custom IPAM config
+    // from a network shows as a label difference and the network is recreated.
+    labels.remove(PRIVATE_IPAM);
+    if !ipam.config.is_empty() {
+        labels.insert(PRIVATE_IPAM.into(), "true".into());
+    }
     Ok(Network {
         name: name.to_string(),
         app_id,
@@ -159,7 +165,7 @@ impl Network {
         };
         let user_labels = labels
             .into_iter()
-            .filter(|(k, _)| k != SUPERVISED && k != APP_ID && k != PRIVATE_IPAM)
+            .filter(|(k, _)| k != SUPERVISED && k != APP_ID)
             .collect();
         Some(Network {
             name: name.to_string(),
@@ -190,9 +196,6 @@ impl Network {
         let mut labels = self.config.labels.clone();
         labels.insert(SUPERVISED.into(), "true".into());
         labels.insert(APP_ID.into(), self.app_id.to_string());
-        if !self.config.ipam.config.is_empty() {
-            labels.insert(PRIVATE_IPAM.into(), "true".into());
-        }
         NetworkCreate {
             name: self.engine_name(),
             check_duplicate: true,

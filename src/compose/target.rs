@@ -267,13 +267,9 @@ fn string_map(
         if !valid(k) {
             return err(&p, format!("invalid {what} name"));
         }
-        let s = match val {
-            Value::String(s) => s.clone(),
-            Value::Number(n) => n.to_string(),
-            Value::Bool(b) => b.to_string(),
-            other => return err(&p, format!("expected a string, got {}", kind(other))),
-        };
-        out.insert(k.clone(), s);
+        // Strings only, as v19's target type (a record of string to string): a number or a
+        // boolean rejects the whole target rather than being applied in some spelling.
+        out.insert(k.clone(), string(val, &p)?);
     }
     Ok(out)
 }

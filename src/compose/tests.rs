@@ -130,6 +130,21 @@ fn bad_targets_name_the_field() {
             "invalid environment variable name",
         ),
         (
+            with(&svc(&["environment", "FOO"]), json!(1)),
+            "apps.app1.releases.c1.services.main.environment.FOO",
+            "expected a string, got a number",
+        ),
+        (
+            with(&svc(&["labels", "x.y"]), json!(true)),
+            "apps.app1.releases.c1.services.main.labels.x.y",
+            "expected a string, got a boolean",
+        ),
+        (
+            with(&svc(&["environment"]), json!({"A": null})),
+            "apps.app1.releases.c1.services.main.environment.A",
+            "expected a string",
+        ),
+        (
             with(&svc(&["labels", "bad label"]), json!("x")),
             "apps.app1.releases.c1.services.main.labels.bad label",
             "invalid label name",
@@ -460,4 +475,39 @@ fn random_targets_never_panic() {
             Err(e) => assert!(e.path.starts_with("apps.app1"), "{e}"),
         }
     }
+}
+
+#[test]
+fn network_losing_its_custom_ipam_config_differs() {
+    use super::network::Network;
+    use crate::engine::types::Network as EngineNetwork;
+    let uuid = "a".repeat(32);
+    let custom: serde_json::Map<String, Value> =
+        serde_json::from_value(json!({"ipam": {"config": [{"subnet": "10.99.0.0/16"}]}})).unwrap();
+    let with_ipam = Network::from_target("default", &custom, 7, &uuid).unwrap();
+    let plain = Network::from_target("default", &Default::default(), 7, &uuid).unwrap();
+    // What the engine gives back for the network created with the custom config.
+    let create = serde_json::to_value(with_ipam.to_create()).unwrap();
+    let engine: EngineNetwork = serde_json::from_value(json!({
+        "Name": create["Name"], "Driver": "bridge", "IPAM": create["IPAM"],
+        "Labels": create["Labels"], "Options": {}, "Containers": {}
+    }))
+    .unwrap();
+    let current = Network::from_engine(&engine).unwrap();
+    assert!(current.is_equal_config(&with_ipam), "unchanged target");
+    assert!(
+        !current.is_equal_config(&plain),
+        "ipam config removed: the network must be recreated (v19 compares the private label)"
+    );
+    // A network created without IPAM config carries no marker and matches the plain target.
+    let engine_plain: EngineNetwork = serde_json::from_value(json!({
+        "Name": create["Name"], "Driver": "bridge",
+        "IPAM": {"Driver": "default", "Config": [{"Subnet": "172.20.0.0/16"}]},
+        "Labels": serde_json::to_value(plain.to_create()).unwrap()["Labels"],
+        "Options": {}, "Containers": {}
+    }))
+    .unwrap();
+    assert!(Network::from_engine(&engine_plain)
+        .unwrap()
+        .is_equal_config(&plain));
 }

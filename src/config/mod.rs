@@ -4,6 +4,7 @@
 //! Precedence for every path: command-line flag > environment variable > default.
 //! The API port: flag > `LISTEN_PORT` > config.json `listenPort` > 48484.
 
+pub mod ca;
 pub mod config_json;
 
 pub use config_json::{ConfigError, ConfigJson};
@@ -108,6 +109,8 @@ pub struct Settings {
     pub listen_port: u16,
     pub config_json: ConfigJson,
     pub device_type: DeviceType,
+    /// Custom root CAs for the balena API, registry token and delta calls.
+    pub custom_ca: Vec<ca::CustomCa>,
 }
 
 /// Errors that stop the daemon at start, each naming its source.
@@ -153,11 +156,17 @@ impl Settings {
             .or(env_port)
             .unwrap_or_else(|| config_json.listen_port());
         let device_type = DeviceType::read(&paths.boot_mountpoint, &config_json);
+        let custom_ca = ca::collect(
+            env,
+            &paths.root_mountpoint,
+            config_json.get_str("balenaRootCA"),
+        );
         Ok(Settings {
             paths,
             listen_port,
             config_json,
             device_type,
+            custom_ca,
         })
     }
 }

@@ -213,6 +213,9 @@ pub struct StateEngine {
     log_control: bool,
 }
 
+/// Where v19 keeps `SUPERVISOR_API_REQUEST_TIMEOUT` (DB config).
+pub(super) const API_REQUEST_TIMEOUT_KEY: &str = "apiRequestTimeout";
+
 /// Unix seconds of the last boot, from /proc/stat.
 pub fn boot_time() -> i64 {
     std::fs::read_to_string("/proc/stat")
@@ -237,6 +240,9 @@ pub fn spawn(
     let locks = Locks::new(&settings.paths.root_mountpoint);
     let delta_cloud =
         (!settings.config_json.unmanaged()).then(|| crate::cloud::device_client(&settings));
+    if let Ok(Some(ms)) = db.config_get(API_REQUEST_TIMEOUT_KEY) {
+        crate::cloud::client::follow_api_request_timeout(&ms);
+    }
     let handle = std::thread::Builder::new()
         .name("state-engine".into())
         .stack_size(512 * 1024)

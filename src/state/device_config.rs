@@ -244,6 +244,9 @@ impl StateEngine {
                     self.db()
                         .config_set(c.var.key, Some(&c.value))
                         .map_err(|e| e.to_string())?;
+                    if c.var.key == super::apply::API_REQUEST_TIMEOUT_KEY {
+                        crate::cloud::client::follow_api_request_timeout(&c.value);
+                    }
                 }
             }
         }
