@@ -1270,7 +1270,7 @@ fn an_api_with_a_custom_root_ca_is_trusted_only_with_that_ca() {
     let api = MockApi::start();
     let front = TlsFront::start(&api);
     // Without the CA: refused as an unknown issuer, retried, config.json untouched.
-    let mut d = tls_device(&api, &front, "none");
+    let d = tls_device(&api, &front, "none");
     let before = config_json(&d);
     let deadline = Instant::now() + Duration::from_secs(10);
     while d.log_text().matches("Error provisioning device").count() < 2 {
