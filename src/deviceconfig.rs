@@ -173,6 +173,34 @@ pub const VARS: &[ConfigVar] = &[
 
 pub const VPN_CONTROL: &str = "SUPERVISOR_VPN_CONTROL";
 
+/// The device's config variables as v19 shows them in a target it has not been given (the
+/// local target of a fresh device, which balena-cli sends back with every push): every
+/// variable of table 3.1 in v19's order, the stored value else the default, with local mode
+/// and the VPN as they are now. v19 has no default firewall mode: unset shows as "".
+pub fn current_as_target(
+    stored: &BTreeMap<&'static str, String>,
+    local_mode: bool,
+    vpn_on: bool,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut out = serde_json::Map::new();
+    for v in VARS {
+        let value = match stored.get(v.env) {
+            Some(s) => s.clone(),
+            None if v.env == "HOST_FIREWALL_MODE" => String::new(),
+            None => v.default.to_string(),
+        };
+        out.insert(v.env.into(), value.into());
+        if v.env == "SUPERVISOR_INSTANT_UPDATE_TRIGGER" {
+            out.insert(
+                "SUPERVISOR_LOCAL_MODE".into(),
+                local_mode.to_string().into(),
+            );
+        }
+    }
+    out.insert(VPN_CONTROL.into(), vpn_on.to_string().into());
+    out
+}
+
 /// v19's checkTruthy: `1`, `true`, `on` in any case.
 fn truthy(v: &str) -> bool {
     crate::config::config_json::str_as_bool(v) == Some(true)

@@ -60,6 +60,15 @@ fn read_endpoints_answer_like_the_real_supervisor() {
     let d = Daemon::new();
     assert_eq!(d.get("/ping").unwrap(), (200, json!("OK")));
     assert_eq!(d.get("/v1/healthy").unwrap(), (200, json!("OK")));
+    // A fresh device's local target holds its current config, as v19's (balena-cli sends it
+    // back with every push).
+    let (code, fresh) = d.get("/v2/local/target-state").unwrap();
+    assert_eq!(code, 200);
+    let config = &fresh["state"]["local"]["config"];
+    assert_eq!(config["SUPERVISOR_POLL_INTERVAL"], "900000", "{fresh}");
+    assert_eq!(config["SUPERVISOR_LOCAL_MODE"], "true");
+    assert_eq!(config["SUPERVISOR_VPN_CONTROL"], "false");
+    assert_eq!(config.as_object().unwrap().len(), 18);
     let (code, v) = d.get("/v2/version").unwrap();
     assert_eq!(code, 200);
     assert!(v["version"].as_str().unwrap().starts_with("19.0.5"), "{v}");

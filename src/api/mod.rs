@@ -13,6 +13,7 @@ use crate::state::power::PowerAction;
 use crossbeam_channel::Sender;
 use log::info;
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -302,6 +303,16 @@ impl Api {
             .ok_or(())
     }
 
+    /// A target's config, or (none given yet) the device's current values as v19 shows them.
+    fn config_or_current(&self, config: &BTreeMap<String, String>) -> Value {
+        if !config.is_empty() {
+            return json!(config);
+        }
+        self.ask(|reply| Command::CurrentConfig { reply }, ENGINE_TIMEOUT)
+            .map(Value::Object)
+            .unwrap_or_else(|| json!({}))
+    }
+
     fn get_target(&self) -> Response {
         let Ok(state) = self.target() else {
             return failed(503, "state engine is not answering");
@@ -327,9 +338,11 @@ impl Api {
                             "isTargetState": true, "services": services}))
                     })
                     .collect();
-                json!({"name": s.name, "config": s.config, "apps": apps})
+                json!({"name": s.name, "config": self.config_or_current(&s.config), "apps": apps})
             }
-            None => json!({"name": "local", "config": {}, "apps": {}}),
+            None => {
+                json!({"name": "local", "config": self.config_or_current(&Default::default()), "apps": {}})
+            }
         };
         json_response(200, json!({"status": "success", "state": {"local": local}}))
     }

@@ -237,3 +237,26 @@ fn a_fan_change_alone_writes_config_json_without_a_reboot() {
         }]
     );
 }
+
+#[test]
+fn a_fresh_devices_config_reads_like_v19s_local_target() {
+    // v19.0.5's GET /v2/local/target-state on a fresh unmanaged device (recorded).
+    let v19: serde_json::Value = serde_json::from_str(
+        r#"{"SUPERVISOR_POLL_INTERVAL":"900000","SUPERVISOR_INSTANT_UPDATE_TRIGGER":"true","SUPERVISOR_LOCAL_MODE":"true","SUPERVISOR_CONNECTIVITY_CHECK":"true","SUPERVISOR_LOG_CONTROL":"true","SUPERVISOR_API_REQUEST_TIMEOUT":"59000","SUPERVISOR_DELTA":"false","SUPERVISOR_DELTA_REQUEST_TIMEOUT":"59000","SUPERVISOR_DELTA_APPLY_TIMEOUT":"0","SUPERVISOR_DELTA_RETRY_COUNT":"30","SUPERVISOR_DELTA_RETRY_INTERVAL":"10000","SUPERVISOR_DELTA_VERSION":"2","SUPERVISOR_OVERRIDE_LOCK":"false","SUPERVISOR_PERSISTENT_LOGGING":"false","HOST_FIREWALL_MODE":"","HOST_DISCOVERABILITY":"true","SUPERVISOR_HARDWARE_METRICS":"true","SUPERVISOR_VPN_CONTROL":"false"}"#,
+    )
+    .unwrap();
+    let got = current_as_target(&BTreeMap::new(), true, false);
+    assert_eq!(
+        serde_json::to_string(&got).unwrap(),
+        serde_json::to_string(&v19).unwrap(),
+        "same keys, values and order"
+    );
+    let mut stored = BTreeMap::new();
+    stored.insert("SUPERVISOR_POLL_INTERVAL", "60000".to_string());
+    stored.insert("HOST_FIREWALL_MODE", "on".to_string());
+    let got = current_as_target(&stored, false, true);
+    assert_eq!(got["SUPERVISOR_POLL_INTERVAL"], "60000");
+    assert_eq!(got["HOST_FIREWALL_MODE"], "on");
+    assert_eq!(got["SUPERVISOR_LOCAL_MODE"], "false");
+    assert_eq!(got["SUPERVISOR_VPN_CONTROL"], "true");
+}

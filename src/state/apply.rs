@@ -36,6 +36,11 @@ pub enum Command {
     GetTarget {
         reply: Sender<Option<TargetState>>,
     },
+    /// The device's config variables as a target would hold them (`GET
+    /// /v2/local/target-state` before any target set them).
+    CurrentConfig {
+        reply: Sender<serde_json::Map<String, serde_json::Value>>,
+    },
     /// Restart or purge a whole app (API).
     AppAction {
         app_id: i64,
@@ -199,7 +204,7 @@ pub struct StateEngine {
     /// A client of the API for delta tokens (managed devices only).
     delta_cloud: Option<crate::cloud::client::Cloud>,
     /// Unmanaged, or `SUPERVISOR_LOCAL_MODE` on (kept in the DB as v19's `localMode`).
-    local_mode: bool,
+    pub(super) local_mode: bool,
     progress: Mutex<BTreeMap<String, u8>>,
     locks_held: BTreeSet<i64>,
     boot_time: i64,
@@ -407,6 +412,12 @@ impl StateEngine {
                 }
                 Some(Command::GetTarget { reply }) => {
                     let _ = reply.send(target.clone());
+                    if Instant::now() < due {
+                        continue;
+                    }
+                }
+                Some(Command::CurrentConfig { reply }) => {
+                    let _ = reply.send(self.current_config_as_target());
                     if Instant::now() < due {
                         continue;
                     }

@@ -81,6 +81,13 @@ impl StateEngine {
             .collect()
     }
 
+    /// [`deviceconfig::current_as_target`] of what the device has now.
+    pub(super) fn current_config_as_target(&self) -> serde_json::Map<String, Value> {
+        let vpn_on = !self.settings.config_json.unmanaged()
+            && self.host.unit_active(OPENVPN).unwrap_or(false);
+        deviceconfig::current_as_target(&self.current_config_vars(), self.local_mode, vpn_on)
+    }
+
     /// Plans and runs this iteration's device-config steps; `None` when there are none.
     pub(super) fn apply_device_config(
         &mut self,
