@@ -9,7 +9,8 @@ use crate::state::actions::{ActionError, ServiceAction, ServiceRef};
 use crate::state::apply::{Command, KeyScope};
 use serde_json::{json, Map, Value};
 use std::io::Read;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// The v1 texts for apps that are not single-container (device-api.md §3.9, 3.10).
 const APP_NOT_FOUND: &str = "App not found: an app needs to be installed for this endpoint to work.\n\tIf you've recently moved this device from another app,\n\tplease push an app and wait for it to be installed first.";
@@ -223,17 +224,13 @@ impl Api {
         )
     }
 
-    /// `POST /v1/blink`: blinks the identification LED for 15 s, answering at once.
+    /// `POST /v1/blink`: blinks the identification LED for 15 s, answering at once. One blink
+    /// at a time: a request while blinking extends it to 15 s from now.
     pub(super) fn blink(&self) -> Response {
-        let led = self.settings.paths.led_file.clone();
-        let started = std::thread::Builder::new()
-            .name("blink".into())
-            .stack_size(64 * 1024)
-            .spawn(move || blink(&led, BLINK_FOR, BLINK_HALF_PERIOD));
-        if let Err(e) = started {
-            return failed(503, format!("cannot blink: {e}"));
+        match blink_for(&self.settings.paths.led_file, BLINK_FOR, BLINK_HALF_PERIOD) {
+            Ok(()) => Response::text(200, "OK"),
+            Err(e) => failed(503, format!("cannot blink: {e}")),
         }
-        Response::text(200, "OK")
     }
 
     /// `POST /v2/journal-logs`: `journalctl` with the body's options, streamed.
@@ -261,13 +258,49 @@ impl Api {
     }
 }
 
-/// Writes 1 and 0 to the LED file in turn for `duration`, then 0. Errors end the blinking.
-pub fn blink(led: &std::path::Path, duration: Duration, half_period: Duration) {
-    let until = std::time::Instant::now() + duration;
+/// Until when the LED blinks; `Some` while the one blink thread runs (the device has one LED).
+static BLINK_UNTIL: Mutex<Option<Instant>> = Mutex::new(None);
+
+fn blink_until() -> std::sync::MutexGuard<'static, Option<Instant>> {
+    BLINK_UNTIL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Blinks `led` until `duration` from now: extends a running blink, or starts its thread.
+pub fn blink_for(
+    led: &std::path::Path,
+    duration: Duration,
+    half_period: Duration,
+) -> std::io::Result<()> {
+    let mut until = blink_until();
+    let running = until.is_some();
+    *until = Some(Instant::now() + duration);
+    if running {
+        return Ok(());
+    }
+    let led = led.to_path_buf();
+    let started = std::thread::Builder::new()
+        .name("blink".into())
+        .stack_size(64 * 1024)
+        .spawn(move || blink(&led, half_period));
+    if started.is_err() {
+        *until = None;
+    }
+    started.map(drop)
+}
+
+/// Writes 1 and 0 to the LED file in turn until the blink's end, then 0. Errors end the
+/// blinking. The end is read and cleared under the same lock as [`blink_for`] extends it, so
+/// no request is lost between the last check and the thread's exit.
+fn blink(led: &std::path::Path, half_period: Duration) {
     let mut on = true;
-    while std::time::Instant::now() < until {
-        if std::fs::write(led, if on { "1" } else { "0" }).is_err() {
-            return;
+    loop {
+        {
+            let mut until = blink_until();
+            let over = until.is_none_or(|u| Instant::now() >= u);
+            if over || std::fs::write(led, if on { "1" } else { "0" }).is_err() {
+                *until = None;
+                break;
+            }
         }
         on = !on;
         std::thread::sleep(half_period);
@@ -355,23 +388,42 @@ mod tests {
         assert_eq!(journal_args(&json!({"count": -3})), ["-o", "short"]);
         assert_eq!(journal_args(&json!({"count": "x"})), ["-o", "short"]);
     }
+}
+
+#[cfg(test)]
+mod blink_tests {
+    use super::*;
+
+    fn blink_threads() -> usize {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|name| name.trim() == "blink")
+            .count()
+    }
 
     #[test]
-    fn blinking_toggles_the_led_and_ends_off() {
+    fn one_blink_at_a_time_and_a_request_extends_it() {
         let dir = crate::testutil::TempDir::new("blink");
         let led = dir.path().join("brightness");
-        std::fs::write(&led, "0").unwrap();
-        let l = led.clone();
-        let t = std::thread::spawn(move || {
-            blink(&l, Duration::from_millis(300), Duration::from_millis(20))
-        });
+        let half = Duration::from_millis(20);
+        for _ in 0..500 {
+            blink_for(&led, Duration::from_millis(300), half).unwrap();
+        }
+        assert_eq!(blink_threads(), 1);
         let mut seen = std::collections::BTreeSet::new();
-        while !t.is_finished() {
-            seen.insert(std::fs::read_to_string(&led).unwrap());
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_millis(200) {
+            seen.insert(std::fs::read_to_string(&led).unwrap_or_default());
             std::thread::sleep(Duration::from_millis(5));
         }
-        t.join().unwrap();
         assert!(seen.contains("1") && seen.contains("0"), "{seen:?}");
+        // Extended: still blinking past the first request's end.
+        blink_for(&led, Duration::from_millis(300), half).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(blink_threads(), 1, "still blinking after 400 ms");
+        std::thread::sleep(Duration::from_millis(400));
+        assert_eq!(blink_threads(), 0);
         assert_eq!(std::fs::read_to_string(&led).unwrap(), "0");
     }
 }
