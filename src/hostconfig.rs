@@ -144,7 +144,10 @@ fn plain(s: &str) -> bool {
         && s.len() <= 255
         && !s
             .chars()
-            .any(|c| c.is_control() || c.is_whitespace() || matches!(c, '"' | ';' | '{' | '}'))
+            // A backslash would escape the closing quote redsocks.conf puts around a login.
+            .any(|c| {
+                c.is_control() || c.is_whitespace() || matches!(c, '"' | ';' | '{' | '}' | '\\')
+            })
 }
 
 /// RFC 1123 host names: dot-separated labels of letters, digits and inner hyphens.
@@ -212,7 +215,7 @@ fn parse_proxy(p: &Map<String, Value>) -> Result<ProxyPatch, String> {
                 let s = v
                     .as_str()
                     .filter(|s| plain(s))
-                    .ok_or(format!("network.proxy.{k} must be a non-empty string without spaces, quotes or semicolons"))?;
+                    .ok_or(format!("network.proxy.{k} must be a non-empty string without spaces, quotes, backslashes or semicolons"))?;
                 fields.push((k.clone(), s.to_string()));
             }
             // Ours to set; ignored when given, as v19 does.

@@ -379,8 +379,15 @@ fn apply(settings: &Settings, cmd: &ApplyCmd) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let Some(fields) = doc.as_object_mut() else {
+        eprintln!(
+            "tinyvisor: {}: expected a JSON object (a v2 local target or a v3 device object)",
+            cmd.target.display()
+        );
+        return ExitCode::from(2);
+    };
     if cmd.force {
-        doc["force"] = serde_json::Value::Bool(true);
+        fields.insert("force".into(), serde_json::Value::Bool(true));
     }
     match local_post(
         settings.listen_port,

@@ -169,3 +169,25 @@ fn plan_rejects_an_invalid_target_with_the_path() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid JSON"));
     let _ = std::fs::remove_dir_all(d);
 }
+
+#[test]
+fn apply_of_a_target_that_is_not_an_object_is_a_clear_error() {
+    let d = scratch();
+    let target = d.join("target.json");
+    for content in ["[1, 2]", "\"text\"", "42"] {
+        std::fs::write(&target, content).unwrap();
+        let out = bin()
+            .arg("--config-path")
+            .arg(d.join("none.json"))
+            .arg("--listen-port")
+            .arg(common::free_port().to_string())
+            .args(["apply", "--force"])
+            .arg(&target)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{content}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("expected a JSON object"), "{err}");
+    }
+    let _ = std::fs::remove_dir_all(d);
+}

@@ -263,3 +263,19 @@ fn service_keys_are_made_once_per_service_and_renewed_when_their_scope_changed()
         "s5"
     );
 }
+
+#[test]
+fn a_new_database_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = crate::testutil::TempDir::new("dbmode");
+    let path = dir.path().join("data/database.sqlite");
+    let db = Db::open(&path).unwrap();
+    db.config_set("x", Some("1")).unwrap();
+    for f in ["database.sqlite", "database.sqlite-wal"] {
+        let mode = std::fs::metadata(dir.path().join("data").join(f))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{f}");
+    }
+}

@@ -163,6 +163,14 @@ fn bad_bodies_are_refused_with_the_field_named() {
             "network.proxy.password must be",
         ),
         (
+            json!({"network": {"proxy": {"login": "dom\\user"}}}),
+            "network.proxy.login must be",
+        ),
+        (
+            json!({"network": {"proxy": {"password": "end\\"}}}),
+            "network.proxy.password must be",
+        ),
+        (
             json!({"network": {"proxy": {"dns": "nope"}}}),
             "network.proxy.dns must be",
         ),
