@@ -342,9 +342,20 @@ struct ChildOutput {
     out: std::process::ChildStdout,
 }
 
-impl Read for ChildOutput {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.out.read(buf)
+impl super::server::StreamBody for ChildOutput {
+    fn read_wait(&mut self, buf: &mut [u8], wait: Duration) -> std::io::Result<Option<usize>> {
+        use std::os::fd::AsRawFd;
+        let mut fd = libc::pollfd {
+            fd: self.out.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = wait.as_millis().min(60_000) as libc::c_int;
+        // SAFETY: one valid pollfd.
+        if unsafe { libc::poll(&mut fd, 1, ms) } <= 0 {
+            return Ok(None);
+        }
+        self.out.read(buf).map(Some)
     }
 }
 
@@ -410,6 +421,8 @@ mod blink_tests {
         for _ in 0..500 {
             blink_for(&led, Duration::from_millis(300), half).unwrap();
         }
+        // The thread names itself once it runs.
+        std::thread::sleep(Duration::from_millis(30));
         assert_eq!(blink_threads(), 1);
         let mut seen = std::collections::BTreeSet::new();
         let started = Instant::now();

@@ -14,7 +14,6 @@ use crossbeam_channel::Sender;
 use log::info;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 mod device;
@@ -37,19 +36,40 @@ pub struct Api {
     pub logs: Arc<LogBus>,
 }
 
-/// Reads NDJSON lines from a log bus subscription, blocking until the next one.
+/// NDJSON lines from a log bus subscription; with `services`, only container lines of those
+/// services (an app-scoped key sees its own apps' output and nothing else).
 struct LinesReader {
     rx: crossbeam_channel::Receiver<Arc<str>>,
     buf: Vec<u8>,
     pos: usize,
+    services: Option<std::collections::BTreeSet<i64>>,
 }
 
-impl Read for LinesReader {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        if self.pos >= self.buf.len() {
-            let Ok(line) = self.rx.recv() else {
-                return Ok(0);
+impl LinesReader {
+    fn shown(&self, line: &str) -> bool {
+        let Some(services) = &self.services else {
+            return true;
+        };
+        serde_json::from_str::<Value>(line)
+            .ok()
+            .and_then(|v| v.get("serviceId").and_then(Value::as_i64))
+            .is_some_and(|id| services.contains(&id))
+    }
+}
+
+impl server::StreamBody for LinesReader {
+    fn read_wait(&mut self, out: &mut [u8], wait: Duration) -> std::io::Result<Option<usize>> {
+        let until = std::time::Instant::now() + wait;
+        while self.pos >= self.buf.len() {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            let line = match self.rx.recv_timeout(left) {
+                Ok(line) => line,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => return Ok(None),
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return Ok(Some(0)),
             };
+            if !self.shown(&line) {
+                continue;
+            }
             self.buf.clear();
             self.buf.extend_from_slice(line.as_bytes());
             self.buf.push(b'\n');
@@ -58,7 +78,40 @@ impl Read for LinesReader {
         let n = out.len().min(self.buf.len() - self.pos);
         out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
         self.pos += n;
-        Ok(n)
+        Ok(Some(n))
+    }
+}
+
+/// Refuses what a web page the device's owner opens could send to the API behind their back
+/// (in local mode it has no key): a request whose `Origin` is another site, and a state-changing
+/// request with a body type a page may send without asking (`text/plain`, form data). API
+/// clients (balena-cli, curl, containers) send no Origin, and JSON or no Content-Type.
+fn cross_site(req: &Request) -> Option<Response> {
+    if let Some(origin) = req.header("origin") {
+        // "null" (a sandboxed page, a file) is never the device's own page.
+        let origin_host = origin.split_once("://").map(|(_, h)| h);
+        if origin_host.is_none() || origin_host != req.header("host") {
+            return Some(failed(403, "Cross-site requests are not allowed"));
+        }
+    }
+    let changes_state = matches!(
+        req.method,
+        Method::Post | Method::Put | Method::Patch | Method::Delete
+    );
+    let content_type = req.header("content-type").map(|t| {
+        t.split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase()
+    });
+    match content_type.as_deref() {
+        Some("text/plain" | "application/x-www-form-urlencoded" | "multipart/form-data")
+            if changes_state =>
+        {
+            Some(failed(400, "Content-Type must be application/json"))
+        }
+        _ => None,
     }
 }
 
@@ -146,9 +199,10 @@ impl Api {
         } else {
             self.key_scope(&req)
         };
-        let response = match scope {
-            None => Response::text(401, "Unauthorized"),
-            Some(scope) => self.route(&method, &path, &req, &scope),
+        let response = match (cross_site(&req), scope) {
+            (Some(refusal), _) => refusal,
+            (None, None) => Response::text(401, "Unauthorized"),
+            (None, Some(scope)) => self.route(&method, &path, &req, &scope),
         };
         info!(
             "{method} {path} {} - {} ms",
@@ -162,7 +216,7 @@ impl Api {
         match (method, path) {
             (Method::Post, "/v1/update") => self.update(req),
             (Method::Get | Method::Head, "/ping") => Response::text(200, "OK"),
-            (Method::Get, "/v2/local/logs") => self.stream_logs(),
+            (Method::Get, "/v2/local/logs") => self.stream_logs(scope),
             (Method::Get, "/v1/device") => self.v1_device(),
             (Method::Get, "/v2/device/vpn") => self.vpn(),
             (Method::Get, "/v2/cleanup-volumes") => self.cleanup_volumes(),
@@ -284,7 +338,8 @@ impl Api {
 
     /// `GET /v2/local/logs`: NDJSON, chunked, never ends by itself (the server streams it on
     /// its own thread, a few at most).
-    fn stream_logs(&self) -> Response {
+    fn stream_logs(&self, scope: &KeyScope) -> Response {
+        let services = (!scope.global).then(|| self.services_in(scope));
         let rx = self.logs.subscribe();
         let first = json!({"message": "Streaming logs", "isSystem": true}).to_string() + "\n";
         Response::stream(
@@ -293,8 +348,27 @@ impl Api {
                 rx,
                 buf: first.into_bytes(),
                 pos: 0,
+                services,
             },
         )
+    }
+
+    /// Service ids of the apps a key may see: those of the target and of running containers.
+    fn services_in(&self, scope: &KeyScope) -> std::collections::BTreeSet<i64> {
+        let s = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        let running = s
+            .containers
+            .iter()
+            .filter(|c| scope.allows(c.app_id))
+            .map(|c| c.service_id);
+        let targeted = s.target.iter().flat_map(|t| {
+            t.apps
+                .values()
+                .filter(|a| scope.allows(a.id))
+                .flat_map(|a| a.release.iter().flat_map(|r| r.services.values()))
+                .map(|svc| svc.id)
+        });
+        running.chain(targeted).collect()
     }
 
     /// The stored target, asked of the state engine.

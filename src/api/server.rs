@@ -9,8 +9,9 @@
 //! timeouts and buffers streamed answers (see ARCHITECTURE.md).
 
 use crate::engine::http::{self, Body, Framing};
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Shutdown, TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -87,10 +88,34 @@ impl Request {
     }
 }
 
+/// The body of a streamed answer: waits a bounded time for more, so the thread sending it can
+/// notice a client that has gone while nothing is being sent.
+pub trait StreamBody: Send {
+    /// Up to `wait` for more: `Some(n)` bytes read into `buf` (`Some(0)` at the end), `None`
+    /// when nothing came in time.
+    fn read_wait(&mut self, buf: &mut [u8], wait: Duration) -> io::Result<Option<usize>>;
+}
+
+/// How often a stream with nothing to send checks that its client is still there.
+const STREAM_CHECK: Duration = Duration::from_secs(2);
+
+/// Whether the peer of `out` has closed or reset the connection (without blocking).
+fn peer_gone(out: &TcpStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut fd = libc::pollfd {
+        fd: out.as_raw_fd(),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, zero timeout.
+    let n = unsafe { libc::poll(&mut fd, 1, 0) };
+    n > 0 && fd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+}
+
 pub enum ResponseBody {
     Bytes(Vec<u8>),
-    /// Sent chunked, each read flushed at once; ends when the reader does.
-    Stream(Box<dyn Read + Send>),
+    /// Sent chunked, each read flushed at once; ends when the body does or the client goes.
+    Stream(Box<dyn StreamBody>),
 }
 
 pub struct Response {
@@ -132,7 +157,7 @@ impl Response {
         }
     }
 
-    pub fn stream(content_type: &str, body: impl Read + Send + 'static) -> Response {
+    pub fn stream(content_type: &str, body: impl StreamBody + 'static) -> Response {
         Response {
             status: 200,
             headers: vec![("Content-Type".into(), content_type.into())],
@@ -145,8 +170,12 @@ impl Response {
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub workers: usize,
-    /// Open connections (idle or being served); beyond it new ones get a 503 at once.
+    /// Open connections (waiting, being served or lingering). When full, the connection that
+    /// has waited longest without a whole request is closed to make room; only when every
+    /// connection is being served does a new one get a 503.
     pub max_connections: usize,
+    /// Connections one peer address may hold; its oldest waiting one makes room for a new one.
+    pub max_per_peer: usize,
     /// Whole request (head and body) must arrive within this.
     pub request_deadline: Duration,
     /// A kept-alive connection with no new request for this long is closed.
@@ -161,7 +190,8 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             workers: 2,
-            max_connections: 64,
+            max_connections: 256,
+            max_per_peer: 64,
             request_deadline: Duration::from_secs(15),
             idle: Duration::from_secs(5),
             write_timeout: Duration::from_secs(15),
@@ -180,11 +210,20 @@ pub struct Server {
     waker: UnixStream,
 }
 
-/// A connection between requests, with what it already sent of the next one.
+/// A connection with what it sent of its next request (the poll thread reads it; a worker
+/// gets the connection only once the whole request is here).
 struct Conn {
     stream: TcpStream,
-    pending: Vec<u8>,
+    buf: Vec<u8>,
+    peer: IpAddr,
+    /// Since when it has been waiting: for a request to begin, or for the rest of one.
+    since: Instant,
+    /// `100 Continue` was sent for the request in `buf`.
+    continued: bool,
 }
+
+/// What a worker gives back: the connection kept alive, or the address of a closed one.
+type Returned = Result<Conn, IpAddr>;
 
 impl Server {
     pub fn start(
@@ -197,7 +236,7 @@ impl Server {
         let stop = Arc::new(AtomicBool::new(false));
         // Never more in flight than connections allowed, so the poll thread never blocks.
         let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Conn>(limits.max_connections);
-        let (back_tx, back_rx) = crossbeam_channel::bounded::<Option<Conn>>(limits.max_connections);
+        let (back_tx, back_rx) = crossbeam_channel::bounded::<Returned>(limits.max_connections);
         let (waker, wake_rx) = UnixStream::pair()?;
         waker.set_nonblocking(true)?;
         wake_rx.set_nonblocking(true)?;
@@ -217,7 +256,8 @@ impl Server {
                 .stack_size(256 * 1024)
                 .spawn(move || {
                     for conn in rx {
-                        let kept = serve_one(conn, &handler, &limits, &streams);
+                        let peer = conn.peer;
+                        let kept = serve_one(conn, &handler, &limits, &streams).ok_or(peer);
                         let _ = back.try_send(kept);
                         let _ = (&waker).write(&[1]);
                     }
@@ -229,14 +269,8 @@ impl Server {
             .name("api-poll".into())
             .stack_size(128 * 1024)
             .spawn(move || {
-                poll_loop(
-                    &listener,
-                    &wake_rx,
-                    &ready_tx,
-                    &back_rx,
-                    &poll_limits,
-                    &poll_stop,
-                );
+                let mut conns = Conns::new(&poll_limits, ready_tx);
+                conns.run(&listener, &wake_rx, &back_rx, &poll_stop);
                 // Dropping the sender ends the workers.
             })?;
         Ok(Server { stop, addr, waker })
@@ -252,105 +286,357 @@ impl Server {
     }
 }
 
-/// Accepts connections, waits for requests on idle ones, hands ready ones to the workers and
-/// takes them back; closes connections idle for longer than `limits.idle`.
-fn poll_loop(
-    listener: &TcpListener,
-    wake: &UnixStream,
-    ready: &crossbeam_channel::Sender<Conn>,
-    back: &crossbeam_channel::Receiver<Option<Conn>>,
-    limits: &Limits,
-    stop: &AtomicBool,
-) {
-    use std::os::fd::AsRawFd;
-    let mut idle: Vec<(Conn, Instant)> = Vec::new();
-    let mut in_service = 0usize;
-    let dispatch = |conn: Conn, in_service: &mut usize| {
-        if ready.try_send(conn).is_ok() {
-            *in_service += 1;
-        }
+/// How long a refused connection may go on sending (its answer is already out) before it is
+/// closed, and how much of it is read and thrown away meanwhile.
+const LINGER: Duration = Duration::from_secs(5);
+const LINGER_BYTES: usize = 64 * 1024 * 1024;
+
+/// What the bytes a connection sent so far amount to.
+#[derive(Debug, PartialEq, Eq)]
+enum Examined {
+    /// Not a whole request yet; `continue_now` when the client waits for `100 Continue`.
+    Incomplete {
+        continue_now: bool,
+    },
+    Whole,
+    /// A request that will never be served: answer this and close.
+    Refuse(u16, String),
+}
+
+/// Whether `buf` holds a whole request (head and body), under the server's limits. Pure, so
+/// the poll thread can ask it after every read without blocking.
+fn examine(buf: &[u8], max_body: usize) -> Examined {
+    let incomplete = Examined::Incomplete {
+        continue_now: false,
     };
-    let mut fds: Vec<libc::pollfd> = Vec::new();
-    while !stop.load(Ordering::Acquire) {
-        while let Ok(returned) = back.try_recv() {
-            in_service = in_service.saturating_sub(1);
-            match returned {
-                // A pipelined request is already here: no need to wait for the socket.
-                Some(c) if !c.pending.is_empty() => dispatch(c, &mut in_service),
-                Some(c) => idle.push((c, Instant::now())),
-                None => {}
+    let line_end = buf.iter().position(|&b| b == b'\n');
+    if line_end.map_or(buf.len(), |i| i) > http::MAX_LINE + 1 {
+        return Examined::Refuse(414, "request line too long".into());
+    }
+    let mut rest = buf;
+    let head = match http::read_request_head(&mut rest) {
+        Ok(Some(h)) => h,
+        Ok(None) => return incomplete,
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            return if buf.len() > http::MAX_HEAD {
+                Examined::Refuse(431, "request header fields too large".into())
+            } else {
+                incomplete
+            };
+        }
+        Err(e) if http::is_head_too_large(&e) => return Examined::Refuse(431, e.to_string()),
+        Err(e) => return Examined::Refuse(400, format!("bad request: {e}")),
+    };
+    let framing = match head.framing() {
+        Ok(f) => f,
+        Err(e) => return Examined::Refuse(400, format!("bad request: {e}")),
+    };
+    let expects_continue = head
+        .header("expect")
+        .is_some_and(|e| e.eq_ignore_ascii_case("100-continue"));
+    let waiting = Examined::Incomplete {
+        continue_now: expects_continue && rest.is_empty(),
+    };
+    match framing {
+        Framing::Empty | Framing::UntilClose => Examined::Whole,
+        // Not 413: balena-cli takes only 400 and 503 as failures (device-api.md §0).
+        Framing::Length(n) if n > max_body as u64 => {
+            Examined::Refuse(400, "request body too large".into())
+        }
+        Framing::Length(n) if (rest.len() as u64) < n => waiting,
+        Framing::Length(_) => Examined::Whole,
+        Framing::Chunked => match Body::new(rest, framing).read_to_end_limited(max_body) {
+            Ok(_) => Examined::Whole,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => waiting,
+            Err(e) => Examined::Refuse(400, format!("bad request body: {e}")),
+        },
+    }
+}
+
+/// The poll thread's connections: waiting for (the rest of) a request, being served by a
+/// worker, or lingering after a refusal.
+struct Conns<'a> {
+    limits: &'a Limits,
+    ready: crossbeam_channel::Sender<Conn>,
+    waiting: Vec<Conn>,
+    /// Refused connections read to their end (or the linger bound) so the client sees its
+    /// answer instead of a reset: (stream, peer, until, bytes left to throw away).
+    lingering: Vec<(TcpStream, IpAddr, Instant, usize)>,
+    in_service: usize,
+    per_peer: HashMap<IpAddr, usize>,
+}
+
+impl<'a> Conns<'a> {
+    fn new(limits: &'a Limits, ready: crossbeam_channel::Sender<Conn>) -> Conns<'a> {
+        Conns {
+            limits,
+            ready,
+            waiting: Vec::new(),
+            lingering: Vec::new(),
+            in_service: 0,
+            per_peer: HashMap::new(),
+        }
+    }
+
+    fn open(&self) -> usize {
+        self.waiting.len() + self.in_service + self.lingering.len()
+    }
+
+    fn closed(&mut self, peer: IpAddr) {
+        if let Some(n) = self.per_peer.get_mut(&peer) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_peer.remove(&peer);
             }
         }
-        // Dropping an expired connection closes it.
-        idle.retain(|(_, since)| since.elapsed() < limits.idle);
-        // Sleep until the next idle connection expires; with none, until something happens
-        // (a stop, a returned connection and a new one all wake the poll).
-        let next_expiry = idle
+    }
+
+    /// Closes waiting connection `i` (dropping the stream closes it).
+    fn drop_waiting(&mut self, i: usize) {
+        let conn = self.waiting.swap_remove(i);
+        self.closed(conn.peer);
+    }
+
+    /// The waiting connection (of `peer`, or any) that has waited longest.
+    fn oldest_waiting(&self, peer: Option<IpAddr>) -> Option<usize> {
+        self.waiting
             .iter()
-            .map(|(_, since)| limits.idle.saturating_sub(since.elapsed()))
-            .min();
-        fds.clear();
-        fds.push(libc::pollfd {
-            fd: listener.as_raw_fd(),
+            .enumerate()
+            .filter(|(_, c)| peer.is_none_or(|p| c.peer == p))
+            .min_by_key(|(_, c)| c.since)
+            .map(|(i, _)| i)
+    }
+
+    fn run(
+        &mut self,
+        listener: &TcpListener,
+        wake: &UnixStream,
+        back: &crossbeam_channel::Receiver<Returned>,
+        stop: &AtomicBool,
+    ) {
+        use std::os::fd::AsRawFd;
+        let mut fds: Vec<libc::pollfd> = Vec::new();
+        let pollin = |fd| libc::pollfd {
+            fd,
             events: libc::POLLIN,
             revents: 0,
-        });
-        fds.push(libc::pollfd {
-            fd: wake.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        });
-        fds.extend(idle.iter().map(|(c, _)| libc::pollfd {
-            fd: c.stream.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        }));
-        let timeout = next_expiry.map_or(-1, |d| d.as_millis().clamp(1, 60_000) as libc::c_int);
-        // SAFETY: `fds` is a valid, initialised array of `fds.len()` pollfd structs.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
-        if n < 0 {
-            // EINTR; anything else would repeat, so pause a little.
-            std::thread::sleep(Duration::from_millis(10));
-            continue;
-        }
-        if fds[1].revents != 0 {
-            let mut sink = [0u8; 64];
-            while matches!((&*wake).read(&mut sink), Ok(k) if k > 0) {}
-        }
-        // Ready idle connections, highest index first so removal keeps the others' places.
-        for i in (0..idle.len()).rev() {
-            if fds[i + 2].revents != 0 {
-                let (conn, _) = idle.swap_remove(i);
-                dispatch(conn, &mut in_service);
+        };
+        while !stop.load(Ordering::Acquire) {
+            while let Ok(returned) = back.try_recv() {
+                self.in_service = self.in_service.saturating_sub(1);
+                match returned {
+                    Ok(mut conn) => {
+                        conn.since = Instant::now();
+                        conn.continued = false;
+                        // A pipelined request may already be whole.
+                        self.settle(conn);
+                    }
+                    Err(peer) => self.closed(peer),
+                }
+            }
+            self.expire();
+            fds.clear();
+            fds.push(pollin(listener.as_raw_fd()));
+            fds.push(pollin(wake.as_raw_fd()));
+            fds.extend(self.waiting.iter().map(|c| pollin(c.stream.as_raw_fd())));
+            fds.extend(self.lingering.iter().map(|l| pollin(l.0.as_raw_fd())));
+            let timeout = self
+                .next_expiry()
+                .map_or(-1, |d| d.as_millis().clamp(1, 60_000) as libc::c_int);
+            // SAFETY: `fds` is a valid, initialised array of `fds.len()` pollfd structs.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+            if n < 0 {
+                // EINTR; anything else would repeat, so pause a little.
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+            if fds[1].revents != 0 {
+                let mut sink = [0u8; 64];
+                while matches!((&*wake).read(&mut sink), Ok(k) if k > 0) {}
+            }
+            let waiting = self.waiting.len();
+            // Highest index first so removals keep the others' places.
+            for i in (0..self.lingering.len()).rev() {
+                if fds[2 + waiting + i].revents != 0 {
+                    self.drain_lingering(i);
+                }
+            }
+            for i in (0..waiting).rev() {
+                if fds[2 + i].revents != 0 {
+                    let conn = self.waiting.swap_remove(i);
+                    self.read_more(conn);
+                }
+            }
+            if fds[0].revents != 0 {
+                self.accept_all(listener);
             }
         }
-        if fds[0].revents != 0 {
-            loop {
-                match listener.accept() {
-                    Ok((mut stream, _)) => {
-                        let _ = stream.set_nonblocking(false);
-                        let _ = stream.set_nodelay(true);
-                        if idle.len() + in_service >= limits.max_connections {
-                            let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-                            refuse(&mut stream, 503, "Too many connections");
-                            continue;
-                        }
-                        idle.push((
-                            Conn {
-                                stream,
-                                pending: Vec::new(),
-                            },
-                            Instant::now(),
-                        ));
+    }
+
+    /// When the next waiting or lingering connection runs out of time.
+    fn next_expiry(&self) -> Option<Duration> {
+        let waiting = self.waiting.iter().map(|c| {
+            let limit = if c.buf.is_empty() {
+                self.limits.idle
+            } else {
+                self.limits.request_deadline
+            };
+            limit.saturating_sub(c.since.elapsed())
+        });
+        let lingering = self
+            .lingering
+            .iter()
+            .map(|l| l.2.saturating_duration_since(Instant::now()));
+        waiting.chain(lingering).min()
+    }
+
+    /// Closes connections idle past `idle`, requests unfinished past `request_deadline`, and
+    /// lingering ones past their time.
+    fn expire(&mut self) {
+        for i in (0..self.waiting.len()).rev() {
+            let c = &self.waiting[i];
+            let limit = if c.buf.is_empty() {
+                self.limits.idle
+            } else {
+                self.limits.request_deadline
+            };
+            if c.since.elapsed() >= limit {
+                self.drop_waiting(i);
+            }
+        }
+        let now = Instant::now();
+        for i in (0..self.lingering.len()).rev() {
+            if now >= self.lingering[i].2 {
+                let (_, peer, _, _) = self.lingering.swap_remove(i);
+                self.closed(peer);
+            }
+        }
+    }
+
+    fn accept_all(&mut self, listener: &TcpListener) {
+        loop {
+            match listener.accept() {
+                Ok((stream, addr)) => self.admit(stream, addr.ip()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    // EMFILE and the like: back off instead of spinning.
+                    std::thread::sleep(Duration::from_millis(100));
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Makes room for a new connection (closing the longest-waiting one of its peer, or of
+    /// all, when a bound is reached) or refuses it when every connection is being served.
+    fn admit(&mut self, mut stream: TcpStream, peer: IpAddr) {
+        let _ = stream.set_nodelay(true);
+        let _ = stream.set_nonblocking(true);
+        if self.per_peer.get(&peer).copied().unwrap_or(0) >= self.limits.max_per_peer {
+            match self.oldest_waiting(Some(peer)) {
+                Some(i) => self.drop_waiting(i),
+                None => return refuse(&mut stream, 503, "Too many connections"),
+            }
+        }
+        if self.open() >= self.limits.max_connections {
+            if let Some(i) = self.lingering.len().checked_sub(1) {
+                let (_, old_peer, _, _) = self.lingering.swap_remove(i);
+                self.closed(old_peer);
+            } else {
+                match self.oldest_waiting(None) {
+                    Some(i) => self.drop_waiting(i),
+                    None => return refuse(&mut stream, 503, "Too many connections"),
+                }
+            }
+        }
+        *self.per_peer.entry(peer).or_insert(0) += 1;
+        // The request has usually arrived with the connection: read it now, before a flood
+        // of newer connections could push this one out.
+        self.read_more(Conn {
+            stream,
+            buf: Vec::new(),
+            peer,
+            since: Instant::now(),
+            continued: false,
+        });
+    }
+
+    /// Reads what the connection has sent (without blocking), then settles it.
+    fn read_more(&mut self, mut conn: Conn) {
+        let cap = http::MAX_HEAD + self.limits.max_body + 2 * http::MAX_LINE;
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            match (&conn.stream).read(&mut chunk) {
+                Ok(0) => return self.closed(conn.peer),
+                Ok(n) => {
+                    if conn.buf.is_empty() {
+                        conn.since = Instant::now();
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(_) => {
-                        // EMFILE and the like: back off instead of spinning.
-                        std::thread::sleep(Duration::from_millis(100));
+                    conn.buf.extend_from_slice(&chunk[..n]);
+                    if conn.buf.len() > cap {
                         break;
                     }
                 }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return self.closed(conn.peer),
             }
+        }
+        self.settle(conn);
+    }
+
+    /// Hands a connection with a whole request to a worker, refuses a bad one, or keeps it
+    /// waiting for the rest.
+    fn settle(&mut self, mut conn: Conn) {
+        if conn.buf.is_empty() {
+            return self.waiting.push(conn);
+        }
+        match examine(&conn.buf, self.limits.max_body) {
+            Examined::Whole => {
+                let _ = conn.stream.set_nonblocking(false);
+                match self.ready.try_send(conn) {
+                    Ok(()) => self.in_service += 1,
+                    Err(e) => self.closed(e.into_inner().peer),
+                }
+            }
+            Examined::Incomplete { continue_now } => {
+                if continue_now && !conn.continued {
+                    conn.continued = true;
+                    let _ = (&conn.stream).write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
+                }
+                self.waiting.push(conn);
+            }
+            Examined::Refuse(status, message) => {
+                refuse(&mut conn.stream, status, &message);
+                // The client may still be sending: read and discard until it is done, so it
+                // gets the answer rather than a reset.
+                let _ = conn.stream.shutdown(Shutdown::Write);
+                self.lingering.push((
+                    conn.stream,
+                    conn.peer,
+                    Instant::now() + LINGER,
+                    LINGER_BYTES,
+                ));
+            }
+        }
+    }
+
+    fn drain_lingering(&mut self, i: usize) {
+        let mut sink = [0u8; 16 * 1024];
+        let entry = &mut self.lingering[i];
+        let done = loop {
+            match (&entry.0).read(&mut sink) {
+                Ok(0) => break true,
+                Ok(n) if n >= entry.3 => break true,
+                Ok(n) => entry.3 -= n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break true,
+            }
+        };
+        if done {
+            let (_, peer, _, _) = self.lingering.swap_remove(i);
+            self.closed(peer);
         }
     }
 }
@@ -377,7 +663,9 @@ fn reason(status: u16) -> &'static str {
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         409 => "Conflict",
+        414 => "URI Too Long",
         423 => "Locked",
+        431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         503 => "Service Unavailable",
         _ => "",
@@ -409,32 +697,6 @@ fn write_head(
     w.write_all(head.as_bytes())
 }
 
-/// A socket reader that fails once `deadline` has passed, however slowly bytes trickle in.
-/// Reads what the connection already sent (`pending`), then the socket, all within a deadline.
-struct ConnReader {
-    pending: Vec<u8>,
-    pos: usize,
-    conn: TcpStream,
-    deadline: Instant,
-}
-
-impl Read for ConnReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.pos < self.pending.len() {
-            let n = buf.len().min(self.pending.len() - self.pos);
-            buf[..n].copy_from_slice(&self.pending[self.pos..self.pos + n]);
-            self.pos += n;
-            return Ok(n);
-        }
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, "request too slow"));
-        }
-        self.conn.set_read_timeout(Some(left))?;
-        self.conn.read(buf)
-    }
-}
-
 /// Answers with the spec's failure body (`{"status":"failed","message":…}`); the caller closes.
 fn refuse(out: &mut TcpStream, status: u16, message: &str) {
     let body = failed_body(message);
@@ -448,79 +710,36 @@ fn failed_body(message: &str) -> Vec<u8> {
         .into_bytes()
 }
 
-/// Serves one request of a connection that has one arriving; gives the connection back when
-/// it stays open (kept alive, with any bytes of the next request already read).
+/// Serves the whole request a connection has sent; gives the connection back when it stays
+/// open (kept alive, with any bytes of the next request already read).
 fn serve_one(
     conn: Conn,
     handler: &Arc<Handler>,
     limits: &Limits,
     streams: &Arc<AtomicUsize>,
 ) -> Option<Conn> {
-    let read_half = conn.stream.try_clone().ok()?;
     let mut out = conn.stream;
     let _ = out.set_write_timeout(Some(limits.write_timeout));
-    // The whole request must arrive within `request_deadline`.
-    let mut reader = BufReader::with_capacity(
-        8 * 1024,
-        ConnReader {
-            pending: conn.pending,
-            pos: 0,
-            conn: read_half,
-            deadline: Instant::now() + limits.request_deadline,
-        },
-    );
-    if reader.fill_buf().map(|b| b.is_empty()).unwrap_or(true) {
-        return None;
-    }
-    let head = match http::read_request_head(&mut reader) {
-        Ok(Some(h)) => h,
-        Ok(None) => return None,
-        Err(e) => {
-            if e.kind() == io::ErrorKind::InvalidData {
-                refuse(&mut out, 400, &format!("bad request: {e}"));
-            }
-            return None;
-        }
-    };
-    let framing = match head.framing() {
-        Ok(f) => f,
-        Err(e) => {
-            refuse(&mut out, 400, &format!("bad request: {e}"));
-            return None;
-        }
-    };
-    if let Framing::Length(n) = framing {
-        if n > limits.max_body as u64 {
-            // Not 413: balena-cli takes only 400 and 503 as failures (device-api.md §0).
-            refuse(&mut out, 400, "request body too large");
-            return None;
-        }
-    }
-    if framing != Framing::Empty
-        && head
-            .header("expect")
-            .is_some_and(|e| e.eq_ignore_ascii_case("100-continue"))
-    {
-        let _ = out.write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
-    }
-    let body = match Body::new(&mut reader, framing).read_to_end_limited(limits.max_body) {
-        Ok(b) => b,
-        Err(e) => {
-            if e.kind() == io::ErrorKind::InvalidData {
-                refuse(&mut out, 400, &format!("bad request body: {e}"));
-            }
-            return None;
-        }
-    };
+    // The poll thread checked the request is whole and well-formed: this only decodes it.
+    let mut rest: &[u8] = &conn.buf;
+    let head = http::read_request_head(&mut rest).ok()??;
+    let framing = head.framing().ok()?;
+    let mut body_reader = Body::new(rest, framing);
+    let body = body_reader.read_to_end_limited(limits.max_body).ok()?;
+    let pending = body_reader.into_inner().to_vec();
     let connection = head
         .header("connection")
         .unwrap_or_default()
         .to_ascii_lowercase();
-    let keep_alive = if head.http10 {
-        connection.contains("keep-alive")
-    } else {
-        !connection.contains("close")
-    };
+    // Both framings at once: answer, then close (RFC 9112 §6.1), whatever else was sent.
+    let ambiguous =
+        head.header("transfer-encoding").is_some() && head.header("content-length").is_some();
+    let keep_alive = !ambiguous
+        && if head.http10 {
+            connection.contains("keep-alive")
+        } else {
+            !connection.contains("close")
+        };
     let method = Method::parse(&head.method);
     let is_head = method == Method::Head;
     let response = handler(Request {
@@ -549,13 +768,13 @@ fn serve_one(
                 let _ = out.shutdown(Shutdown::Both);
                 return None;
             }
-            // Bytes of the next request read along with this one travel with the connection.
-            let mut pending = reader.buffer().to_vec();
-            let rest = reader.into_inner();
-            pending.extend_from_slice(&rest.pending[rest.pos..]);
+            let _ = out.set_nonblocking(true);
             Some(Conn {
                 stream: out,
-                pending,
+                buf: pending,
+                peer: conn.peer,
+                since: Instant::now(),
+                continued: false,
             })
         }
         ResponseBody::Stream(body) => {
@@ -577,7 +796,7 @@ fn start_stream(
     mut out: TcpStream,
     status: u16,
     headers: Vec<(String, String)>,
-    mut body: Box<dyn Read + Send>,
+    mut body: Box<dyn StreamBody>,
     streams: &Arc<AtomicUsize>,
     limits: &Limits,
 ) {
@@ -595,7 +814,12 @@ fn start_stream(
                 write_head(&mut out, status, &headers, None, false)?;
                 let mut buf = vec![0u8; 8 * 1024];
                 loop {
-                    let n = body.read(&mut buf)?;
+                    let n = match body.read_wait(&mut buf, STREAM_CHECK)? {
+                        Some(n) => n,
+                        // Nothing to send: free the slot if the client has gone.
+                        None if peer_gone(&out) => return Ok(()),
+                        None => continue,
+                    };
                     if n == 0 {
                         return out.write_all(b"0\r\n\r\n");
                     }

@@ -85,3 +85,110 @@ fn every_documented_endpoint_is_routed() {
         assert!(is_unrouted(&call(&api, m, url)), "{url}");
     }
 }
+
+#[test]
+fn cross_site_requests_are_refused_and_api_clients_pass() {
+    let dir = TempDir::new("csrf");
+    let api = api(&dir);
+    let with = |method: Method, headers: &[(&str, &str)]| {
+        api.handle(Request {
+            method,
+            url: "/v1/blink".into(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            body: b"{}".to_vec(),
+        })
+        .status
+    };
+    // A page elsewhere posting to the device.
+    assert_eq!(
+        with(Method::Post, &[("Origin", "http://evil.example")]),
+        403
+    );
+    assert_eq!(with(Method::Post, &[("Origin", "null")]), 403);
+    assert_eq!(
+        with(
+            Method::Post,
+            &[("Content-Type", "text/plain;charset=UTF-8")]
+        ),
+        400
+    );
+    assert_eq!(
+        with(
+            Method::Post,
+            &[("Content-Type", "application/x-www-form-urlencoded")]
+        ),
+        400
+    );
+    assert_eq!(
+        with(
+            Method::Post,
+            &[("Content-Type", "multipart/form-data; boundary=x")]
+        ),
+        400
+    );
+    // The device's own page, API clients without Origin, JSON or no body type.
+    let own = [
+        ("Origin", "http://10.0.0.5:48484"),
+        ("Host", "10.0.0.5:48484"),
+    ];
+    assert_eq!(with(Method::Post, &own), 200);
+    assert_eq!(
+        with(Method::Post, &[("Content-Type", "application/json")]),
+        200
+    );
+    assert_eq!(with(Method::Post, &[]), 200);
+    // Reads are not state changes.
+    assert_eq!(
+        api.handle(Request {
+            method: Method::Get,
+            url: "/ping".into(),
+            headers: vec![("Content-Type".into(), "text/plain".into())],
+            body: Vec::new(),
+        })
+        .status,
+        200
+    );
+}
+
+#[test]
+fn a_scoped_log_stream_shows_only_its_apps_services() {
+    use server::StreamBody;
+    let bus = LogBus::default();
+    let rx = bus.subscribe();
+    let mut reader = LinesReader {
+        rx,
+        buf: Vec::new(),
+        pos: 0,
+        services: Some([7].into_iter().collect()),
+    };
+    let line = |message: &str, service_id: Option<i64>| crate::logs::LogMessage {
+        message: message.into(),
+        timestamp: 1,
+        service_id,
+        service_name: None,
+        is_system: service_id.is_none(),
+        is_stderr: false,
+    };
+    bus.push(line("other app", Some(8)));
+    bus.push(line("supervisor event", None));
+    bus.push(line("mine", Some(7)));
+    let mut out = vec![0u8; 256];
+    let n = reader
+        .read_wait(&mut out, Duration::from_millis(200))
+        .unwrap()
+        .unwrap();
+    let got: Value = serde_json::from_slice(&out[..n]).unwrap();
+    assert_eq!(
+        (got["message"].as_str(), got["serviceId"].as_i64()),
+        (Some("mine"), Some(7))
+    );
+    assert_eq!(
+        reader
+            .read_wait(&mut out, Duration::from_millis(50))
+            .unwrap(),
+        None
+    );
+}

@@ -20,6 +20,30 @@ fn invalid(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.into())
 }
 
+/// A head over one of the size limits (a server answers 431 rather than 400).
+#[derive(Debug)]
+struct HeadTooLarge(String);
+
+impl std::fmt::Display for HeadTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for HeadTooLarge {}
+
+fn too_large(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, HeadTooLarge(msg))
+}
+
+/// Whether a head was refused for its size (a line, the header count or the whole head).
+pub fn is_head_too_large(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<HeadTooLarge>())
+}
+
+/// Most informational (1xx) answers accepted before the real one.
+const MAX_INFORMATIONAL: usize = 8;
+
 /// The status line and headers of a response.
 #[derive(Debug, Clone)]
 pub struct ResponseHead {
@@ -63,7 +87,7 @@ pub fn read_line_limited<R: BufRead>(r: &mut R, max: usize) -> io::Result<Option
             None => (available.len(), false),
         };
         if line.len() + take > max + 2 {
-            return Err(invalid(format!("line longer than {max} bytes")));
+            return Err(too_large(format!("line longer than {max} bytes")));
         }
         line.extend_from_slice(&available[..take]);
         r.consume(take);
@@ -73,15 +97,29 @@ pub fn read_line_limited<R: BufRead>(r: &mut R, max: usize) -> io::Result<Option
                 line.pop();
             }
             if line.len() > max {
-                return Err(invalid(format!("line longer than {max} bytes")));
+                return Err(too_large(format!("line longer than {max} bytes")));
             }
             return Ok(Some(line));
         }
     }
 }
 
-/// Parses the status line and headers. Leaves the reader at the first body byte.
+/// Parses the status line and headers, skipping informational (1xx) answers, a few at most.
+/// Leaves the reader at the first body byte.
 pub fn read_head<R: BufRead>(r: &mut R) -> io::Result<ResponseHead> {
+    for _ in 0..MAX_INFORMATIONAL {
+        let head = read_one_head(r)?;
+        // Informational answers (100 Continue) are followed by the real one.
+        if !(100..200).contains(&head.status) {
+            return Ok(head);
+        }
+    }
+    Err(invalid(format!(
+        "more than {MAX_INFORMATIONAL} informational answers"
+    )))
+}
+
+fn read_one_head<R: BufRead>(r: &mut R) -> io::Result<ResponseHead> {
     let status_line = read_line_limited(r, MAX_LINE)?.ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::UnexpectedEof,
@@ -105,10 +143,6 @@ pub fn read_head<R: BufRead>(r: &mut R) -> io::Result<ResponseHead> {
     let reason = parts.next().unwrap_or_default().to_string();
 
     let headers = read_headers(r, status_line.len())?;
-    // Informational answers (100 Continue) are followed by the real one.
-    if (100..200).contains(&status) {
-        return read_head(r);
-    }
     Ok(ResponseHead {
         status,
         reason,
@@ -129,10 +163,10 @@ fn read_headers<R: BufRead>(r: &mut R, mut head_bytes: usize) -> io::Result<Vec<
         }
         head_bytes += line.len() + 2;
         if head_bytes > MAX_HEAD {
-            return Err(invalid(format!("head larger than {MAX_HEAD} bytes")));
+            return Err(too_large(format!("head larger than {MAX_HEAD} bytes")));
         }
         if headers.len() >= MAX_HEADERS {
-            return Err(invalid(format!("more than {MAX_HEADERS} headers")));
+            return Err(too_large(format!("more than {MAX_HEADERS} headers")));
         }
         if line[0] == b' ' || line[0] == b'\t' {
             return Err(invalid("obsolete header line folding"));
@@ -320,6 +354,11 @@ impl<R: BufRead> Body<R> {
     /// The underlying reader (for example to change a socket timeout mid-stream).
     pub fn get_ref(&self) -> &R {
         &self.inner
+    }
+
+    /// The underlying reader, positioned after what was read of the body.
+    pub fn into_inner(self) -> R {
+        self.inner
     }
 
     /// Reads the whole body, failing if it exceeds `limit` bytes.

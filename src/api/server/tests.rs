@@ -9,6 +9,16 @@ fn serve(limits: Limits) -> Server {
             std::thread::sleep(Duration::from_millis(300));
             Response::text(200, "slow")
         }
+        "/quiet" => {
+            struct Quiet;
+            impl StreamBody for Quiet {
+                fn read_wait(&mut self, _: &mut [u8], wait: Duration) -> io::Result<Option<usize>> {
+                    std::thread::sleep(wait);
+                    Ok(None)
+                }
+            }
+            Response::stream("application/x-ndjson", Quiet)
+        }
         "/stream" => {
             let (tx, rx) = crossbeam_channel::bounded::<Vec<u8>>(4);
             std::thread::spawn(move || {
@@ -18,14 +28,19 @@ fn serve(limits: Limits) -> Server {
                 }
             });
             struct R(crossbeam_channel::Receiver<Vec<u8>>);
-            impl Read for R {
-                fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-                    match self.0.recv() {
+            impl StreamBody for R {
+                fn read_wait(
+                    &mut self,
+                    buf: &mut [u8],
+                    wait: Duration,
+                ) -> io::Result<Option<usize>> {
+                    match self.0.recv_timeout(wait) {
                         Ok(b) => {
                             buf[..b.len()].copy_from_slice(&b);
-                            Ok(b.len())
+                            Ok(Some(b.len()))
                         }
-                        Err(_) => Ok(0),
+                        Err(crossbeam_channel::RecvTimeoutError::Timeout) => Ok(None),
+                        Err(_) => Ok(Some(0)),
                     }
                 }
             }
@@ -162,24 +177,167 @@ fn an_idle_kept_alive_connection_is_closed() {
 }
 
 #[test]
-fn too_many_connections_get_a_503_at_once() {
+fn when_full_the_longest_waiting_connection_makes_room() {
     let s = serve(Limits {
         workers: 1,
         max_connections: 2,
         ..Limits::default()
     });
-    // One connection busy in the worker, one idle.
+    // One connection busy in the worker, one silent.
     let mut busy = connect(&s);
     busy.write_all(b"GET /slow HTTP/1.1\r\n\r\n").unwrap();
-    let _idle = connect(&s);
+    let mut silent = connect(&s);
     std::thread::sleep(Duration::from_millis(50));
+    // A third is served: the silent one is closed to make room.
     let mut third = connect(&s);
+    third
+        .write_all(b"GET /third HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .unwrap();
     let mut all = Vec::new();
-    third.read_to_end(&mut all).unwrap();
+    silent.read_to_end(&mut all).unwrap();
+    assert!(all.is_empty(), "the silent connection was closed");
+    assert_eq!(answer(&mut BufReader::new(third)).0, 200);
+    assert_eq!(answer(&mut BufReader::new(busy)).0, 200);
+}
+
+#[test]
+fn only_when_every_connection_is_being_served_is_a_new_one_refused() {
+    let s = serve(Limits {
+        workers: 1,
+        max_connections: 1,
+        ..Limits::default()
+    });
+    let mut busy = connect(&s);
+    busy.write_all(b"GET /slow HTTP/1.1\r\n\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let mut second = connect(&s);
+    let mut all = Vec::new();
+    second.read_to_end(&mut all).unwrap();
     let text = String::from_utf8_lossy(&all);
     assert!(text.starts_with("HTTP/1.1 503 "), "{text}");
     assert!(text.contains("Too many connections"));
     assert_eq!(answer(&mut BufReader::new(busy)).0, 200);
+}
+
+#[test]
+fn trickling_clients_hold_no_worker() {
+    let s = serve(Limits {
+        workers: 1,
+        ..Limits::default()
+    });
+    // Requests begun and never finished: they wait in the poll set, not in a worker.
+    let slow: Vec<TcpStream> = (0..20)
+        .map(|_| {
+            let mut c = connect(&s);
+            c.write_all(b"G").unwrap();
+            c
+        })
+        .collect();
+    let mut body = connect(&s);
+    body.write_all(b"POST /echo HTTP/1.1\r\nContent-Length: 100\r\n\r\nabc")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    let mut c = connect(&s);
+    c.write_all(b"GET /ping HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    assert_eq!(answer(&mut BufReader::new(c)).0, 200);
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(slow);
+}
+
+#[test]
+fn one_peer_cannot_hold_more_than_its_share() {
+    let s = serve(Limits {
+        max_per_peer: 3,
+        ..Limits::default()
+    });
+    let mut held: Vec<TcpStream> = (0..3).map(|_| connect(&s)).collect();
+    std::thread::sleep(Duration::from_millis(50));
+    let mut c = connect(&s);
+    c.write_all(b"GET /x HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    assert_eq!(answer(&mut BufReader::new(c)).0, 200);
+    // The peer's oldest waiting connection made room.
+    let mut all = Vec::new();
+    held[0].read_to_end(&mut all).unwrap();
+    assert!(all.is_empty());
+    held.clear();
+}
+
+#[test]
+fn over_long_lines_get_414_and_large_heads_431() {
+    let s = serve(Limits::default());
+    let long_target = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(http::MAX_LINE + 10));
+    let many_headers = format!("GET / HTTP/1.1\r\n{}\r\n", "X-A: b\r\n".repeat(200));
+    let big_header = format!("GET / HTTP/1.1\r\nX-A: {}\r\n\r\n", "b".repeat(9000));
+    for (raw, status) in [(long_target, 414), (many_headers, 431), (big_header, 431)] {
+        let mut c = connect(&s);
+        c.write_all(raw.as_bytes()).unwrap();
+        let mut all = Vec::new();
+        c.read_to_end(&mut all).unwrap();
+        let text = String::from_utf8_lossy(&all);
+        assert!(text.starts_with(&format!("HTTP/1.1 {status} ")), "{text}");
+    }
+}
+
+#[test]
+fn a_body_over_the_limit_gets_its_400_while_the_client_is_still_sending() {
+    let s = serve(Limits {
+        max_body: 1024 * 1024,
+        ..Limits::default()
+    });
+    let mut c = connect(&s);
+    let size = 4 * 1024 * 1024;
+    c.write_all(format!("POST /echo HTTP/1.1\r\nContent-Length: {size}\r\n\r\n").as_bytes())
+        .unwrap();
+    // Sends the whole body, as curl does, before reading the answer.
+    let chunk = vec![b'x'; 64 * 1024];
+    for _ in 0..size / chunk.len() {
+        c.write_all(&chunk).expect("no reset while sending");
+    }
+    let mut all = Vec::new();
+    c.read_to_end(&mut all).expect("no reset while reading");
+    let text = String::from_utf8_lossy(&all);
+    assert!(
+        text.starts_with("HTTP/1.1 400 ") && text.contains("request body too large"),
+        "{text}"
+    );
+}
+
+#[test]
+fn both_framings_close_the_connection_after_the_answer() {
+    let s = serve(Limits::default());
+    let mut c = connect(&s);
+    c.write_all(b"POST /echo HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\nGET /next HTTP/1.1\r\n\r\n")
+        .unwrap();
+    let mut r = BufReader::new(c);
+    let (status, headers, body) = answer(&mut r);
+    assert_eq!((status, body.as_slice()), (200, &b"ab"[..]));
+    assert!(headers.contains(&("Connection".into(), "close".into())));
+    let mut rest = Vec::new();
+    r.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "the smuggled request was not served");
+}
+
+#[test]
+fn expect_continue_gets_a_100_before_the_body() {
+    let s = serve(Limits::default());
+    let mut c = connect(&s);
+    c.write_all(b"POST /echo HTTP/1.1\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n")
+        .unwrap();
+    let mut r = BufReader::new(c.try_clone().unwrap());
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert_eq!(line, "HTTP/1.1 100 Continue\r\n");
+    line.clear();
+    r.read_line(&mut line).unwrap();
+    c.write_all(b"ok").unwrap();
+    assert_eq!(answer(&mut r).2, b"ok");
 }
 
 #[test]
@@ -257,4 +415,30 @@ fn streamed_answers_arrive_line_by_line_and_are_bounded() {
     body.read_to_string(&mut rest).unwrap();
     assert_eq!(rest, "line 1\nline 2\n");
     s.stop();
+}
+
+#[test]
+fn a_stream_slot_is_freed_when_its_client_goes() {
+    let s = serve(Limits {
+        max_streams: 1,
+        ..Limits::default()
+    });
+    let mut c = connect(&s);
+    c.write_all(b"GET /quiet HTTP/1.1\r\n\r\n").unwrap();
+    let mut r = BufReader::new(c.try_clone().unwrap());
+    assert_eq!(http::read_head(&mut r).unwrap().status, 200);
+    drop(r);
+    drop(c);
+    // Nothing is ever sent on it: the thread notices the client left within a check period.
+    let deadline = Instant::now() + STREAM_CHECK * 3;
+    loop {
+        let mut other = connect(&s);
+        other.write_all(b"GET /quiet HTTP/1.1\r\n\r\n").unwrap();
+        let status = http::read_head(&mut BufReader::new(other)).unwrap().status;
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the slot stayed taken");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

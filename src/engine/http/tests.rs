@@ -302,3 +302,18 @@ fn request_is_written_with_length_and_rejects_injection() {
     )
     .is_err());
 }
+
+#[test]
+fn endless_informational_answers_are_an_error_not_a_stack_overflow() {
+    let mut raw = b"HTTP/1.1 100 Continue\r\n\r\n".repeat(100_000);
+    raw.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    let err = read_head(&mut BufReader::new(Cursor::new(raw))).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    // A few are fine.
+    let raw =
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 200 OK\r\n\r\n";
+    assert_eq!(
+        read_head(&mut BufReader::new(&raw[..])).unwrap().status,
+        200
+    );
+}
