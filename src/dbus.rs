@@ -337,6 +337,9 @@ fn single_type_len(sig: &[u8]) -> Result<usize, Error> {
         Some(b'a') => Ok(1 + single_type_len(&sig[1..])?),
         Some(&open @ (b'(' | b'{')) => {
             let close = if open == b'(' { b')' } else { b'}' };
+            if sig.get(1) == Some(&close) {
+                return Err(protocol("empty struct in signature"));
+            }
             let mut i = 1;
             while sig.get(i) != Some(&close) {
                 if i >= sig.len() {
@@ -434,6 +437,7 @@ fn read_message(stream: &mut impl Read) -> Result<Message, Error> {
         buf: &buf[..16 + fields_len],
         pos: 12,
         little,
+        depth: 0,
     };
     let fields = r.value(b"a(yv)")?;
     let mut msg = Message {
@@ -462,6 +466,7 @@ fn read_message(stream: &mut impl Read) -> Result<Message, Error> {
         buf: &buf,
         pos: header_len,
         little,
+        depth: 0,
     };
     let mut sig = signature.as_bytes();
     while !sig.is_empty() {
@@ -476,7 +481,12 @@ struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
     little: bool,
+    /// Containers (arrays, structs, variants) open around the value being read.
+    depth: usize,
 }
+
+/// The D-Bus specification's bound on nesting: 32 arrays and 32 structs; variants count too.
+const MAX_DEPTH: usize = 64;
 
 impl Reader<'_> {
     fn align(&mut self, a: usize) -> Result<(), Error> {
@@ -523,7 +533,18 @@ impl Reader<'_> {
         Ok(s)
     }
 
+    /// One value of the single complete type `sig`, at most [`MAX_DEPTH`] containers deep.
     fn value(&mut self, sig: &[u8]) -> Result<Value, Error> {
+        if self.depth >= MAX_DEPTH {
+            return Err(protocol("values nested too deep"));
+        }
+        self.depth += 1;
+        let value = self.value_inner(sig);
+        self.depth -= 1;
+        value
+    }
+
+    fn value_inner(&mut self, sig: &[u8]) -> Result<Value, Error> {
         Ok(match sig.first() {
             Some(b'y') => Value::Byte(self.take(1)?[0]),
             Some(b'b') => Value::Bool(self.u32()? != 0),
@@ -563,7 +584,12 @@ impl Reader<'_> {
                     .ok_or_else(|| protocol("array runs past the message"))?;
                 let mut items = Vec::new();
                 while self.pos < end {
+                    let before = self.pos;
                     items.push(self.value(elem)?);
+                    // Every valid element takes bytes; one that does not would loop for ever.
+                    if self.pos == before {
+                        return Err(protocol("array element of no size"));
+                    }
                 }
                 Value::Array(items)
             }
@@ -587,6 +613,51 @@ impl Reader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A method return of `body` with signature `sig` in little-endian order.
+    fn reply_with(sig: &str, body: &[u8]) -> Vec<u8> {
+        let mut fields = Vec::new();
+        // REPLY_SERIAL (5) = 1, SIGNATURE (8) = sig.
+        fields.extend_from_slice(&[5, 1, b'u', 0]);
+        fields.extend_from_slice(&1u32.to_le_bytes());
+        fields.extend_from_slice(&[8, 1, b'g', 0, sig.len() as u8]);
+        fields.extend_from_slice(sig.as_bytes());
+        fields.push(0);
+        let mut m = vec![b'l', MSG_METHOD_RETURN, 0, 1];
+        m.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        m.extend_from_slice(&2u32.to_le_bytes());
+        m.extend_from_slice(&(fields.len() as u32).to_le_bytes());
+        m.extend_from_slice(&fields);
+        while !m.len().is_multiple_of(8) {
+            m.push(0);
+        }
+        m.extend_from_slice(body);
+        m
+    }
+
+    #[test]
+    fn hostile_replies_are_errors_not_hangs_or_overflows() {
+        // `a()`: a huge array of empty structs would loop for ever.
+        let mut body = 8u32.to_le_bytes().to_vec();
+        body.extend_from_slice(&[0; 12]);
+        assert!(read_message(&mut &reply_with("a()", &body)[..]).is_err());
+        // Variants in variants, 10 000 deep: refused before the stack runs out.
+        let mut body = Vec::new();
+        for _ in 0..10_000 {
+            body.extend_from_slice(&[1, b'v', 0]);
+        }
+        body.extend_from_slice(&[1, b'y', 0, 7]);
+        assert!(read_message(&mut &reply_with("v", &body)[..]).is_err());
+        // A few levels are fine.
+        let ok = [1, b'v', 0, 1, b'y', 0, 7];
+        let parsed = read_message(&mut &reply_with("v", &ok)[..]).unwrap();
+        assert_eq!(
+            parsed.body,
+            vec![Value::Variant(Box::new(Value::Variant(Box::new(
+                Value::Byte(7)
+            ))))]
+        );
+    }
 
     #[test]
     fn call_encodes_as_the_spec_says() {
