@@ -233,6 +233,17 @@ pub fn metrics(data_path: &Path, previous_cpu: Option<(u64, u64)>) -> Metrics {
     }
 }
 
+/// Hands freed heap pages back to the kernel after handling a large input (a big target):
+/// glibc keeps them in the heap otherwise, so one 10 MB request would raise RSS for good.
+/// musl returns large frees by itself.
+pub fn give_back_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory of the allocator.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

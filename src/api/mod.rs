@@ -82,6 +82,9 @@ impl server::StreamBody for LinesReader {
     }
 }
 
+/// A request body past which the heap is trimmed once the request is done.
+const LARGE_BODY: usize = 1024 * 1024;
+
 /// Refuses what a web page the device's owner opens could send to the API behind their back
 /// (in local mode it has no key): a request whose `Origin` is another site, and a state-changing
 /// request with a body type a page may send without asking (`text/plain`, form data). API
@@ -204,6 +207,10 @@ impl Api {
             (None, None) => Response::text(401, "Unauthorized"),
             (None, Some(scope)) => self.route(&method, &path, &req, &scope),
         };
+        if req.body.len() > LARGE_BODY {
+            drop(req);
+            crate::host::give_back_memory();
+        }
         info!(
             "{method} {path} {} - {} ms",
             response.status,

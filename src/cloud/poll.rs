@@ -244,8 +244,17 @@ impl Poller {
         match reply.status {
             304 if etag.is_some() => Ok(Fetched::Unchanged),
             200..=299 => {
-                let doc = reply.json().map_err(|e| self.rejected(e.to_string()))?;
-                let state = parse_v3(&doc, &uuid).map_err(|e| self.rejected(e.to_string()))?;
+                let large = reply.body.len() > 1024 * 1024;
+                let parsed = reply
+                    .json()
+                    .map_err(|e| self.rejected(e.to_string()))
+                    .and_then(|doc| {
+                        parse_v3(&doc, &uuid).map_err(|e| self.rejected(e.to_string()))
+                    });
+                if large {
+                    crate::host::give_back_memory();
+                }
+                let state = parsed?;
                 self.etag = reply.etag;
                 Ok(Fetched::New(Box::new(state)))
             }

@@ -12,6 +12,28 @@ use std::fmt;
 /// Largest target body we accept (the real supervisor allows 10 MB on its API).
 pub const MAX_TARGET_BYTES: usize = 10 * 1024 * 1024;
 
+/// Counts a target may hold, far above real fleets (docs/decisions.md, "Target limits"): a
+/// target past one is refused naming the limit, before it costs memory or time.
+pub const MAX_APPS: usize = 64;
+pub const MAX_SERVICES: usize = 256;
+pub const MAX_VOLUMES: usize = 256;
+pub const MAX_NETWORKS: usize = 64;
+pub const MAX_PORTS: usize = 4096;
+pub const MAX_VARIABLES: usize = 4096;
+
+/// Refuses an object or list at `path` with more than `max` entries.
+pub(crate) fn at_most(v: Option<&Value>, path: &str, max: usize, what: &str) -> Result<()> {
+    let n = match v {
+        Some(Value::Object(m)) => m.len(),
+        Some(Value::Array(a)) => a.len(),
+        _ => 0,
+    };
+    if n > max {
+        return err(path, format!("too many {what}: {n} (at most {max})"));
+    }
+    Ok(())
+}
+
 /// A validation error: where and what.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TargetError {
@@ -261,6 +283,7 @@ fn string_map(
     valid: fn(&str) -> bool,
     what: &str,
 ) -> Result<BTreeMap<String, String>> {
+    at_most(Some(v), path, MAX_VARIABLES, &format!("{what}s"))?;
     let mut out = BTreeMap::new();
     for (k, val) in obj(v, path)? {
         let p = join(path, k);
@@ -291,6 +314,7 @@ pub fn parse_device_target(v: &Value) -> Result<TargetState> {
         "config variable",
     )?;
     let mut apps = BTreeMap::new();
+    at_most(m.get("apps"), "apps", MAX_APPS, "apps")?;
     for (uuid, app) in obj(required(m, "apps", "")?, "apps")? {
         let path = format!("apps.{uuid}");
         if !valid_id_string(uuid) {
@@ -400,6 +424,24 @@ fn object_map(
 fn parse_release(commit: &str, v: &Value, path: &str) -> Result<TargetRelease> {
     let m = obj(v, path)?;
     let id = int(required(m, "id", path)?, &join(path, "id"))?;
+    at_most(
+        m.get("volumes"),
+        &join(path, "volumes"),
+        MAX_VOLUMES,
+        "volumes",
+    )?;
+    at_most(
+        m.get("networks"),
+        &join(path, "networks"),
+        MAX_NETWORKS,
+        "networks",
+    )?;
+    at_most(
+        m.get("services"),
+        &join(path, "services"),
+        MAX_SERVICES,
+        "services",
+    )?;
     let volumes = object_map(m.get("volumes"), &join(path, "volumes"), "volume")?;
     let networks = object_map(m.get("networks"), &join(path, "networks"), "network")?;
     for (name, spec) in &networks {

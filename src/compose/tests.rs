@@ -511,3 +511,81 @@ fn network_losing_its_custom_ipam_config_differs() {
         .unwrap()
         .is_equal_config(&plain));
 }
+
+#[test]
+fn counts_past_the_limits_are_refused_naming_the_limit() {
+    use super::target::{MAX_APPS, MAX_PORTS, MAX_SERVICES};
+    let services: serde_json::Map<String, Value> = (0..=MAX_SERVICES)
+        .map(|i| {
+            (
+                format!("s{i}"),
+                json!({"id": i, "image_id": i, "image": "busybox", "environment": {}, "labels": {}}),
+            )
+        })
+        .collect();
+    let doc = with(
+        &["apps", "app1", "releases", "c1", "services"],
+        Value::Object(services),
+    );
+    let e = parse_device_target(&doc).unwrap_err();
+    assert_eq!(e.path, "apps.app1.releases.c1.services");
+    assert!(
+        e.message.contains(&format!("at most {MAX_SERVICES}")),
+        "{e}"
+    );
+
+    let apps: serde_json::Map<String, Value> = (0..=MAX_APPS)
+        .map(|i| {
+            (
+                format!("app{i}"),
+                json!({"id": i, "name": "a", "releases": {}}),
+            )
+        })
+        .collect();
+    let e = parse_device_target(&with(&["apps"], Value::Object(apps))).unwrap_err();
+    assert!(e.message.contains(&format!("at most {MAX_APPS}")), "{e}");
+
+    let ports: Vec<Value> = (0..=MAX_PORTS)
+        .map(|i| json!(format!("{}:80", 1000 + i)))
+        .collect();
+    let e = parse_device_target(&with(&svc(&["composition", "ports"]), json!(ports))).unwrap_err();
+    assert!(e.message.contains(&format!("at most {MAX_PORTS}")), "{e}");
+}
+
+#[test]
+fn port_overlaps_are_found_in_n_log_n() {
+    use super::target::MAX_PORTS;
+    // As many ports as allowed, all distinct: accepted quickly.
+    let mut ports: Vec<Value> = (0..MAX_PORTS)
+        .map(|i| json!(format!("{}:80", 10_000 + i)))
+        .collect();
+    let started = std::time::Instant::now();
+    parse_device_target(&with(&svc(&["composition", "ports"]), json!(ports.clone()))).unwrap();
+    // A range at the end covering one of the first ports clashes with it.
+    ports[MAX_PORTS - 1] = json!("9990-10005:9990-10005");
+    let e = parse_device_target(&with(&svc(&["composition", "ports"]), json!(ports))).unwrap_err();
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    assert_eq!(
+        e.path,
+        format!(
+            "apps.app1.releases.c1.services.main.composition.ports[{}]",
+            MAX_PORTS - 1
+        )
+    );
+    assert_eq!(e.message, "duplicate host port: overlaps ports[0]");
+    // Other protocols and addresses do not clash.
+    let ok = json!([
+        "80:80",
+        "80:80/udp",
+        "127.0.0.1:80:80",
+        "81-90:81-90",
+        "91:91"
+    ]);
+    parse_device_target(&with(&svc(&["composition", "ports"]), ok)).unwrap();
+    let bad = json!(["80:80", "70-85:70-85"]);
+    let e = parse_device_target(&with(&svc(&["composition", "ports"]), bad)).unwrap_err();
+    assert!(
+        e.path.ends_with("ports[1]") && e.message.ends_with("ports[0]"),
+        "{e}"
+    );
+}
