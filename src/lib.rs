@@ -12,6 +12,7 @@ pub mod deviceconfig;
 pub mod dry_run;
 pub mod encoding;
 pub mod engine;
+pub mod firewall;
 pub mod fsutil;
 pub mod host;
 pub mod hostconfig;

@@ -67,6 +67,25 @@ struct Cli {
 enum Command {
     Plan(PlanCmd),
     Apply(ApplyCmd),
+    Firewall(FirewallCmd),
+}
+
+#[derive(FromArgs)]
+/// print or install the host firewall the daemon installs (BALENA-FIREWALL, IPv4 and IPv6)
+#[argh(subcommand, name = "firewall")]
+struct FirewallCmd {
+    /// HOST_FIREWALL_MODE: on, off or auto (default off: only the API port is restricted)
+    #[argh(option, default = "String::from(\"off\")")]
+    mode: String,
+    /// as in local mode: the API is open on every interface
+    #[argh(switch)]
+    local_mode: bool,
+    /// as when a service runs with host networking (decides auto)
+    #[argh(switch)]
+    host_network: bool,
+    /// print the iptables-restore input instead of installing it
+    #[argh(switch)]
+    print: bool,
 }
 
 #[derive(FromArgs)]
@@ -129,6 +148,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Plan(cmd)) => return plan(&settings, &cmd),
         Some(Command::Apply(cmd)) => return apply(&settings, &cmd),
+        Some(Command::Firewall(cmd)) => return firewall(&settings, &cmd),
         None => {}
     }
     info!(
@@ -407,6 +427,37 @@ fn apply(settings: &Settings, cmd: &ApplyCmd) -> ExitCode {
                 "tinyvisor: cannot reach the daemon on port {}: {e}",
                 settings.listen_port
             );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn firewall(settings: &Settings, cmd: &FirewallCmd) -> ExitCode {
+    use tinyvisor::firewall;
+    if !["on", "off", "auto"].contains(&cmd.mode.as_str()) {
+        eprintln!(
+            "tinyvisor: --mode: expected on, off or auto, got {:?}",
+            cmd.mode
+        );
+        return ExitCode::from(2);
+    }
+    let wanted = firewall::Settings {
+        mode: firewall::Mode::parse(&cmd.mode),
+        local_mode: cmd.local_mode,
+        api_port: settings.listen_port,
+        host_network_services: cmd.host_network,
+    };
+    if cmd.print {
+        print!(
+            "{}",
+            firewall::ruleset(&wanted, firewall::Family::V4, false)
+        );
+        return ExitCode::SUCCESS;
+    }
+    match firewall::apply(&wanted) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tinyvisor: firewall not applied: {e}");
             ExitCode::FAILURE
         }
     }

@@ -216,6 +216,8 @@ pub struct StateEngine {
     shutting_down: bool,
     /// `SUPERVISOR_LOG_CONTROL` of the cloud target: logs may go to the cloud.
     log_control: bool,
+    /// The firewall settings last installed (or tried).
+    pub(super) firewall_tried: Option<crate::firewall::Settings>,
 }
 
 /// Where v19 keeps `SUPERVISOR_API_REQUEST_TIMEOUT` (DB config).
@@ -268,6 +270,7 @@ pub fn spawn(
                 vpn_tried_at: None,
                 shutting_down: false,
                 log_control: true,
+                firewall_tried: None,
             };
             se.run(rx);
         })?;
@@ -352,6 +355,7 @@ impl StateEngine {
         if let Some(t) = target.as_ref().filter(|_| !self.local_mode) {
             self.follow_log_control(t);
         }
+        self.apply_firewall(target.as_ref());
         // Host discoverability as stored (v19 applies it at every start).
         let discoverable = self.db().config_get("hostDiscoverability").ok().flatten();
         self.apply_discoverability(discoverable.as_deref().is_none_or(|v| v == "true"));
@@ -591,6 +595,7 @@ impl StateEngine {
             self.set_status(|s| s.iterations += 1);
             return Ok(Outcome::Progress { all_noop: false });
         }
+        self.apply_firewall(Some(target));
         let snapshot = EngineSnapshot::read(&self.engine).map_err(|e| internal(e.to_string()))?;
         let mut current = snapshot.current_apps();
         {

@@ -81,6 +81,44 @@ impl StateEngine {
             .collect()
     }
 
+    /// The firewall as the target, local mode and the API port ask for; installed when that
+    /// differs from what was last tried (at start, and on a change of mode, local mode or
+    /// host-networked services). `TINYVISOR_FIREWALL=off` leaves the host's tables alone (a
+    /// development machine running tinyvisor on its own root).
+    pub(super) fn apply_firewall(&mut self, target: Option<&TargetState>) {
+        if std::env::var("TINYVISOR_FIREWALL").is_ok_and(|v| v == "off") {
+            return;
+        }
+        let stored = || self.db().config_get("firewallMode").ok().flatten();
+        let mode = target
+            .and_then(|t| t.var("HOST_FIREWALL_MODE").map(str::to_string))
+            .or_else(stored)
+            .unwrap_or_default();
+        let host_network_services = target.is_some_and(|t| {
+            t.apps.values().any(|a| {
+                a.release.iter().any(|r| {
+                    r.services
+                        .values()
+                        .any(|s| s.composition.network_mode.as_deref() == Some("host"))
+                })
+            })
+        });
+        let wanted = crate::firewall::Settings {
+            mode: crate::firewall::Mode::parse(&mode),
+            local_mode: self.local_mode,
+            api_port: self.settings.listen_port,
+            host_network_services,
+        };
+        if self.firewall_tried == Some(wanted) {
+            return;
+        }
+        // Tried once per setting: a host without iptables is told once, not every iteration.
+        self.firewall_tried = Some(wanted);
+        if let Err(e) = crate::firewall::apply(&wanted) {
+            warn!("Firewall mode not applied: {e}");
+        }
+    }
+
     /// [`deviceconfig::current_as_target`] of what the device has now.
     pub(super) fn current_config_as_target(&self) -> serde_json::Map<String, Value> {
         let vpn_on = !self.settings.config_json.unmanaged()

@@ -150,7 +150,11 @@ impl Daemon {
             child: None,
             log,
             key: None,
-            env: vec![("DBUS_SYSTEM_BUS_ADDRESS".into(), no_bus)],
+            // Nor may it install the balena firewall in this machine's iptables.
+            env: vec![
+                ("DBUS_SYSTEM_BUS_ADDRESS".into(), no_bus),
+                ("TINYVISOR_FIREWALL".into(), "off".into()),
+            ],
             root: "/".into(),
         }
     }
