@@ -61,6 +61,35 @@ pub fn random_hex_key() -> std::io::Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// How deep arrays and objects nest in a JSON text (strings skipped), scanning without
+/// parsing: lets a deeply nested body be refused before a recursive parser walks it on a
+/// small thread stack.
+pub fn json_depth(text: &[u8]) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in text {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -113,5 +142,17 @@ mod tests {
             .bytes()
             .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
         assert_ne!(a, b);
+    }
+}
+
+#[cfg(test)]
+mod depth_tests {
+    #[test]
+    fn nesting_is_counted_outside_strings() {
+        use super::json_depth;
+        assert_eq!(json_depth(b"{}"), 1);
+        assert_eq!(json_depth(br#"{"a":[1,{"b":[]}],"c":"[[[[\"[["}"#), 4);
+        assert_eq!(json_depth(&[b'['; 100_000]), 100_000);
+        assert_eq!(json_depth(b"42"), 0);
     }
 }

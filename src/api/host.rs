@@ -22,9 +22,9 @@ impl Api {
 
     /// `PATCH /v2/device/tags`: stored now, sent to the cloud by the report thread.
     pub(super) fn patch_tags(&self, req: &Request) -> Response {
-        let doc: serde_json::Value = match serde_json::from_slice(&req.body) {
+        let doc = match super::parse_json(&req.body) {
             Ok(d) => d,
-            Err(e) => return super::failed(400, format!("invalid JSON: {e}")),
+            Err(r) => return r,
         };
         let tags = match crate::cloud::tags::parse_patch(&doc) {
             Ok(t) => t,
@@ -54,6 +54,9 @@ impl Api {
                 format!("Could not parse host config input to a valid format: {e}"),
             )
         };
+        if crate::encoding::json_depth(&req.body) > super::MAX_JSON_DEPTH {
+            return unparsable("nested too deep".into());
+        }
         let doc: serde_json::Value = match serde_json::from_slice(&req.body) {
             Ok(d) => d,
             Err(e) => return unparsable(format!("invalid JSON: {e}")),

@@ -82,8 +82,20 @@ impl server::StreamBody for LinesReader {
     }
 }
 
-/// A request body past which the heap is trimmed once the request is done.
-const LARGE_BODY: usize = 1024 * 1024;
+/// Deepest nesting a request body may have: far beyond any target (about 12 levels), far
+/// below what the parser's recursion could take on a worker's stack.
+pub(super) const MAX_JSON_DEPTH: usize = 64;
+
+/// A request body as JSON; too deep or invalid is a 400.
+pub(super) fn parse_json(body: &[u8]) -> Result<Value, Response> {
+    if crate::encoding::json_depth(body) > MAX_JSON_DEPTH {
+        return Err(failed(
+            400,
+            format!("invalid JSON: nested deeper than {MAX_JSON_DEPTH} levels"),
+        ));
+    }
+    serde_json::from_slice(body).map_err(|e| failed(400, format!("invalid JSON: {e}")))
+}
 
 /// Refuses what a web page the device's owner opens could send to the API behind their back
 /// (in local mode it has no key): a request whose `Origin` is another site, and a state-changing
@@ -207,10 +219,7 @@ impl Api {
             (None, None) => Response::text(401, "Unauthorized"),
             (None, Some(scope)) => self.route(&method, &path, &req, &scope),
         };
-        if req.body.len() > LARGE_BODY {
-            drop(req);
-            crate::host::give_back_memory();
-        }
+
         info!(
             "{method} {path} {} - {} ms",
             response.status,
@@ -442,9 +451,9 @@ impl Api {
                 format!("request body larger than {MAX_TARGET_BYTES} bytes"),
             );
         }
-        let doc: Value = match serde_json::from_slice(body) {
+        let doc: Value = match parse_json(body) {
             Ok(v) => v,
-            Err(e) => return failed(400, format!("invalid JSON: {e}")),
+            Err(r) => return r,
         };
         let parsed = if doc.get("local").is_some() {
             parse_v2_local(&doc)
@@ -591,7 +600,7 @@ impl Api {
         if body.iter().all(u8::is_ascii_whitespace) {
             return Ok(json!({}));
         }
-        serde_json::from_slice(body).map_err(|e| failed(400, format!("invalid JSON: {e}")))
+        parse_json(body)
     }
 
     fn run_app_action(&self, app_id: i64, action: AppAction, force: bool) -> Result<(), Response> {

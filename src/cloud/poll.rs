@@ -244,7 +244,7 @@ impl Poller {
         match reply.status {
             304 if etag.is_some() => Ok(Fetched::Unchanged),
             200..=299 => {
-                let large = reply.body.len() > 1024 * 1024;
+                let large = reply.body.len() > 64 * 1024;
                 let parsed = reply
                     .json()
                     .map_err(|e| self.rejected(e.to_string()))
