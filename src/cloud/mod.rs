@@ -168,20 +168,13 @@ impl CloudLink {
         };
         let shared = Arc::new(CloudShared::default());
         let (poll_tx, poll_rx) = crossbeam_channel::bounded(1);
-        let db = match crate::db::Db::open(&settings.paths.database_path) {
-            Ok(db) => Some(db),
-            Err(e) => {
-                log::warn!("cloud link without a database connection: {e}");
-                None
-            }
-        };
         let poller = poll::Poller::new(
             cloud.clone(),
             Arc::clone(&settings),
             engine,
             Arc::clone(&shared),
             facts,
-            db,
+            settings.paths.database_path.clone(),
         );
         let shipper = log_stream::Shipper {
             cloud: cloud.clone(),

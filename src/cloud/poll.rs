@@ -60,9 +60,9 @@ pub struct Poller {
     pub engine: Sender<Command>,
     pub shared: Arc<CloudShared>,
     pub facts: RegisterFacts,
-    /// A second connection to the database, for the cloud's own bookkeeping
-    /// (`initialConfigReported`).
-    pub db: Option<crate::db::Db>,
+    /// The database, opened for the cloud's own bookkeeping (`initialConfigReported`) only
+    /// while it is needed: a connection held by this thread would keep the WAL open at exit.
+    pub db_path: std::path::PathBuf,
     /// ETag of the last valid target; memory only, so a restart fetches in full.
     etag: Option<String>,
     /// The last valid target received, for re-applying after a 304 asked for by the API.
@@ -78,7 +78,7 @@ impl Poller {
         engine: Sender<Command>,
         shared: Arc<CloudShared>,
         facts: RegisterFacts,
-        db: Option<crate::db::Db>,
+        db_path: std::path::PathBuf,
     ) -> Poller {
         Poller {
             cloud,
@@ -86,7 +86,7 @@ impl Poller {
             engine,
             shared,
             facts,
-            db,
+            db_path,
             etag: None,
             last: None,
             stored: None,
@@ -175,7 +175,13 @@ impl Poller {
     /// until the device-config backends exist, so none are sent.
     fn initial_config_report(&self) {
         let endpoint = self.cloud.endpoint().to_string();
-        let Some(db) = &self.db else { return };
+        let db = match crate::db::Db::open(&self.db_path) {
+            Ok(db) => db,
+            Err(e) => {
+                warn!("cannot open the database for the initial config report: {e}");
+                return;
+            }
+        };
         if db
             .config_get("initialConfigReported")
             .ok()

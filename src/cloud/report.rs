@@ -105,7 +105,9 @@ pub fn current_state(
     }
     if !local_mode {
         put("logs_channel", Value::Null);
-        put("apps", Value::Object(apps(status)));
+        if status.apps_known {
+            put("apps", Value::Object(apps(status)));
+        }
     }
     out
 }
@@ -632,5 +634,21 @@ mod tests {
         assert_eq!(s["name"], "gentle-river");
         assert_eq!(s["status"], "Idle");
         assert_eq!(s["supervisor_version"], crate::SUPERVISOR_VERSION);
+    }
+
+    #[test]
+    fn apps_are_left_out_until_the_engine_has_been_read() {
+        let mut status = Status {
+            target: Some(target()),
+            ..Status::default()
+        };
+        let s = current_state(&status, &DeviceFields::default(), false, &Map::new());
+        assert!(s.get("apps").is_none(), "{s:?}");
+        status.apps_known = true;
+        let s = current_state(&status, &DeviceFields::default(), false, &Map::new());
+        assert!(
+            s["apps"].as_object().is_some_and(|a| !a.is_empty()),
+            "{s:?}"
+        );
     }
 }

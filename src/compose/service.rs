@@ -928,18 +928,17 @@ impl Service {
         if let Some(init) = c.init {
             host_config["Init"] = json!(init);
         }
-        let mut body = json!({
+        json!({
             "Tty": c.tty, "Cmd": c.command, "Volumes": anon, "Env": env, "ExposedPorts": exposed,
             "Image": c.image, "Labels": c.labels,
             "NetworkingConfig": {"EndpointsConfig": endpoints},
             "StopSignal": c.stop_signal, "Domainname": c.domainname, "Hostname": c.hostname,
             "MacAddress": c.mac_address, "User": c.user, "WorkingDir": c.working_dir,
             "HostConfig": host_config, "Healthcheck": healthcheck, "StopTimeout": c.stop_grace_period,
-        });
-        if !c.entrypoint.is_empty() {
-            body["Entrypoint"] = json!(c.entrypoint);
-        }
-        body
+            // Always sent, as v19 does (the image's when the service names none): the engine
+            // then stores `[]` rather than null, as it does for v19's containers.
+            "Entrypoint": c.entrypoint,
+        })
     }
 
     /// Networks to connect after create (all but the main one).

@@ -71,6 +71,15 @@ pub struct Db {
     conn: Connection,
 }
 
+impl Drop for Db {
+    /// Moves the WAL's pages into the database file before the connection closes, so the file
+    /// alone (a copy, a rootfs snapshot, the Node supervisor after a switch back) has every
+    /// write; SQLite then removes the `-wal` and `-shm` files with the last connection.
+    fn drop(&mut self) {
+        let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
+    }
+}
+
 impl Db {
     /// Opens (creating if needed) the database, in WAL mode, and brings the schema up to date.
     pub fn open(path: &Path) -> Result<Db> {

@@ -279,3 +279,23 @@ fn a_new_database_is_readable_by_its_owner_only() {
         assert_eq!(mode & 0o777, 0o600, "{f}");
     }
 }
+
+#[test]
+fn closing_the_database_leaves_the_file_whole_and_no_wal() {
+    let dir = crate::testutil::TempDir::new("dbclose");
+    let path = dir.path().join("database.sqlite");
+    let db = Db::open(&path).unwrap();
+    db.config_set("written", Some("before close")).unwrap();
+    assert!(dir.path().join("database.sqlite-wal").exists());
+    drop(db);
+    assert!(!dir.path().join("database.sqlite-wal").exists());
+    assert!(!dir.path().join("database.sqlite-shm").exists());
+    // The file alone holds the write.
+    let copy = dir.path().join("copy.sqlite");
+    std::fs::copy(&path, &copy).unwrap();
+    let reopened = Db::open(&copy).unwrap();
+    assert_eq!(
+        reopened.config_get("written").unwrap().as_deref(),
+        Some("before close")
+    );
+}

@@ -78,14 +78,35 @@ pub(super) fn save_and_remove(
             .filter(|(s, _)| !index.available(s))
             .map(|(s, w)| (*s, w))
             .collect();
-        // v19 matches id+commit+service first and falls back to the id alone, which makes
-        // the id the deciding test.
+        // A record is kept while it describes the target or a running container of its own
+        // release, or while its image runs and no record of the target covers that image yet.
+        // So once the new release runs, the previous release's records go even when both
+        // releases share the image (v19 removes them too: left behind, v19 would report the
+        // old release as downloaded).
         let in_use: HashSet<&str> = current
             .iter()
             .flat_map(|a| &a.services)
             .map(|c| c.config.image.as_str())
             .collect();
+        let running: HashSet<(i64, &str, &str, &str)> = current
+            .iter()
+            .flat_map(|a| &a.services)
+            .map(|c| {
+                (
+                    c.app_id,
+                    c.service_name.as_str(),
+                    c.commit.as_deref().unwrap_or_default(),
+                    c.config.image.as_str(),
+                )
+            })
+            .collect();
         let wanted_keys: HashSet<MetaKey> = wanted.iter().map(meta_key).collect();
+        let covered: HashSet<&str> = ctx
+            .available_images
+            .iter()
+            .filter(|img| wanted_keys.contains(&meta_key(img)))
+            .filter_map(|img| img.docker_image_id.as_deref())
+            .collect();
         let delta_sources: HashSet<(i64, &str)> = pending
             .iter()
             .filter(|(s, _)| {
@@ -94,13 +115,18 @@ pub(super) fn save_and_remove(
             .map(|(_, w)| (w.app_id, w.service_name.as_str()))
             .collect();
         for img in &ctx.available_images {
-            let used = img
-                .docker_image_id
-                .as_deref()
-                .is_some_and(|id| in_use.contains(id));
+            let id = img.docker_image_id.as_deref();
+            let only_record_of_a_running_image =
+                id.is_some_and(|id| in_use.contains(id) && !covered.contains(id));
+            let runs = running.contains(&(
+                img.app_id,
+                img.service_name.as_str(),
+                img.commit.as_str(),
+                id.unwrap_or_default(),
+            ));
             let is_target = wanted_keys.contains(&meta_key(img));
             let delta_source = delta_sources.contains(&(img.app_id, img.service_name.as_str()));
-            if !used && !is_target && !delta_source {
+            if !only_record_of_a_running_image && !runs && !is_target && !delta_source {
                 steps.push(Step::RemoveImage { image: img.clone() });
             }
         }

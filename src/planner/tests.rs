@@ -1428,3 +1428,31 @@ fn c2_4_app_only_in_current_with_nothing_left_but_a_lock_releases_it() {
 }
 
 mod property;
+
+#[test]
+fn c8_previous_release_records_go_once_the_new_release_has_its_own_even_with_the_same_image() {
+    let old = running(svc("main", "img1", "c0"));
+    let mut new = svc("main", "img1", "c1");
+    new.release_id = 2;
+    new.config.image = old.config.image.clone();
+    // The new release runs (same image, renamed), and only the old release's record exists:
+    // it stays, the image would otherwise have no record.
+    let mut now = running(new.clone());
+    now.commit = Some("c1".into());
+    let c = with_images(ctx(), &[&old]);
+    let steps = plan_brief(
+        &[capp("c1", vec![now.clone()])],
+        &[tapp("c1", vec![new.clone()])],
+        &c,
+    );
+    assert!(
+        !steps.iter().any(|s| s.starts_with("removeImage")),
+        "{steps:?}"
+    );
+    // Both records: the old one goes (its image stays: the new record names it).
+    let c = with_images(ctx(), &[&old, &new]);
+    assert_eq!(
+        plan_brief(&[capp("c1", vec![now])], &[tapp("c1", vec![new])], &c),
+        ["removeImage:img1"]
+    );
+}

@@ -112,6 +112,10 @@ pub struct Status {
     pub target: Option<Arc<TargetState>>,
     /// Local mode: API auth off, apps left out of reports, logs not sent to the cloud.
     pub local_mode: bool,
+    /// The engine has been read once: until then reports carry no `apps` (v19 sends none
+    /// before it knows them; an empty object would say the device runs nothing).
+    #[serde(skip)]
+    pub apps_known: bool,
     /// The global API key (`apiSecret` appId 0): the report sends it to the cloud.
     #[serde(skip)]
     pub api_secret: Option<String>,
@@ -606,10 +610,17 @@ impl StateEngine {
         }
         let device = device_context(&self.settings, &target.name);
         let universe = universe(&self.settings);
+        let recorded_ids = self.restore_image_tags(&snapshot);
         let engine = &self.engine;
+        // By name, else (a tag gone, a digest the engine no longer lists) by the engine id the
+        // image table recorded: a missing name is not a changed image.
         let image_defaults = |name: &str| {
             engine
                 .inspect_image(name)
+                .or_else(|e| match recorded_ids.get(name) {
+                    Some(id) => engine.inspect_image(id),
+                    None => Err(e),
+                })
                 .ok()
                 .map(|i| ImageDefaults::from_inspect(&i))
         };
@@ -715,6 +726,39 @@ impl StateEngine {
             Some(e) => Err(e),
             None => Ok(Outcome::Progress { all_noop }),
         }
+    }
+
+    /// Tags again, from the image table, an image still on the engine whose recorded name no
+    /// longer points at it (v19 does the same), so that containers are created from the name
+    /// and the image is not fetched again. Returns the recorded engine id of every name whose
+    /// image is on the engine.
+    fn restore_image_tags(&self, snapshot: &EngineSnapshot) -> BTreeMap<String, String> {
+        let rows = self.db().images().unwrap_or_default();
+        let mut ids = BTreeMap::new();
+        for row in rows {
+            let Some(id) = row.docker_image_id else {
+                continue;
+            };
+            let Some(image) = snapshot.images.iter().find(|i| i.id == id) else {
+                continue;
+            };
+            let (repo, tag) = crate::engine::split_reference(&row.name);
+            let full = format!("{repo}:{tag}");
+            // Rows of several services often share a name: one tag serves them all.
+            let tagged = ids.contains_key(&row.name)
+                || image
+                    .references
+                    .iter()
+                    .any(|r| r == &row.name || *r == full);
+            if !tagged && !row.name.contains('@') {
+                match self.engine.tag_image(&id, repo, tag) {
+                    Ok(()) => info!("Image {} was untagged: tagged again from {id}", row.name),
+                    Err(e) => warn!("Cannot tag {id} as {}: {e}", row.name),
+                }
+            }
+            ids.insert(row.name, id);
+        }
+        ids
     }
 
     fn context(&self, snapshot: &EngineSnapshot, target: &TargetState, force: bool) -> Context {
@@ -1180,6 +1224,7 @@ impl StateEngine {
             s.containers = containers;
             s.images = images;
             s.releases = releases;
+            s.apps_known = true;
         });
     }
 }

@@ -123,6 +123,7 @@ fn create_body_matches_the_real_supervisors_request() {
     assert_eq!(body["Image"], json!(params["Image"][0]));
     assert_eq!(body["Cmd"], json!(params["Cmd"]));
     assert_eq!(body["StopTimeout"], json!(10));
+    assert_eq!(body["Entrypoint"], json!([]), "sent empty, as v19 sends it");
     let mut ours: Vec<String> = serde_json::from_value(body["Env"].clone()).unwrap();
     let mut theirs = params["Env"].clone();
     ours.sort();
