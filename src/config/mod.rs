@@ -102,6 +102,46 @@ impl Paths {
     }
 }
 
+impl Paths {
+    /// Where balenaOS's current start script leaves things (docs/deploy.md): it mounts no
+    /// partition into the container (v19's entry script mounts them itself, as root of a
+    /// privileged container), but binds the host's `/` at ROOT_MOUNTPOINT, so the host's own
+    /// `/mnt/boot`, `/mnt/state` and `/mnt/data` are there. A default path that does not exist
+    /// is replaced by its counterpart under the root when that does; older balenaOS bound
+    /// config.json at `/boot/config.json`. Paths given by flag or variable are kept.
+    pub fn with_host_fallbacks(
+        mut self,
+        env: &dyn Fn(&str) -> Option<String>,
+        o: &Overrides,
+        exists: &dyn Fn(&Path) -> bool,
+    ) -> Paths {
+        let given = |flag: &Option<PathBuf>, var: &str| {
+            flag.is_some() || env(var).is_some_and(|v| !v.is_empty())
+        };
+        let config_given = o.config_path.is_some() || given(&None, "CONFIG_MOUNT_POINT");
+        if !config_given && !exists(&self.config_path) {
+            let on_host = self.root_mountpoint.join("mnt/boot");
+            if exists(&on_host.join("config.json")) {
+                // The whole boot partition is there: config.txt and device-type.json too.
+                self.boot_mountpoint = on_host;
+                self.config_path = self.boot_mountpoint.join("config.json");
+            } else if exists(Path::new("/boot/config.json")) {
+                self.config_path = PathBuf::from("/boot/config.json");
+            }
+        }
+        for (path, flag, var, name) in [
+            (&mut self.state_mountpoint, &o.state_mountpoint, "STATE_MOUNTPOINT", "mnt/state"),
+            (&mut self.data_mountpoint, &o.data_mountpoint, "DATA_MOUNTPOINT", "mnt/data"),
+        ] {
+            let on_host = self.root_mountpoint.join(name);
+            if !given(flag, var) && !exists(path) && exists(&on_host) {
+                *path = on_host;
+            }
+        }
+        self
+    }
+}
+
 /// Everything the daemon needs to know at start.
 #[derive(Debug)]
 pub struct Settings {
@@ -136,7 +176,7 @@ impl Settings {
         env: &dyn Fn(&str) -> Option<String>,
         o: &Overrides,
     ) -> Result<Settings, SettingsError> {
-        let paths = Paths::resolve(env, o);
+        let paths = Paths::resolve(env, o).with_host_fallbacks(env, o, &|p| p.exists());
         let config_json =
             ConfigJson::load(&paths.config_path).map_err(SettingsError::ConfigJson)?;
         let env_port = match env("LISTEN_PORT").filter(|v| !v.is_empty()) {
@@ -211,6 +251,53 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         move |k| m.get(k).cloned()
+    }
+
+    #[test]
+    fn in_a_balenaos_v8_container_the_hosts_partitions_are_found_through_its_root() {
+        let host: Vec<PathBuf> = [
+            "/mnt/root/mnt/boot/config.json",
+            "/mnt/root/mnt/state",
+            "/mnt/root/mnt/data",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+        let exists = |p: &Path| host.iter().any(|h| h == p);
+        let env = env_of(&[("BOOT_MOUNTPOINT", "/mnt/boot")]);
+        let p = Paths::resolve(&env, &Overrides::default()).with_host_fallbacks(
+            &env,
+            &Overrides::default(),
+            &exists,
+        );
+        assert_eq!(p.config_path, PathBuf::from("/mnt/root/mnt/boot/config.json"));
+        assert_eq!(p.boot_mountpoint, PathBuf::from("/mnt/root/mnt/boot"));
+        assert_eq!(p.state_mountpoint, PathBuf::from("/mnt/root/mnt/state"));
+        assert_eq!(p.data_mountpoint, PathBuf::from("/mnt/root/mnt/data"));
+        // Older balenaOS: config.json bound at /boot/config.json.
+        let old = |p: &Path| p == Path::new("/boot/config.json");
+        let p = Paths::resolve(&env, &Overrides::default()).with_host_fallbacks(
+            &env,
+            &Overrides::default(),
+            &old,
+        );
+        assert_eq!(p.config_path, PathBuf::from("/boot/config.json"));
+        assert_eq!(p.state_mountpoint, PathBuf::from("/mnt/state"));
+        // What is given is kept, and what exists is used.
+        let env = env_of(&[("STATE_MOUNTPOINT", "/elsewhere")]);
+        let p = Paths::resolve(&env, &Overrides::default()).with_host_fallbacks(
+            &env,
+            &Overrides::default(),
+            &exists,
+        );
+        assert_eq!(p.state_mountpoint, PathBuf::from("/elsewhere"));
+        let all = |_: &Path| true;
+        let p = Paths::resolve(&env, &Overrides::default()).with_host_fallbacks(
+            &env,
+            &Overrides::default(),
+            &all,
+        );
+        assert_eq!(p.config_path, PathBuf::from("/mnt/boot/config.json"));
     }
 
     #[test]

@@ -18,9 +18,13 @@ const SUPERVISOR_APP_UUIDS: &[&str] = &[
     "6822565f766e413e96d9bebe2227cdcc",
 ];
 
-pub fn is_supervisor(app_uuid: &str, service_name: &str) -> bool {
+/// Is this service part of the supervisor itself? v19 leaves out only its own `core` (or
+/// `main`, `balena-supervisor`) service; tinyvisor is the whole v19 composition — `core`, helios
+/// as `core-next` and `service-relay` — so it installs no service of the supervisor's app (and
+/// reports them running, as v19 reports its own). helios would also try to take over by
+/// running `node` inside the supervisor container, which has none.
+pub fn is_supervisor(app_uuid: &str, _service_name: &str) -> bool {
     SUPERVISOR_APP_UUIDS.contains(&app_uuid)
-        && matches!(service_name, "main" | "balena-supervisor" | "core")
 }
 
 /// The target apps, and what the contract check had to say about them.
@@ -239,6 +243,20 @@ mod tests {
             "releases": {"c9": {"id": 9, "services": {"balena-supervisor": svc(1, json!({}))}}}}}),
         );
         assert!(t.apps[0].services.is_empty());
+        // v19's composition: tinyvisor is all three, so none is installed beside it.
+        let t = build(
+            json!({"52e35121417640b1b28a680504e4039b": {"id": 2, "name": "amd64-supervisor", "class": "app",
+            "releases": {"c19": {"id": 9, "services": {
+                "core": svc(1, json!({})), "core-next": svc(2, json!({})), "service-relay": svc(3, json!({}))}}}},
+            "u1": {"id": 1, "name": "fleet", "releases": {"c1": {"id": 1, "services": {"main": svc(4, json!({}))}}}}}),
+        );
+        let installed: Vec<&str> = t
+            .apps
+            .iter()
+            .flat_map(|a| &a.services)
+            .map(|s| s.service_name.as_str())
+            .collect();
+        assert_eq!(installed, ["main"]);
     }
 
     #[test]
