@@ -68,7 +68,14 @@ enum Command {
     Plan(PlanCmd),
     Apply(ApplyCmd),
     Firewall(FirewallCmd),
+    Healthcheck(HealthcheckCmd),
 }
+
+#[derive(FromArgs)]
+/// ask the running daemon's /v1/healthy (the image's HEALTHCHECK: there is no shell or wget in
+/// it); exit 0 when healthy
+#[argh(subcommand, name = "healthcheck")]
+struct HealthcheckCmd {}
 
 #[derive(FromArgs)]
 /// print or install the host firewall the daemon installs (BALENA-FIREWALL, IPv4 and IPv6)
@@ -149,6 +156,7 @@ fn main() -> ExitCode {
         Some(Command::Plan(cmd)) => return plan(&settings, &cmd),
         Some(Command::Apply(cmd)) => return apply(&settings, &cmd),
         Some(Command::Firewall(cmd)) => return firewall(&settings, &cmd),
+        Some(Command::Healthcheck(_)) => return healthcheck(&settings),
         None => {}
     }
     info!(
@@ -432,6 +440,26 @@ fn apply(settings: &Settings, cmd: &ApplyCmd) -> ExitCode {
     }
 }
 
+fn healthcheck(settings: &Settings) -> ExitCode {
+    match local_call(
+        settings.listen_port,
+        "GET",
+        "/v1/healthy",
+        None,
+        Duration::from_secs(30),
+    ) {
+        Ok((200, _)) => ExitCode::SUCCESS,
+        Ok((status, text)) => {
+            eprintln!("tinyvisor: unhealthy ({status}): {text}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("tinyvisor: no answer on port {}: {e}", settings.listen_port);
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn firewall(settings: &Settings, cmd: &FirewallCmd) -> ExitCode {
     use tinyvisor::firewall;
     if !["on", "off", "auto"].contains(&cmd.mode.as_str()) {
@@ -465,15 +493,30 @@ fn firewall(settings: &Settings, cmd: &FirewallCmd) -> ExitCode {
 
 /// A POST to the local API; returns the status and the `message` (or body) of the answer.
 fn local_post(port: u16, path: &str, body: &str) -> std::io::Result<(u16, String)> {
+    local_call(port, "POST", path, Some(body), Duration::from_secs(60))
+}
+
+/// One request to the local API; the status and the `message` (or body) of the answer.
+fn local_call(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    timeout: Duration,
+) -> std::io::Result<(u16, String)> {
     use tinyvisor::engine::http;
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut stream = std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        timeout,
+    )?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
     http::write_request(
         &mut stream,
-        "POST",
+        method,
         path,
         &[("Connection", "close".into())],
-        Some(body.as_bytes()),
+        body.map(str::as_bytes),
     )?;
     let mut reader = std::io::BufReader::new(stream);
     let head = http::read_head(&mut reader)?;

@@ -191,3 +191,101 @@ fn apply_of_a_target_that_is_not_an_object_is_a_clear_error() {
     }
     let _ = std::fs::remove_dir_all(d);
 }
+
+#[test]
+fn install_lays_out_the_files_and_the_units_command_line_runs() {
+    let d = scratch();
+    let root = d.join("root");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/install");
+    let config = d.join("config.json");
+    std::fs::write(&config, "[1]").unwrap();
+    let install = |extra: &[&std::ffi::OsStr]| {
+        Command::new("bash")
+            .arg(script)
+            .arg("--root")
+            .arg(&root)
+            .arg("--binary")
+            .arg(env!("CARGO_BIN_EXE_tinyvisor"))
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    // A config.json that is not an object is refused before anything is written.
+    let out = install(&["--config".as_ref(), config.as_os_str()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!root.join("usr/local/bin/tinyvisor").exists());
+    std::fs::write(&config, r#"{"deviceType":"raspberrypi4-64"}"#).unwrap();
+    let out = install(&["--config".as_ref(), config.as_os_str()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &str| {
+        std::fs::metadata(root.join(p))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("usr/local/bin/tinyvisor"), 0o755);
+    assert_eq!(mode("etc/tinyvisor/config.json"), 0o600);
+    assert_eq!(mode("var/lib/tinyvisor"), 0o700);
+    let unit = std::fs::read_to_string(root.join("etc/systemd/system/tinyvisor.service")).unwrap();
+    // The unit's command line, with its environment moved into the scratch root.
+    let mut env: Vec<(String, String)> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("Environment="))
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| {
+            let v = match k {
+                "DOCKER_SOCKET" | "LED_FILE" => v.to_string(),
+                "ROOT_MOUNTPOINT" => root.display().to_string(),
+                _ => format!("{}{v}", root.display()),
+            };
+            (k.to_string(), v)
+        })
+        .collect();
+    let port = common::free_port();
+    env.push(("LISTEN_PORT".into(), port.to_string()));
+    env.push(("TINYVISOR_FIREWALL".into(), "off".into()));
+    env.push((
+        "DBUS_SYSTEM_BUS_ADDRESS".into(),
+        "unix:path=/nonexistent".into(),
+    ));
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .unwrap();
+    assert_eq!(exec, "/usr/local/bin/tinyvisor");
+    let mut child = Command::new(root.join(exec.trim_start_matches('/')))
+        .env_clear()
+        .envs(env)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let answered = loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            use std::io::{Read, Write};
+            let _ = s.write_all(b"GET /ping HTTP/1.1\r\nConnection: close\r\n\r\n");
+            let mut text = String::new();
+            let _ = s.read_to_string(&mut text);
+            break text.starts_with("HTTP/1.1 200");
+        }
+        if std::time::Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        answered,
+        "the installed unit's command did not answer /ping"
+    );
+    assert!(root.join("var/lib/tinyvisor/database.sqlite").exists());
+    let _ = std::fs::remove_dir_all(d);
+}

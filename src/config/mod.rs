@@ -130,8 +130,18 @@ impl Paths {
             }
         }
         for (path, flag, var, name) in [
-            (&mut self.state_mountpoint, &o.state_mountpoint, "STATE_MOUNTPOINT", "mnt/state"),
-            (&mut self.data_mountpoint, &o.data_mountpoint, "DATA_MOUNTPOINT", "mnt/data"),
+            (
+                &mut self.state_mountpoint,
+                &o.state_mountpoint,
+                "STATE_MOUNTPOINT",
+                "mnt/state",
+            ),
+            (
+                &mut self.data_mountpoint,
+                &o.data_mountpoint,
+                "DATA_MOUNTPOINT",
+                "mnt/data",
+            ),
         ] {
             let on_host = self.root_mountpoint.join(name);
             if !given(flag, var) && !exists(path) && exists(&on_host) {
@@ -270,7 +280,10 @@ mod tests {
             &Overrides::default(),
             &exists,
         );
-        assert_eq!(p.config_path, PathBuf::from("/mnt/root/mnt/boot/config.json"));
+        assert_eq!(
+            p.config_path,
+            PathBuf::from("/mnt/root/mnt/boot/config.json")
+        );
         assert_eq!(p.boot_mountpoint, PathBuf::from("/mnt/root/mnt/boot"));
         assert_eq!(p.state_mountpoint, PathBuf::from("/mnt/root/mnt/state"));
         assert_eq!(p.data_mountpoint, PathBuf::from("/mnt/root/mnt/data"));
