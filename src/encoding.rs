@@ -90,6 +90,35 @@ pub fn json_depth(text: &[u8]) -> usize {
     deepest
 }
 
+/// Parses an RFC 3339 UTC timestamp (`2026-11-25T14:52:13.123Z`) to Unix seconds.
+pub fn rfc3339_seconds(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 19 {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> { s.get(r)?.parse().ok() };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    // Days from civil date (Howard Hinnant's algorithm).
+    let y2 = if mo <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let mut t = days * 86_400 + h * 3600 + mi * 60 + sec;
+    // A numeric offset (+01:00) moves the instant.
+    if let Some(pos) = s[19..].find(['+', '-']) {
+        let off = &s[19 + pos..];
+        let sign = if off.starts_with('-') { -1 } else { 1 };
+        let oh: i64 = off.get(1..3)?.parse().ok()?;
+        let om: i64 = off.get(4..6)?.parse().ok()?;
+        t -= sign * (oh * 3600 + om * 60);
+    }
+    Some(t)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -2,6 +2,7 @@
 //! See ARCHITECTURE.md for the map of modules, threads and channels.
 
 pub mod api;
+pub mod balena_api;
 pub mod bootconfig;
 pub mod cloud;
 pub mod compose;
@@ -16,9 +17,11 @@ pub mod firewall;
 pub mod fsutil;
 pub mod host;
 pub mod hostconfig;
+pub mod http;
 pub mod locks;
 pub mod logs;
 pub mod planner;
+pub mod protocol;
 pub mod state;
 pub mod systemd;
 

@@ -294,7 +294,7 @@ fn main() -> ExitCode {
             shared: Arc::clone(&c.shared),
             poll: c.poll.clone(),
             // An API worker waits for it: 10 s at most.
-            client: tinyvisor::cloud::device_client_with_timeout(
+            client: tinyvisor::balena_api::device_client_with_timeout(
                 &settings,
                 std::time::Duration::from_secs(10),
             ),
@@ -504,7 +504,7 @@ fn local_call(
     body: Option<&str>,
     timeout: Duration,
 ) -> std::io::Result<(u16, String)> {
-    use tinyvisor::engine::http;
+    use tinyvisor::http;
     let mut stream = std::net::TcpStream::connect_timeout(
         &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
         timeout,

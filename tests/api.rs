@@ -600,10 +600,10 @@ fn device_endpoints_v1_app_actions_and_journal_logs() {
     )
     .unwrap();
     let mut reader = std::io::BufReader::new(conn);
-    let head = tinyvisor::engine::http::read_head(&mut reader).unwrap();
+    let head = tinyvisor::http::read_head(&mut reader).unwrap();
     assert_eq!(head.status, 200);
     let mut text = String::new();
-    tinyvisor::engine::http::Body::new(reader, tinyvisor::engine::http::Framing::Chunked)
+    tinyvisor::http::Body::new(reader, tinyvisor::http::Framing::Chunked)
         .read_to_string(&mut text)
         .unwrap();
     assert_eq!(

@@ -498,7 +498,7 @@ fn an_engine_restart_in_the_middle_of_an_update_converges() {
 #[test]
 fn local_logs_stream_container_output_and_events() {
     use std::io::{BufRead, Write};
-    use tinyvisor::engine::http;
+    use tinyvisor::http;
     let _serial = serial();
     reset_engine(&engine());
     let d = Daemon::new();

@@ -5,8 +5,8 @@
 
 use super::server::{Request, Response};
 use super::{failed, int_param, json_response, truthy, Api, ENGINE_TIMEOUT, NOT_ANSWERING};
-use crate::state::actions::{ActionError, ServiceAction, ServiceRef};
-use crate::state::apply::{Command, KeyScope};
+use crate::protocol::{ActionError, ServiceAction, ServiceRef};
+use crate::protocol::{Command, KeyScope};
 use serde_json::{json, Map, Value};
 use std::io::Read;
 use std::sync::Mutex;

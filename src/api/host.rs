@@ -3,9 +3,9 @@
 
 use super::server::{Request, Response};
 use super::{json_response, truthy, Api, ENGINE_TIMEOUT, NOT_ANSWERING};
-use crate::state::actions::ActionError;
-use crate::state::apply::Command;
-use crate::state::power::PowerAction;
+use crate::protocol::ActionError;
+use crate::protocol::Command;
+use crate::protocol::PowerAction;
 use serde_json::json;
 
 impl Api {

@@ -7,9 +7,9 @@ use crate::compose::target::TargetState;
 use crate::compose::target::{parse_device_target, parse_v2_local, MAX_TARGET_BYTES};
 use crate::config::Settings;
 use crate::logs::LogBus;
-use crate::state::actions::{ActionError, AppAction, ServiceAction, ServiceRef};
-use crate::state::apply::{Command, KeyScope, Status};
-use crate::state::power::PowerAction;
+use crate::protocol::PowerAction;
+use crate::protocol::{ActionError, AppAction, ServiceAction, ServiceRef};
+use crate::protocol::{Command, KeyScope, Status};
 use crossbeam_channel::Sender;
 use log::info;
 use serde_json::{json, Value};
@@ -135,7 +135,7 @@ pub struct CloudHandle {
     pub shared: Arc<CloudShared>,
     pub poll: Sender<PollRequest>,
     /// For `GET /v2/device/tags`.
-    pub client: crate::cloud::client::Cloud,
+    pub client: crate::balena_api::client::Cloud,
 }
 
 /// Binds the port and starts the server; returns it so the caller can stop it.
@@ -466,7 +466,7 @@ impl Api {
         };
         let set = |reply| Command::SetTarget {
             state,
-            source: crate::state::apply::LOCAL_SOURCE.to_string(),
+            source: crate::protocol::LOCAL_SOURCE.to_string(),
             force: truthy(doc.get("force")),
             reply,
         };

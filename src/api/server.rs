@@ -8,7 +8,7 @@
 //! few at once. It replaced tiny_http 0.12, which grows one thread per open connection, has no
 //! timeouts and buffers streamed answers (see ARCHITECTURE.md).
 
-use crate::engine::http::{self, Body, Framing};
+use crate::http::{self, Body, Framing};
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, TcpListener, TcpStream};

@@ -3,8 +3,8 @@
 //! without messages, re-opened with a cooldown after failures. Messages wait in the bounded
 //! log bus meanwhile.
 
-use super::client::Cloud;
 use super::CloudShared;
+use crate::balena_api::client::Cloud;
 use crate::config::Settings;
 use crate::logs::{LogBus, LogMessage};
 use flate2::write::GzEncoder;

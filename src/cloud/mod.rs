@@ -2,16 +2,15 @@
 //! It never touches the engine: targets go to the state engine over its channel, and reports
 //! are built from the status the state engine publishes.
 
-pub mod client;
-pub mod delta;
 pub mod log_stream;
 pub mod poll;
 pub mod provision;
 pub mod report;
 pub mod tags;
 
+use crate::balena_api::{client, device_client, os_of};
 use crate::config::Settings;
-use crate::state::apply::{Command, Status};
+use crate::protocol::{Command, Status};
 use crossbeam_channel::{Receiver, Sender};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -74,13 +73,6 @@ impl CloudShared {
     }
 }
 
-fn os_of(settings: &Settings) -> (Option<String>, Option<String>) {
-    crate::host::os_version_and_variant(
-        &settings.paths.host_os_version_path,
-        settings.config_json.get_bool("developmentMode"),
-    )
-}
-
 /// `PATCH <path>` with `{"<uuid>": body}` as the device (its API key): state reports and tags.
 pub fn patch_as_device(
     cloud: &client::Cloud,
@@ -98,46 +90,6 @@ pub fn patch_as_device(
     } else {
         Err(reply.error())
     }
-}
-
-/// A client of the device's API endpoint with the supervisor's User-Agent, whose calls follow
-/// the live `SUPERVISOR_API_REQUEST_TIMEOUT`.
-pub fn device_client(settings: &Settings) -> client::Cloud {
-    client_with(
-        settings,
-        client::Timeout::Live(&client::API_REQUEST_TIMEOUT_MS),
-    )
-}
-
-/// The same with a fixed request timeout (the API's calls to the cloud wait less).
-pub fn device_client_with_timeout(settings: &Settings, timeout: Duration) -> client::Cloud {
-    client_with(settings, client::Timeout::Fixed(timeout))
-}
-
-/// The host's CA bundle, read only when custom CAs are configured (it then replaces the
-/// built-in roots, which cannot be combined with others).
-fn host_ca_bundle(settings: &Settings) -> Vec<u8> {
-    if settings.custom_ca.is_empty() {
-        return Vec::new();
-    }
-    let under_root = settings.paths.root_mountpoint.join(HOST_BUNDLE);
-    std::fs::read(under_root)
-        .or_else(|_| std::fs::read(std::path::Path::new("/").join(HOST_BUNDLE)))
-        .unwrap_or_default()
-}
-
-/// Debian's and balenaOS's CA bundle, relative to a root.
-const HOST_BUNDLE: &str = "etc/ssl/certs/ca-certificates.crt";
-
-fn client_with(settings: &Settings, timeout: client::Timeout) -> client::Cloud {
-    let (os_version, os_variant) = os_of(settings);
-    client::Cloud::new(
-        &settings.config_json.api_endpoint(),
-        timeout,
-        &client::user_agent(os_version.as_deref(), os_variant.as_deref()),
-        &settings.custom_ca,
-        &host_ca_bundle(settings),
-    )
 }
 
 /// The running cloud threads.

@@ -2,12 +2,12 @@
 //! state with ETags, validates it, and hands it to the state engine (which stores it before
 //! applying). `/v1/update` asks for an immediate fetch over a bounded channel.
 
-use super::client::{Auth, Cloud, CloudError};
 use super::provision::{self, RegisterFacts};
 use super::{CloudShared, PollRequest};
+use crate::balena_api::client::{Auth, Cloud, CloudError};
 use crate::compose::target::{parse_v3, TargetState};
 use crate::config::Settings;
-use crate::state::apply::Command;
+use crate::protocol::Command;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use log::{error, info, warn};
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! device with its own API key. The decision is a pure function of what config.json holds;
 //! the calls and the config.json writes follow it.
 
-use super::client::{Auth, Cloud, CloudError};
+use crate::balena_api::client::{Auth, Cloud, CloudError};
 use crate::config::ConfigJson;
 use log::{info, warn};
 use serde_json::{json, Value};

@@ -3,11 +3,11 @@
 //! at most once per 10 s (metrics-only changes once per 5 min). The last acknowledged report
 //! is kept on disk so a restart sends a diff, not everything.
 
-use super::client::{Cloud, CloudError};
 use super::CloudShared;
+use crate::balena_api::client::{Cloud, CloudError};
 use crate::config::Settings;
 use crate::host::{self, Metrics};
-use crate::state::apply::Status;
+use crate::protocol::Status;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use log::{debug, warn};
 use serde_json::{json, Map, Value};
@@ -140,7 +140,7 @@ pub fn apps(status: &Status) -> Map<String, Value> {
         }
         if let Some(rel) = &app.release {
             for (name, svc) in &rel.services {
-                if crate::state::target::is_supervisor(&app.uuid, name) {
+                if crate::compose::target::is_supervisor(&app.uuid, name) {
                     service_of(
                         &mut releases,
                         &rel.commit,
@@ -435,7 +435,7 @@ impl Reporter {
 mod tests {
     use super::*;
     use crate::compose::target::{parse_device_target, TargetState};
-    use crate::state::apply::{ContainerStatus, ImageStatus};
+    use crate::protocol::{ContainerStatus, ImageStatus};
 
     fn target() -> Arc<TargetState> {
         let doc = json!({"name": "gentle-river", "config": {}, "apps": {"appuuid1": {

@@ -3,7 +3,7 @@
 //! the state engine (DB `targetTags`) and sent by the report thread as
 //! `PATCH /device/v3/tags`.
 
-use super::client::{Auth, Cloud, CloudError};
+use crate::balena_api::client::{Auth, Cloud, CloudError};
 use crate::config::Settings;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;

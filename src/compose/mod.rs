@@ -3,12 +3,14 @@
 
 pub mod composition;
 pub mod contracts;
+pub mod image;
 pub mod labels;
 pub mod network;
 pub mod service;
 pub mod target;
 pub mod volume;
 
+pub use image::ImageRef;
 pub use network::Network;
 pub use service::{Service, ServiceConfig, Status};
 pub use target::{TargetError, TargetState};

@@ -297,6 +297,24 @@ fn string_map(
     Ok(out)
 }
 
+/// The real supervisor's own app uuids (per architecture) and service names.
+const SUPERVISOR_APP_UUIDS: &[&str] = &[
+    "52e35121417640b1b28a680504e4039b",
+    "900de4f3cbac4b9bbd232885a35e407b",
+    "2e66a95795c149959c69472a8c2f92b8",
+    "531b357e155c480cbec0fdd33041a1f5",
+    "6822565f766e413e96d9bebe2227cdcc",
+];
+
+/// Is this service part of the supervisor itself? v19 leaves out only its own `core` (or
+/// `main`, `balena-supervisor`) service; tinyvisor is the whole v19 composition — `core`, helios
+/// as `core-next` and `service-relay` — so it installs no service of the supervisor's app (and
+/// reports them running, as v19 reports its own). helios would also try to take over by
+/// running `node` inside the supervisor container, which has none.
+pub fn is_supervisor(app_uuid: &str, _service_name: &str) -> bool {
+    SUPERVISOR_APP_UUIDS.contains(&app_uuid)
+}
+
 /// Parses the device part of a v3 target (the object under the device uuid).
 pub fn parse_device_target(v: &Value) -> Result<TargetState> {
     let m = obj(v, "")?;

@@ -65,7 +65,7 @@ CREATE TABLE IF NOT EXISTS tv_stopped (containerId TEXT PRIMARY KEY);
 ";
 
 /// A row of the `image` table is the planner's image record.
-pub use crate::planner::ImageRef as ImageRow;
+use crate::compose::ImageRef;
 
 pub struct Db {
     conn: Connection,
@@ -370,12 +370,12 @@ impl Db {
 
     // ---- images ----
 
-    pub fn images(&self) -> Result<Vec<ImageRow>> {
+    pub fn images(&self) -> Result<Vec<ImageRef>> {
         let mut stmt = self.conn.prepare(
             "SELECT name, appId, appUuid, serviceId, serviceName, imageId, releaseId, `commit`, dockerImageId FROM image",
         )?;
         let rows = stmt.query_map([], |r| {
-            Ok(ImageRow {
+            Ok(ImageRef {
                 name: r.get(0)?,
                 app_id: r.get::<_, Option<i64>>(1)?.unwrap_or(0),
                 app_uuid: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
@@ -392,7 +392,7 @@ impl Db {
 
     /// Inserts the row unless an identical one exists (v19's upsert semantic); fills in the
     /// engine id of a matching row that lacks it.
-    pub fn upsert_image(&self, i: &ImageRow) -> Result<bool> {
+    pub fn upsert_image(&self, i: &ImageRef) -> Result<bool> {
         let existing = self.images()?;
         if let Some(row) = existing.iter().find(|r| r.same_metadata(i)) {
             if row.docker_image_id == i.docker_image_id {
@@ -411,7 +411,7 @@ impl Db {
         Ok(true)
     }
 
-    pub fn delete_image(&self, i: &ImageRow) -> Result<bool> {
+    pub fn delete_image(&self, i: &ImageRef) -> Result<bool> {
         let n = self.conn.execute(
             "DELETE FROM image WHERE name = ?1 AND appId = ?2 AND serviceName = ?3 AND imageId = ?4 AND releaseId = ?5 AND `commit` = ?6",
             params![i.name, i.app_id, i.service_name, i.image_id, i.release_id, i.commit],

@@ -69,7 +69,7 @@ fn apps_missing_from_a_new_target_are_deleted_for_that_source_only() {
 #[test]
 fn images_upsert_and_delete() {
     let db = Db::open_in_memory().unwrap();
-    let mut row = ImageRow {
+    let mut row = ImageRef {
         name: "reg/img:1".into(),
         app_id: 1,
         app_uuid: "u".into(),

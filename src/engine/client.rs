@@ -2,9 +2,9 @@
 //! socket, version-prefixed paths, typed answers and typed errors.
 
 use super::error::{EngineError, Result};
-use super::http::{self, Body, ResponseHead};
 use super::stream::{BodyReader, JsonStream, LogStream, PullStream};
 use super::types::*;
+use crate::http::{self, Body, ResponseHead};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::io::BufReader;

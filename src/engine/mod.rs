@@ -2,7 +2,6 @@
 
 mod client;
 mod error;
-pub mod http;
 pub mod stream;
 pub mod types;
 

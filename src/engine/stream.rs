@@ -3,8 +3,8 @@
 //! never buffers more than one bounded item.
 
 use super::error::{EngineError, Result};
-use super::http::{read_line_limited, Body};
 use super::types::PullProgress;
+use crate::http::{read_line_limited, Body};
 use serde::de::DeserializeOwned;
 use std::io::{BufReader, Read};
 use std::marker::PhantomData;

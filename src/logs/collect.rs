@@ -4,7 +4,7 @@
 
 use super::{LogBus, LogMessage};
 use crate::engine::{Engine, LogsOptions};
-use crate::state::apply::Status;
+use crate::protocol::Status;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use log::{debug, warn};
 use serde_json::Value;
@@ -36,7 +36,7 @@ pub trait LogSource: Send + Sync {
 
 /// Milliseconds of an RFC 3339 timestamp with an optional fraction.
 pub fn rfc3339_ms(s: &str) -> Option<i64> {
-    let secs = crate::planner::rfc3339_seconds(s)?;
+    let secs = crate::encoding::rfc3339_seconds(s)?;
     let frac = s
         .get(19..)
         .and_then(|rest| rest.strip_prefix('.'))

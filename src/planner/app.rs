@@ -1,12 +1,13 @@
 //! Steps for one app: update towards its target (engine.md C.3–C.9) or removal (C.10).
 
 use super::images::Index;
-use super::{rfc3339_seconds, Context, CurrentApp, ImageRef, Step, TargetApp};
+use super::{Context, CurrentApp, ImageRef, Step, TargetApp};
 use crate::compose::labels::{
     self, HANDOVER_TIMEOUT, LEGACY_CONTAINER, REQUIRES_REBOOT, SERVICE_ID, UPDATE_STRATEGY,
 };
 use crate::compose::service::config_differences;
 use crate::compose::{Network, Service, Status, Volume};
+use crate::encoding::rfc3339_seconds;
 use std::collections::{BTreeMap, BTreeSet};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

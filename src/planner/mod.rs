@@ -7,56 +7,12 @@ mod images;
 pub mod simulate;
 mod step;
 
+pub use crate::compose::image::ImageRef;
 pub use step::Step;
 
 use crate::compose::{Network, Service, Volume};
 use serde::Serialize;
 use std::collections::BTreeSet;
-
-/// An image the supervisor manages (a row of the `image` table).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ImageRef {
-    pub name: String,
-    pub app_id: i64,
-    pub app_uuid: String,
-    pub service_id: i64,
-    pub service_name: String,
-    pub image_id: i64,
-    pub release_id: i64,
-    pub commit: String,
-    pub docker_image_id: Option<String>,
-}
-
-impl ImageRef {
-    /// The image record a target service needs.
-    pub fn for_service(s: &Service) -> ImageRef {
-        ImageRef {
-            name: s.image_name.clone(),
-            app_id: s.app_id,
-            app_uuid: s.app_uuid.clone(),
-            service_id: s.service_id,
-            service_name: s.service_name.clone(),
-            image_id: s.image_id,
-            release_id: s.release_id,
-            commit: s.commit.clone().unwrap_or_default(),
-            docker_image_id: s
-                .config
-                .image
-                .starts_with("sha256:")
-                .then(|| s.config.image.clone()),
-        }
-    }
-
-    /// Same metadata, ignoring the engine id (engine.md C.8.2).
-    pub fn same_metadata(&self, other: &ImageRef) -> bool {
-        self.name == other.name
-            && self.app_id == other.app_id
-            && self.service_name == other.service_name
-            && self.image_id == other.image_id
-            && self.release_id == other.release_id
-            && self.commit == other.commit
-    }
-}
 
 /// An image present on the engine: its id and every tag and digest reference.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -245,35 +201,6 @@ fn throttle_fetches(steps: Vec<Step>, ctx: &Context) -> Vec<Step> {
             _ => true,
         })
         .collect()
-}
-
-/// Parses an RFC 3339 UTC timestamp (`2026-11-25T14:52:13.123Z`) to Unix seconds.
-pub fn rfc3339_seconds(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    if b.len() < 19 {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| -> Option<i64> { s.get(r)?.parse().ok() };
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    // Days from civil date (Howard Hinnant's algorithm).
-    let y2 = if mo <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let mp = (mo + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let mut t = days * 86_400 + h * 3600 + mi * 60 + sec;
-    // A numeric offset (+01:00) moves the instant.
-    if let Some(pos) = s[19..].find(['+', '-']) {
-        let off = &s[19 + pos..];
-        let sign = if off.starts_with('-') { -1 } else { 1 };
-        let oh: i64 = off.get(1..3)?.parse().ok()?;
-        let om: i64 = off.get(4..6)?.parse().ok()?;
-        t -= sign * (oh * 3600 + om * 60);
-    }
-    Some(t)
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use super::*;
 use crate::compose::service::{DeviceContext, ImageDefaults, ServiceOrigin};
 use crate::compose::target::parse_device_target;
 use crate::compose::Status;
+use crate::encoding::rfc3339_seconds;
 use serde_json::{json, Value};
 
 const UUID: &str = "appuuid1";

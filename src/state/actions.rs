@@ -7,48 +7,15 @@ use super::snapshot::EngineSnapshot;
 use super::target::target_apps;
 use crate::compose::service::ImageDefaults;
 use crate::compose::target::TargetState;
-use crate::compose::Service;
 use crate::config::Settings;
 use crate::engine::Engine;
 use crate::locks::{LockError, Locks};
 use std::collections::BTreeMap;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ServiceAction {
-    Start,
-    Stop,
-    Restart,
-}
-
-/// Which service: by name or by image id (the API accepts either).
-#[derive(Debug, Clone, Default)]
-pub struct ServiceRef {
-    pub service_name: Option<String>,
-    pub image_id: Option<i64>,
-}
-
-impl ServiceRef {
-    fn matches(&self, s: &Service) -> bool {
-        self.service_name.as_deref() == Some(s.service_name.as_str())
-            || self.image_id == Some(s.image_id)
-    }
-}
-
-/// An action's failure, with the status and body the real supervisor answers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ActionError {
-    /// Plain-text 404 bodies (their exact texts are part of the API).
-    NotFound(&'static str),
-    /// 423: an update lock is held.
-    Locked(String),
-    /// 503: anything else.
-    Failed(String),
-}
-
-pub const APP_NOT_FOUND: &str = "App not found: an app needs to be installed for this endpoint to work.\n\tIf you've recently moved this device from another app,\n\tplease push an app and wait for it to be installed first.";
-pub const SERVICE_NOT_FOUND: &str =
-    "Service not found, a container must exist for this endpoint to work";
-pub const NOT_IN_TARGET: &str = "Service does not exist in target release";
+pub use crate::protocol::{
+    ActionError, AppAction, ServiceAction, ServiceRef, APP_NOT_FOUND, NOT_IN_TARGET,
+    SERVICE_NOT_FOUND,
+};
 
 pub struct Actions<'a> {
     pub settings: &'a Settings,
@@ -173,14 +140,6 @@ impl Actions<'_> {
         }
         result
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AppAction {
-    /// Stop and remove every container of the app; the apply loop creates them again.
-    Restart,
-    /// The same, and the app's volumes are emptied (removed, then created again by the loop).
-    Purge,
 }
 
 impl Actions<'_> {

@@ -1,7 +1,7 @@
 //! The state engine thread: the apply loop (engine.md (a)). It owns the engine client for
 //! changes and the database handle for state; other threads talk to it over a channel.
 
-use super::actions::{ActionError, Actions, AppAction, ServiceAction, ServiceRef};
+use super::actions::Actions;
 use super::device::{device_context, universe};
 use super::executor::{supervisor_network_ok, Executor, StepError, EXTRA_FIRMWARE_VOLUME};
 use super::power::{self, PowerAction};
@@ -14,187 +14,19 @@ use crate::db::Db;
 use crate::engine::Engine;
 use crate::locks::Locks;
 use crate::planner::{plan, Context, ImageRef, Step};
+pub use crate::protocol::{
+    ActionError, AppAction, Command, ContainerStatus, ImageStatus, KeyScope, ServiceAction,
+    ServiceRef, Status, LOCAL_SOURCE,
+};
 use crate::systemd::HostControl;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use log::{error, info, warn};
-use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Requests to the state engine.
-pub enum Command {
-    /// Store and apply a new target (validated by the sender).
-    SetTarget {
-        state: TargetState,
-        /// Where it came from: the API endpoint for cloud targets, [`LOCAL_SOURCE`] for local mode.
-        source: String,
-        force: bool,
-        reply: Sender<Result<(), String>>,
-    },
-    /// The stored target, if any.
-    GetTarget {
-        reply: Sender<Option<TargetState>>,
-    },
-    /// The device's config variables as a target would hold them (`GET
-    /// /v2/local/target-state` before any target set them).
-    CurrentConfig {
-        reply: Sender<serde_json::Map<String, serde_json::Value>>,
-    },
-    /// Restart or purge a whole app (API).
-    AppAction {
-        app_id: i64,
-        action: AppAction,
-        force: bool,
-        reply: Sender<Result<(), ActionError>>,
-    },
-    /// Stop, start or restart one service (API service actions).
-    ServiceAction {
-        app_id: i64,
-        which: ServiceRef,
-        action: ServiceAction,
-        force: bool,
-        reply: Sender<Result<(), ActionError>>,
-    },
-    /// Replace an API key (`/v1/regenerate-api-key`); `None` means the global key. Replies with
-    /// the new key.
-    RegenerateApiKey {
-        old: Option<String>,
-        reply: Sender<Result<String, String>>,
-    },
-    /// Remove volumes no container mounts and no target app names (`/v2/cleanup-volumes`).
-    CleanupVolumes {
-        reply: Sender<Result<usize, String>>,
-    },
-    /// Write the hostname and proxy settings (`PATCH /v1/device/host-config`) under every
-    /// app's locks; the host's proxy units are restarted after a proxy change.
-    HostConfig {
-        patch: crate::hostconfig::Patch,
-        force: bool,
-        reply: Sender<Result<(), ActionError>>,
-    },
-    /// Tags to set on the device in the cloud (`PATCH /v2/device/tags`): kept in the DB and
-    /// published for the report thread.
-    SetTags {
-        tags: BTreeMap<String, String>,
-        reply: Sender<Result<(), String>>,
-    },
-    /// Reboot or power off the device (`/v1/reboot`, `/v1/shutdown`). The reply comes once
-    /// the locks are taken; the host is asked a second later.
-    Power {
-        action: PowerAction,
-        force: bool,
-        reply: Sender<Result<(), ActionError>>,
-    },
-    Shutdown,
-}
-
-/// What the state engine is doing, for the API and the cloud report.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Status {
-    /// `applying` while an apply has work left, else `applied`.
-    pub app_state: String,
-    pub last_error: Option<String>,
-    pub failures: u32,
-    pub iterations: u64,
-    /// Download progress per image name.
-    pub downloads: BTreeMap<String, u8>,
-    /// Current containers: (app id, service name, image id, service id, container id, status, created).
-    pub containers: Vec<ContainerStatus>,
-    pub images: Vec<ImageStatus>,
-    /// Applied release per app id.
-    pub releases: BTreeMap<i64, String>,
-    /// Since when an apply has had work left (for `/v1/healthy`).
-    #[serde(skip)]
-    pub applying_since: Option<Instant>,
-    /// The target being applied (for the cloud report: which apps and services to report).
-    #[serde(skip)]
-    pub target: Option<Arc<TargetState>>,
-    /// Local mode: API auth off, apps left out of reports, logs not sent to the cloud.
-    pub local_mode: bool,
-    /// The engine has been read once: until then reports carry no `apps` (v19 sends none
-    /// before it knows them; an empty object would say the device runs nothing).
-    #[serde(skip)]
-    pub apps_known: bool,
-    /// The global API key (`apiSecret` appId 0): the report sends it to the cloud.
-    #[serde(skip)]
-    pub api_secret: Option<String>,
-    /// Every API key the API accepts (global and per-service), with what it may act on.
-    #[serde(skip)]
-    pub api_keys: Arc<BTreeMap<String, KeyScope>>,
-    /// Device tags set locally, for the report thread to send (DB `targetTags`).
-    #[serde(skip)]
-    pub target_tags: Arc<BTreeMap<String, String>>,
-}
-
-/// What an API key may act on (device-api.md §1): everything, or some apps.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct KeyScope {
-    pub global: bool,
-    pub apps: BTreeSet<i64>,
-}
-
-impl KeyScope {
-    pub const GLOBAL: KeyScope = KeyScope {
-        global: true,
-        apps: BTreeSet::new(),
-    };
-
-    /// From the `scopes` column: `[{"type":"global"}]`, `[{"type":"app","appId":1}]`, ...
-    pub fn from_json(scopes: &str) -> KeyScope {
-        let mut scope = KeyScope::default();
-        let parsed: Vec<serde_json::Value> = serde_json::from_str(scopes).unwrap_or_default();
-        for s in parsed {
-            match s.get("type").and_then(|t| t.as_str()) {
-                Some("global") => scope.global = true,
-                Some("app") => {
-                    if let Some(id) = s.get("appId").and_then(|a| a.as_i64()) {
-                        scope.apps.insert(id);
-                    }
-                }
-                _ => {}
-            }
-        }
-        scope
-    }
-
-    pub fn allows(&self, app_id: i64) -> bool {
-        self.global || self.apps.contains(&app_id)
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ContainerStatus {
-    pub app_id: i64,
-    pub service_name: String,
-    pub commit: Option<String>,
-    pub release_id: i64,
-    pub image: String,
-    /// The container's environment (`GET /v1/apps/:appId`).
-    pub environment: BTreeMap<String, String>,
-    pub image_id: i64,
-    pub service_id: i64,
-    pub container_id: String,
-    pub status: String,
-    pub created_at: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ImageStatus {
-    pub name: String,
-    pub app_id: i64,
-    pub service_name: String,
-    pub image_id: i64,
-    pub docker_image_id: Option<String>,
-    pub status: String,
-    pub download_progress: Option<u8>,
-}
-
 /// Iterations re-planned without a pause before the loop slows to one per second.
 const MAX_QUICK_ITERATIONS: u32 = 20;
-
-/// The source name of targets set in local mode.
-pub const LOCAL_SOURCE: &str = "local";
 
 pub struct StateEngine {
     pub(super) settings: Arc<Settings>,
@@ -206,7 +38,7 @@ pub struct StateEngine {
     /// log collector.
     changes: Vec<Sender<()>>,
     /// A client of the API for delta tokens (managed devices only).
-    delta_cloud: Option<crate::cloud::client::Cloud>,
+    delta_cloud: Option<crate::balena_api::client::Cloud>,
     /// Unmanaged, or `SUPERVISOR_LOCAL_MODE` on (kept in the DB as v19's `localMode`).
     pub(super) local_mode: bool,
     progress: Mutex<BTreeMap<String, u8>>,
@@ -250,9 +82,9 @@ pub fn spawn(
     let engine = Engine::new(&settings.paths.docker_socket);
     let locks = Locks::new(&settings.paths.root_mountpoint);
     let delta_cloud =
-        (!settings.config_json.unmanaged()).then(|| crate::cloud::device_client(&settings));
+        (!settings.config_json.unmanaged()).then(|| crate::balena_api::device_client(&settings));
     if let Ok(Some(ms)) = db.config_get(API_REQUEST_TIMEOUT_KEY) {
-        crate::cloud::client::follow_api_request_timeout(&ms);
+        crate::balena_api::client::follow_api_request_timeout(&ms);
     }
     let handle = std::thread::Builder::new()
         .name("state-engine".into())
@@ -1138,7 +970,10 @@ impl StateEngine {
     }
 
     /// Delta settings when the target turns deltas on (`SUPERVISOR_DELTA`) on a managed device.
-    fn delta_settings(&self, target: &TargetState) -> Option<crate::cloud::delta::DeltaSettings> {
+    fn delta_settings(
+        &self,
+        target: &TargetState,
+    ) -> Option<crate::balena_api::delta::DeltaSettings> {
         if target.flag("SUPERVISOR_DELTA") != Some(true) || self.delta_cloud.is_none() {
             return None;
         }
@@ -1148,7 +983,7 @@ impl StateEngine {
             .get_str("deltaEndpoint")
             .filter(|e| !e.is_empty())
             .unwrap_or_else(|| "https://delta.balena-cloud.com".into());
-        Some(crate::cloud::delta::DeltaSettings {
+        Some(crate::balena_api::delta::DeltaSettings {
             endpoint: endpoint.trim_end_matches('/').to_string(),
             version: target
                 .var("SUPERVISOR_DELTA_VERSION")

@@ -290,7 +290,7 @@ impl StateEngine {
                         .config_set(c.var.key, Some(&c.value))
                         .map_err(|e| e.to_string())?;
                     if c.var.key == super::apply::API_REQUEST_TIMEOUT_KEY {
-                        crate::cloud::client::follow_api_request_timeout(&c.value);
+                        crate::balena_api::client::follow_api_request_timeout(&c.value);
                     }
                 }
             }

@@ -57,8 +57,8 @@ pub struct Executor<'a> {
 
 /// What a delta fetch needs: a client of the API (for the token) and where deltas come from.
 pub struct DeltaContext {
-    pub cloud: crate::cloud::client::Cloud,
-    pub settings: crate::cloud::delta::DeltaSettings,
+    pub cloud: crate::balena_api::client::Cloud,
+    pub settings: crate::balena_api::delta::DeltaSettings,
 }
 
 /// Delta pulls are tried this often before falling back to a regular pull.
@@ -343,7 +343,7 @@ impl Executor<'_> {
             .get_str("apiKey")
             .or_else(|| self.config_json.get_str("deviceApiKey"))
             .unwrap_or_default();
-        let answer = crate::cloud::delta::request(
+        let answer = crate::balena_api::delta::request(
             &delta.cloud,
             &delta.settings,
             &uuid,
@@ -352,7 +352,7 @@ impl Executor<'_> {
             &image.name,
         )
         .map_err(|e| download_failed(image, "delta for image", e))?;
-        use crate::cloud::delta::DeltaAnswer;
+        use crate::balena_api::delta::DeltaAnswer;
         let (name, token) = match answer {
             DeltaAnswer::Image { name, token } => (name, token),
             DeltaAnswer::StillProcessing => {
@@ -435,7 +435,7 @@ impl Executor<'_> {
                 {
                     (
                         existing.id,
-                        crate::planner::rfc3339_seconds(&existing.created).unwrap_or(0),
+                        crate::encoding::rfc3339_seconds(&existing.created).unwrap_or(0),
                     )
                 }
                 _ => {

@@ -8,11 +8,7 @@ use crate::systemd::HostControl;
 use std::collections::BTreeSet;
 use std::path::Path;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PowerAction {
-    Reboot,
-    Shutdown,
-}
+pub use crate::protocol::PowerAction;
 
 impl PowerAction {
     /// The system message logged before the call (v19's wording).

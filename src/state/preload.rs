@@ -3,7 +3,8 @@
 //! stored and applied without downloads, then the file is retired so it is used only once.
 
 use crate::compose::target::parse_device_target;
-use crate::db::{Db, ImageRow};
+use crate::compose::ImageRef;
+use crate::db::Db;
 use crate::engine::Engine;
 use crate::fsutil::write_atomic;
 use log::{info, warn};
@@ -70,7 +71,7 @@ fn try_preload(path: &Path, db: &mut Db, engine: &Engine, source: &str) -> Resul
         let Some(rel) = &app.release else { continue };
         for (name, svc) in &rel.services {
             let docker_image_id = engine.inspect_image(&svc.image).ok().map(|i| i.id);
-            db.upsert_image(&ImageRow {
+            db.upsert_image(&ImageRef {
                 name: normalise_image_name(&svc.image),
                 app_id: app.id,
                 app_uuid: app.uuid.clone(),

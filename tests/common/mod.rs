@@ -228,7 +228,7 @@ impl Daemon {
         path: &str,
         body: Option<&str>,
     ) -> std::io::Result<(u16, serde_json::Value)> {
-        use tinyvisor::engine::http;
+        use tinyvisor::http;
         let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port))?;
         stream.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
         let mut headers = vec![("Connection", "close".to_string())];

@@ -1,5 +1,5 @@
-//! A small HTTP/1.1 reader: responses from the engine's Unix socket, requests for the local
-//! API's server.
+//! A small HTTP/1.1 codec shared by the engine client (responses on its Unix socket), the local
+//! API's server (requests) and `tinyvisor apply`.
 //!
 //! Only what the Docker/balenaEngine API needs: status line and headers with hard size
 //! limits, and bodies framed by Content-Length, chunked transfer coding (extensions and
