@@ -5,6 +5,7 @@ use super::actions::Actions;
 use super::device::{device_context, universe};
 use super::executor::{supervisor_network_ok, Executor, StepError, EXTRA_FIRMWARE_VOLUME};
 use super::power::{self, PowerAction};
+use super::schedule::Schedule;
 use super::snapshot::EngineSnapshot;
 use super::target::target_apps;
 use crate::compose::service::ImageDefaults;
@@ -24,9 +25,6 @@ use log::{error, info, warn};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// Iterations re-planned without a pause before the loop slows to one per second.
-const MAX_QUICK_ITERATIONS: u32 = 20;
 
 pub struct StateEngine {
     pub(super) settings: Arc<Settings>,
@@ -196,14 +194,11 @@ impl StateEngine {
         let discoverable = self.db().config_get("hostDiscoverability").ok().flatten();
         self.apply_discoverability(discoverable.as_deref().is_none_or(|v| v == "true"));
         let mut force = false;
-        let mut failures: u32 = 0;
-        // Iterations with steps since the last convergence.
-        let mut streak: u32 = 0;
+        let idle_recheck = Duration::from_millis(self.settings.config_json.poll_interval_ms());
+        let mut schedule = Schedule::new(idle_recheck);
         // When the next iteration is due; commands that change nothing (GetTarget) do not move
         // it, so a client polling the API neither delays nor hurries the loop.
         let mut due = Instant::now();
-        let mut converged = false;
-        let idle_recheck = Duration::from_millis(self.settings.config_json.poll_interval_ms());
         loop {
             let cmd = match rx.recv_timeout(due.saturating_duration_since(Instant::now())) {
                 Ok(c) => Some(c),
@@ -322,8 +317,7 @@ impl StateEngine {
                             let published = target.clone().map(Arc::new);
                             self.set_status(|s| s.target = published);
                             force = f;
-                            failures = 0;
-                            streak = 0;
+                            schedule.new_target();
                             // Until an iteration has looked, the new target is not applied.
                             self.set_status(|s| s.app_state = "applying".into());
                             let _ = reply.send(Ok(()));
@@ -349,16 +343,14 @@ impl StateEngine {
             let started = Instant::now();
             match self.iterate(t, force) {
                 Ok(Outcome::Converged) => {
-                    streak = 0;
                     // A converged apply may try the VPN again at once (v19 resets its limits).
                     self.vpn_tried_at = None;
-                    if !converged {
+                    let (wait, news) = schedule.converged();
+                    if news {
                         info!("Device state applied");
                     }
-                    converged = true;
-                    failures = 0;
                     force = false;
-                    due = Instant::now() + idle_recheck;
+                    due = Instant::now() + wait;
                     self.set_status(|s| {
                         s.app_state = "applied".into();
                         s.last_error = None;
@@ -371,26 +363,10 @@ impl StateEngine {
                         s.app_state = "applying".into();
                         s.applying_since.get_or_insert_with(Instant::now);
                     });
-                    // Steps are awaited, so real progress is re-planned at once; noops wait
-                    // for something outside (a download, a container stopping). A target
-                    // that keeps producing steps without converging is slowed down rather
-                    // than spun on.
-                    streak += 1;
-                    let quick = !all_noop && streak <= MAX_QUICK_ITERATIONS;
-                    converged = false;
-                    due = Instant::now()
-                        + (if quick {
-                            Duration::ZERO
-                        } else {
-                            Duration::from_secs(1)
-                        });
+                    due = Instant::now() + schedule.progressed(all_noop);
                 }
                 Err(e) => {
-                    failures = failures.saturating_add(1);
-                    let backoff = Duration::from_millis(
-                        (500u64 << failures.min(20))
-                            .min(self.settings.config_json.poll_interval_ms()),
-                    );
+                    let backoff = schedule.failed();
                     if e.locked {
                         crate::logs::event(
                             format!(
@@ -405,13 +381,13 @@ impl StateEngine {
                             true,
                         );
                     }
+                    let failures = schedule.failures;
                     self.set_status(|s| {
                         s.app_state = "applying".into();
                         s.last_error = Some(e.to_string());
                         s.failures = failures;
                         s.applying_since.get_or_insert_with(Instant::now);
                     });
-                    converged = false;
                     due = Instant::now() + backoff;
                 }
             }

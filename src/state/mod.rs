@@ -9,6 +9,7 @@ pub mod executor;
 pub mod local_mode;
 pub mod power;
 pub mod preload;
+pub mod schedule;
 pub mod snapshot;
 pub mod target;
 
