@@ -206,14 +206,13 @@ fn main() -> ExitCode {
         }
     };
     let managed = !settings.config_json.unmanaged();
-    let api_secret =
-        match db.global_api_key(|| tinyvisor::encoding::random_hex_key().unwrap_or_default()) {
-            Ok(k) => Some(k),
-            Err(e) => {
-                warn!("cannot read or create the global API key: {e}");
-                None
-            }
-        };
+    let api_secret = match db.global_api_key(tinyvisor::encoding::random_hex_key) {
+        Ok(k) => Some(k),
+        Err(e) => {
+            warn!("cannot read or create the global API key: {e}");
+            None
+        }
+    };
     let settings = Arc::new(settings);
     // The global key works from the first request; the state engine publishes the rest.
     let api_keys = api_secret

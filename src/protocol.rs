@@ -14,6 +14,23 @@ use std::time::Instant;
 /// The source name of targets set in local mode.
 pub const LOCAL_SOURCE: &str = "local";
 
+/// Why the state engine did not take a target: the request's fault, or its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetNotSet {
+    /// Not acceptable now (a local target outside local mode): a 4xx for the API.
+    Refused(String),
+    /// It could not be stored (the database): a 5xx, worth trying again.
+    Storage(String),
+}
+
+impl std::fmt::Display for TargetNotSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TargetNotSet::Refused(m) | TargetNotSet::Storage(m) => f.write_str(m),
+        }
+    }
+}
+
 /// Requests to the state engine.
 pub enum Command {
     /// Store and apply a new target (validated by the sender).
@@ -22,7 +39,7 @@ pub enum Command {
         /// Where it came from: the API endpoint for cloud targets, [`LOCAL_SOURCE`] for local mode.
         source: String,
         force: bool,
-        reply: Sender<Result<(), String>>,
+        reply: Sender<Result<(), TargetNotSet>>,
     },
     /// The stored target, if any.
     GetTarget {

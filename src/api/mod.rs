@@ -9,7 +9,7 @@ use crate::config::Settings;
 use crate::logs::LogBus;
 use crate::protocol::PowerAction;
 use crate::protocol::{ActionError, AppAction, ServiceAction, ServiceRef};
-use crate::protocol::{Command, KeyScope, Status};
+use crate::protocol::{Command, KeyScope, Status, TargetNotSet};
 use crossbeam_channel::Sender;
 use log::info;
 use serde_json::{json, Value};
@@ -472,7 +472,8 @@ impl Api {
         };
         match self.ask(set, ENGINE_TIMEOUT) {
             Some(Ok(())) => json_response(200, json!({"status": "success", "message": "OK"})),
-            Some(Err(e)) => failed(400, e),
+            Some(Err(TargetNotSet::Refused(e))) => failed(400, e),
+            Some(Err(TargetNotSet::Storage(e))) => failed(503, e),
             None => failed(503, NOT_ANSWERING),
         }
     }

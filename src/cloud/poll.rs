@@ -311,7 +311,7 @@ impl Poller {
             Ok(Err(e)) => {
                 // Not stored: fetch it in full next time.
                 self.etag = None;
-                Err(CloudError::Invalid(e))
+                Err(CloudError::Invalid(e.to_string()))
             }
             Err(_) => {
                 self.etag = None;

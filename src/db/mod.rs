@@ -10,6 +10,16 @@ use std::path::Path;
 pub use rusqlite::Error;
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// A new key from `new_key`; a random source that fails is an error, so an empty key can
+/// never be stored (it would stay the device's key for good).
+fn fresh_key(new_key: impl FnOnce() -> std::io::Result<String>) -> Result<String> {
+    match new_key() {
+        Ok(key) if !key.is_empty() => Ok(key),
+        Ok(_) => Err(Error::ToSqlConversionFailure("an empty API key".into())),
+        Err(e) => Err(Error::ToSqlConversionFailure(Box::new(e))),
+    }
+}
+
 /// Our schema version (tables with the `tv_` prefix); bumped by additive migrations.
 const TV_SCHEMA_VERSION: i64 = 1;
 
@@ -505,7 +515,10 @@ impl Db {
 
     /// The device's global API key (`appId` 0, no service), created on first use; the cloud
     /// gets it as `api_secret`.
-    pub fn global_api_key(&self, new_key: impl FnOnce() -> String) -> Result<String> {
+    pub fn global_api_key(
+        &self,
+        new_key: impl FnOnce() -> std::io::Result<String>,
+    ) -> Result<String> {
         let existing: Option<String> = self
             .conn
             .query_row(
@@ -517,7 +530,7 @@ impl Db {
         if let Some(key) = existing {
             return Ok(key);
         }
-        let key = new_key();
+        let key = fresh_key(new_key)?;
         self.conn.execute(
             "INSERT INTO apiSecret (appId, key, scopes, serviceName) VALUES (0, ?1, ?2, NULL)",
             params![key, r#"[{"type":"global"}]"#],
@@ -552,7 +565,7 @@ impl Db {
         &self,
         app_id: i64,
         service_name: &str,
-        new_key: impl FnOnce() -> String,
+        new_key: impl FnOnce() -> std::io::Result<String>,
     ) -> Result<(String, bool)> {
         let scopes = format!(r#"[{{"type":"app","appId":{app_id}}}]"#);
         let existing: Option<(String, String)> = self
@@ -570,7 +583,7 @@ impl Db {
                 return Ok((key.clone(), false));
             }
         }
-        let key = new_key();
+        let key = fresh_key(new_key)?;
         self.conn.execute(
             "INSERT INTO apiSecret (appId, key, scopes, serviceName) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (appId, serviceName) DO UPDATE SET key = excluded.key, scopes = excluded.scopes",

@@ -186,9 +186,9 @@ fn an_existing_v19_database_is_adopted_without_touching_its_rows() {
 #[test]
 fn the_global_api_key_is_made_once_and_kept() {
     let db = Db::open_in_memory().unwrap();
-    let key = db.global_api_key(|| "k1".into()).unwrap();
+    let key = db.global_api_key(|| Ok("k1".into())).unwrap();
     assert_eq!(key, "k1");
-    assert_eq!(db.global_api_key(|| "k2".into()).unwrap(), "k1");
+    assert_eq!(db.global_api_key(|| Ok("k2".into())).unwrap(), "k1");
 }
 
 #[test]
@@ -207,26 +207,28 @@ fn engine_snapshots_are_kept_until_cleared() {
 #[test]
 fn api_keys_are_replaced_in_place() {
     let db = Db::open_in_memory().unwrap();
-    let key = db.global_api_key(|| "k1".into()).unwrap();
+    let key = db.global_api_key(|| Ok("k1".into())).unwrap();
     assert_eq!(db.replace_api_key(&key, "k2").unwrap(), Some(true));
-    assert_eq!(db.global_api_key(|| "k3".into()).unwrap(), "k2");
+    assert_eq!(db.global_api_key(|| Ok("k3".into())).unwrap(), "k2");
     assert_eq!(db.replace_api_key("unknown", "k4").unwrap(), None);
 }
 
 #[test]
 fn service_keys_are_made_once_per_service_and_renewed_when_their_scope_changed() {
     let db = Db::open_in_memory().unwrap();
-    db.global_api_key(|| "g".into()).unwrap();
+    db.global_api_key(|| Ok("g".into())).unwrap();
     assert_eq!(
-        db.service_api_key(7, "main", || "s1".into()).unwrap(),
+        db.service_api_key(7, "main", || Ok("s1".into())).unwrap(),
         ("s1".to_string(), true)
     );
     assert_eq!(
-        db.service_api_key(7, "main", || "s2".into()).unwrap(),
+        db.service_api_key(7, "main", || Ok("s2".into())).unwrap(),
         ("s1".to_string(), false)
     );
     assert_eq!(
-        db.service_api_key(7, "other", || "s3".into()).unwrap().0,
+        db.service_api_key(7, "other", || Ok("s3".into()))
+            .unwrap()
+            .0,
         "s3"
     );
     // A row the Node supervisor left with other scopes is given a new key.
@@ -237,7 +239,7 @@ fn service_keys_are_made_once_per_service_and_renewed_when_their_scope_changed()
         )
         .unwrap();
     assert_eq!(
-        db.service_api_key(7, "main", || "s4".into()).unwrap(),
+        db.service_api_key(7, "main", || Ok("s4".into())).unwrap(),
         ("s4".to_string(), true)
     );
     let mut keys = db.api_keys().unwrap();
@@ -259,7 +261,7 @@ fn service_keys_are_made_once_per_service_and_renewed_when_their_scope_changed()
     // Regenerating a scoped key keeps its service and scope.
     assert_eq!(db.replace_api_key("s4", "s5").unwrap(), Some(false));
     assert_eq!(
-        db.service_api_key(7, "main", || "s6".into()).unwrap().0,
+        db.service_api_key(7, "main", || Ok("s6".into())).unwrap().0,
         "s5"
     );
 }
@@ -298,4 +300,15 @@ fn closing_the_database_leaves_the_file_whole_and_no_wal() {
         reopened.config_get("written").unwrap().as_deref(),
         Some("before close")
     );
+}
+
+#[test]
+fn a_failing_random_source_stores_no_key() {
+    let db = Db::open_in_memory().unwrap();
+    let broken = || Err(std::io::Error::other("no entropy"));
+    assert!(db.global_api_key(broken).is_err());
+    assert!(db.global_api_key(|| Ok(String::new())).is_err());
+    assert!(db.service_api_key(7, "main", broken).is_err());
+    // Nothing was stored: the next good source makes the key.
+    assert_eq!(db.global_api_key(|| Ok("k".into())).unwrap(), "k");
 }

@@ -17,7 +17,7 @@ use crate::locks::Locks;
 use crate::planner::{plan, Context, ImageRef, Step};
 pub use crate::protocol::{
     ActionError, AppAction, Command, ContainerStatus, ImageStatus, KeyScope, ServiceAction,
-    ServiceRef, Status, LOCAL_SOURCE,
+    ServiceRef, Status, TargetNotSet, LOCAL_SOURCE,
 };
 use crate::systemd::HostControl;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -295,9 +295,9 @@ impl StateEngine {
                     reply,
                 }) => {
                     if from == LOCAL_SOURCE && !self.local_mode {
-                        let _ = reply.send(Err(
+                        let _ = reply.send(Err(TargetNotSet::Refused(
                             "Target state can only set when device is in local mode".into(),
-                        ));
+                        )));
                         continue;
                     }
                     // Persist before applying, so a power cut resumes towards it.
@@ -323,7 +323,9 @@ impl StateEngine {
                             let _ = reply.send(Ok(()));
                         }
                         Err(e) => {
-                            let _ = reply.send(Err(format!("cannot store the target: {e}")));
+                            let _ = reply.send(Err(TargetNotSet::Storage(format!(
+                                "cannot store the target: {e}"
+                            ))));
                             continue;
                         }
                     }
@@ -736,9 +738,9 @@ impl StateEngine {
 
     /// The scoped key of a service with the supervisor-api feature, made on first use.
     fn service_api_key(&self, app_id: i64, service: &str) -> Option<String> {
-        let made = self.db().service_api_key(app_id, service, || {
-            crate::encoding::random_hex_key().unwrap_or_default()
-        });
+        let made = self
+            .db()
+            .service_api_key(app_id, service, crate::encoding::random_hex_key);
         match made {
             Ok((key, created)) => {
                 if created {
