@@ -239,7 +239,7 @@ fn main() -> ExitCode {
     let host: Arc<dyn tinyvisor::systemd::HostControl> = Arc::new(
         tinyvisor::systemd::SystemBus::new(&settings.paths.dbus_system_bus_address),
     );
-    let (engine_tx, engine_thread) = match apply::spawn(
+    let (state_engine_tx, engine_thread) = match apply::spawn(
         Arc::clone(&settings),
         db,
         Arc::clone(&status),
@@ -271,7 +271,7 @@ fn main() -> ExitCode {
     let cloud = if managed {
         match CloudLink::start(
             Arc::clone(&settings),
-            engine_tx.clone(),
+            state_engine_tx.clone(),
             Arc::clone(&status),
             (changes_tx, changes_rx),
             Arc::clone(&log_bus),
@@ -287,7 +287,7 @@ fn main() -> ExitCode {
     };
     let server = match api::start(Api {
         settings: Arc::clone(&settings),
-        engine: engine_tx.clone(),
+        state_engine: state_engine_tx.clone(),
         status,
         cloud: cloud.as_ref().map(|c| api::CloudHandle {
             shared: Arc::clone(&c.shared),
@@ -314,7 +314,7 @@ fn main() -> ExitCode {
     }
     stop_collector.store(true, std::sync::atomic::Ordering::Release);
     // Steps are idempotent: whatever is cut short here is finished after the next start.
-    let _ = engine_tx.send_timeout(apply::Command::Shutdown, Duration::from_secs(1));
+    let _ = state_engine_tx.send_timeout(apply::Command::Shutdown, Duration::from_secs(1));
     server.stop();
     let (done_tx, done_rx) = crossbeam_channel::bounded(1);
     std::thread::spawn(move || {

@@ -29,7 +29,8 @@ const NOT_ANSWERING: &str = "state engine is not answering";
 
 pub struct Api {
     pub settings: Arc<Settings>,
-    pub engine: Sender<Command>,
+    /// The state engine's channel (never the engine client: the API only asks).
+    pub state_engine: Sender<Command>,
     pub status: Arc<Mutex<Status>>,
     /// The cloud link of a managed device.
     pub cloud: Option<CloudHandle>,
@@ -331,7 +332,9 @@ impl Api {
     /// reply; `None` when the state engine neither takes nor answers it in time.
     fn ask<T>(&self, make: impl FnOnce(Sender<T>) -> Command, wait: Duration) -> Option<T> {
         let (tx, rx) = crossbeam_channel::bounded(1);
-        self.engine.send_timeout(make(tx), ENGINE_TIMEOUT).ok()?;
+        self.state_engine
+            .send_timeout(make(tx), ENGINE_TIMEOUT)
+            .ok()?;
         rx.recv_timeout(wait).ok()
     }
 

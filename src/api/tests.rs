@@ -21,10 +21,10 @@ fn api(dir: &TempDir) -> Api {
     )
     .unwrap();
     // Nobody listens: calls that need the state engine answer 503, never "Cannot ...".
-    let (engine, _) = crossbeam_channel::bounded(1);
+    let (state_engine, _) = crossbeam_channel::bounded(1);
     Api {
         settings: Arc::new(settings),
-        engine,
+        state_engine,
         status: Arc::default(),
         cloud: None,
         logs: Arc::default(),

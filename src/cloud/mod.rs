@@ -105,7 +105,7 @@ impl CloudLink {
     /// status the state engine publishes.
     pub fn start(
         settings: Arc<Settings>,
-        engine: Sender<Command>,
+        state_engine: Sender<Command>,
         status: Arc<Mutex<Status>>,
         changes: (Sender<()>, Receiver<()>),
         logs: Arc<crate::logs::LogBus>,
@@ -123,7 +123,7 @@ impl CloudLink {
         let poller = poll::Poller::new(
             cloud.clone(),
             Arc::clone(&settings),
-            engine,
+            state_engine,
             Arc::clone(&shared),
             facts,
             settings.paths.database_path.clone(),

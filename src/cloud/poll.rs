@@ -57,7 +57,8 @@ pub enum Fetched {
 pub struct Poller {
     pub cloud: Cloud,
     pub settings: Arc<Settings>,
-    pub engine: Sender<Command>,
+    /// The state engine's channel: targets go there to be stored and applied.
+    pub state_engine: Sender<Command>,
     pub shared: Arc<CloudShared>,
     pub facts: RegisterFacts,
     /// The database, opened for the cloud's own bookkeeping (`initialConfigReported`) only
@@ -75,7 +76,7 @@ impl Poller {
     pub fn new(
         cloud: Cloud,
         settings: Arc<Settings>,
-        engine: Sender<Command>,
+        state_engine: Sender<Command>,
         shared: Arc<CloudShared>,
         facts: RegisterFacts,
         db_path: std::path::PathBuf,
@@ -83,7 +84,7 @@ impl Poller {
         Poller {
             cloud,
             settings,
-            engine,
+            state_engine,
             shared,
             facts,
             db_path,
@@ -217,7 +218,7 @@ impl Poller {
 
     fn stored_target(&self) -> Option<TargetState> {
         let (tx, rx) = crossbeam_channel::bounded(1);
-        self.engine
+        self.state_engine
             .send_timeout(Command::GetTarget { reply: tx }, ENGINE_TIMEOUT)
             .ok()?;
         rx.recv_timeout(ENGINE_TIMEOUT).ok().flatten()
@@ -297,7 +298,7 @@ impl Poller {
             reply: tx,
         };
         let unavailable = || CloudError::Invalid("state engine is not answering".into());
-        self.engine
+        self.state_engine
             .send_timeout(cmd, ENGINE_TIMEOUT)
             .map_err(|_| unavailable())?;
         match rx.recv_timeout(ENGINE_TIMEOUT) {
