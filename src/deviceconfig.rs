@@ -218,7 +218,8 @@ fn valid(kind: Kind, v: &str) -> bool {
         }
         // parseInt semantics: a leading integer is enough.
         Kind::Int => leading_int(v).is_some(),
-        Kind::Word(words) => words.contains(&v),
+        // Unset (""), as v19 shows an unset firewall mode and balena-cli sends it back.
+        Kind::Word(words) => v.is_empty() || words.contains(&v),
     }
 }
 

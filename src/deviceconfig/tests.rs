@@ -127,6 +127,17 @@ fn supervisor_variables_compare_by_kind_and_change_in_one_step() {
         p.warnings,
         ["Warning: Ignoring invalid device configuration value for HOST_FIREWALL_MODE, value: sometimes. Falling back to default (off)"]
     );
+    // An unset firewall mode, as GET /v2/local/target-state shows it and balena-cli sends it
+    // back with every push, is no warning.
+    let p = plan(
+        &target(&[("HOST_FIREWALL_MODE", "")]),
+        &current(&[("HOST_FIREWALL_MODE", "")]),
+        "generic-amd64",
+        true,
+        false,
+    )
+    .unwrap();
+    assert!(p.warnings.is_empty() && p.steps.is_empty(), "{p:?}");
 }
 
 #[test]

@@ -549,16 +549,19 @@ impl StateEngine {
             let Some(id) = row.docker_image_id else {
                 continue;
             };
-            let Some(image) = snapshot.images.iter().find(|i| i.id == id) else {
+            if !snapshot.images.iter().any(|i| i.id == id) {
                 continue;
-            };
+            }
             let (repo, tag) = crate::engine::split_reference(&row.name);
             let full = format!("{repo}:{tag}");
-            // Rows of several services often share a name: one tag serves them all.
+            // Rows of several services often share a name: one tag serves them all. A name
+            // that points at another image now (a rebuild by balena push, a new pull) is left
+            // as it is: only a name that points nowhere is put back.
             let tagged = ids.contains_key(&row.name)
-                || image
-                    .references
+                || snapshot
+                    .images
                     .iter()
+                    .flat_map(|i| &i.references)
                     .any(|r| r == &row.name || *r == full);
             if !tagged && !row.name.contains('@') {
                 match self.engine.tag_image(&id, repo, tag) {
