@@ -140,6 +140,18 @@ fn tools(family: Family) -> (&'static str, &'static str) {
     }
 }
 
+/// A tool's output, or its failure with what it said on stderr.
+fn succeeded(what: &str, out: std::process::Output) -> Result<std::process::Output, Error> {
+    if out.status.success() {
+        Ok(out)
+    } else {
+        Err(Error(format!(
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
 /// Whether INPUT already jumps to the chain.
 fn input_jumps(family: Family) -> Result<bool, Error> {
     let (list, _) = tools(family);
@@ -148,12 +160,7 @@ fn input_jumps(family: Family) -> Result<bool, Error> {
         .stdin(Stdio::null())
         .output()
         .map_err(|e| Error(format!("{list}: {e}")))?;
-    if !out.status.success() {
-        return Err(Error(format!(
-            "{list} -S INPUT: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
+    let out = succeeded(&format!("{list} -S INPUT"), out)?;
     let jump = format!("-j {CHAIN}");
     Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -177,13 +184,7 @@ fn restore(family: Family, rules: &str) -> Result<(), Error> {
     let out = child
         .wait_with_output()
         .map_err(|e| Error(format!("{restore}: {e}")))?;
-    if !out.status.success() {
-        return Err(Error(format!(
-            "{restore}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(())
+    succeeded(restore, out).map(drop)
 }
 
 /// Installs the rules for IPv4 and IPv6. A host without IPv6 tables is not an error for IPv4.
