@@ -220,6 +220,8 @@ struct Conn {
     since: Instant,
     /// `100 Continue` was sent for the request in `buf`.
     continued: bool,
+    /// How far the request in `buf` has been looked at.
+    progress: Progress,
 }
 
 /// What a worker gives back: the connection kept alive, or the address of a closed one.
@@ -303,39 +305,144 @@ enum Examined {
     Refuse(u16, String),
 }
 
-/// Whether `buf` holds a whole request (head and body), under the server's limits. Pure, so
-/// the poll thread can ask it after every read without blocking.
-fn examine(buf: &[u8], max_body: usize) -> Examined {
+/// How far the poll thread has looked at a connection's request, so that every byte is looked
+/// at about once however slowly it trickles in (parsing the whole buffer again after each read
+/// would be quadratic): where the search for the end of the head stopped, the head once it is
+/// whole, and how far a chunked body's chunks have been checked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Progress {
+    searched: usize,
+    /// Length of the head, its body framing, and whether it waits for `100 Continue`.
+    head: Option<(usize, Framing, bool)>,
+    /// Offset (in the body) of the next chunk-size line, and the chunk data so far.
+    chunk_next: usize,
+    chunk_data: u64,
+}
+
+fn invalid_body(message: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, message.into())
+}
+
+/// The end (exclusive) of the line starting at `from`, without its CR LF; `Err` when the line
+/// is already longer than any line may be.
+fn line_at(buf: &[u8], from: usize) -> io::Result<Option<(&[u8], usize)>> {
+    let rest = buf.get(from..).unwrap_or_default();
+    match rest
+        .iter()
+        .take(http::MAX_LINE + 2)
+        .position(|&b| b == b'\n')
+    {
+        Some(i) => {
+            let line = &rest[..i];
+            Ok(Some((
+                line.strip_suffix(b"\r").unwrap_or(line),
+                from + i + 1,
+            )))
+        }
+        None if rest.len() > http::MAX_LINE + 1 => Err(invalid_body("chunk line too long")),
+        None => Ok(None),
+    }
+}
+
+/// Checks the chunks of `body` from where `p` stopped: `Ok(true)` when the last chunk and its
+/// trailers are there, `Ok(false)` when more must come.
+fn scan_chunks(body: &[u8], p: &mut Progress, max_body: usize) -> io::Result<bool> {
+    loop {
+        let Some((size_line, data_at)) = line_at(body, p.chunk_next)? else {
+            return Ok(false);
+        };
+        let size = http::parse_chunk_size(size_line)?;
+        if size == 0 {
+            // Trailer lines (few and short: bounded like header lines) up to an empty one.
+            let mut at = data_at;
+            for _ in 0..=http::MAX_HEADERS {
+                match line_at(body, at)? {
+                    None => return Ok(false),
+                    Some((&[], _)) => return Ok(true),
+                    Some((_, next)) => at = next,
+                }
+            }
+            return Err(invalid_body("too many trailer lines"));
+        }
+        if p.chunk_data + size > max_body as u64 {
+            return Err(invalid_body(format!("body larger than {max_body} bytes")));
+        }
+        let data_end = data_at + size as usize;
+        let after = body.get(data_end..).unwrap_or_default();
+        let next = match after {
+            [b'\n', ..] => data_end + 1,
+            [b'\r', b'\n', ..] => data_end + 2,
+            [] | [b'\r'] => return Ok(false),
+            _ => return Err(invalid_body("chunk data longer than its size")),
+        };
+        p.chunk_data += size;
+        p.chunk_next = next;
+    }
+}
+
+/// Where the head of `buf` ends (after its empty line), searching on from `p.searched`.
+fn head_end(buf: &[u8], p: &mut Progress) -> Option<usize> {
+    let from = p.searched.saturating_sub(2);
+    let found = (from..buf.len()).find(|&i| {
+        buf[i] == b'\n'
+            && (buf.get(i + 1) == Some(&b'\n')
+                || (buf.get(i + 1) == Some(&b'\r') && buf.get(i + 2) == Some(&b'\n')))
+    });
+    if found.is_none() {
+        p.searched = buf.len();
+    }
+    found
+}
+
+/// Whether `buf` holds a whole request (head and body), under the server's limits. `p` carries
+/// what earlier calls found, so the poll thread can ask after every read.
+fn examine(buf: &[u8], max_body: usize, p: &mut Progress) -> Examined {
     let incomplete = Examined::Incomplete {
         continue_now: false,
     };
-    let line_end = buf.iter().position(|&b| b == b'\n');
-    if line_end.map_or(buf.len(), |i| i) > http::MAX_LINE + 1 {
-        return Examined::Refuse(414, "request line too long".into());
-    }
-    let mut rest = buf;
-    let head = match http::read_request_head(&mut rest) {
-        Ok(Some(h)) => h,
-        Ok(None) => return incomplete,
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+    if p.head.is_none() {
+        let first_line = &buf[..buf.len().min(http::MAX_LINE + 2)];
+        if !first_line.contains(&b'\n') && buf.len() > http::MAX_LINE + 1 {
+            return Examined::Refuse(414, "request line too long".into());
+        }
+        if head_end(buf, p).is_none() {
             return if buf.len() > http::MAX_HEAD {
                 Examined::Refuse(431, "request header fields too large".into())
             } else {
                 incomplete
             };
         }
-        Err(e) if http::is_head_too_large(&e) => return Examined::Refuse(431, e.to_string()),
-        Err(e) => return Examined::Refuse(400, format!("bad request: {e}")),
+        let mut rest = buf;
+        let head = match http::read_request_head(&mut rest) {
+            Ok(Some(h)) => h,
+            // Only blank lines so far (allowed before a request line), or the end found was
+            // theirs: search on from here.
+            Ok(None) => {
+                p.searched = buf.len();
+                return incomplete;
+            }
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                p.searched = buf.len();
+                return incomplete;
+            }
+            Err(e) if http::is_head_too_large(&e) => return Examined::Refuse(431, e.to_string()),
+            Err(e) => return Examined::Refuse(400, format!("bad request: {e}")),
+        };
+        let framing = match head.framing() {
+            Ok(f) => f,
+            Err(e) => return Examined::Refuse(400, format!("bad request: {e}")),
+        };
+        let expects_continue = head
+            .header("expect")
+            .is_some_and(|e| e.eq_ignore_ascii_case("100-continue"));
+        p.head = Some((buf.len() - rest.len(), framing, expects_continue));
+    }
+    let Some((head_len, framing, expects_continue)) = p.head else {
+        return incomplete;
     };
-    let framing = match head.framing() {
-        Ok(f) => f,
-        Err(e) => return Examined::Refuse(400, format!("bad request: {e}")),
-    };
-    let expects_continue = head
-        .header("expect")
-        .is_some_and(|e| e.eq_ignore_ascii_case("100-continue"));
+    let body = &buf[head_len..];
     let waiting = Examined::Incomplete {
-        continue_now: expects_continue && rest.is_empty(),
+        continue_now: expects_continue && body.is_empty(),
     };
     match framing {
         Framing::Empty | Framing::UntilClose => Examined::Whole,
@@ -343,11 +450,11 @@ fn examine(buf: &[u8], max_body: usize) -> Examined {
         Framing::Length(n) if n > max_body as u64 => {
             Examined::Refuse(400, "request body too large".into())
         }
-        Framing::Length(n) if (rest.len() as u64) < n => waiting,
+        Framing::Length(n) if (body.len() as u64) < n => waiting,
         Framing::Length(_) => Examined::Whole,
-        Framing::Chunked => match Body::new(rest, framing).read_to_end_limited(max_body) {
-            Ok(_) => Examined::Whole,
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => waiting,
+        Framing::Chunked => match scan_chunks(body, p, max_body) {
+            Ok(true) => Examined::Whole,
+            Ok(false) => waiting,
             Err(e) => Examined::Refuse(400, format!("bad request body: {e}")),
         },
     }
@@ -428,6 +535,7 @@ impl<'a> Conns<'a> {
                     Ok(mut conn) => {
                         conn.since = Instant::now();
                         conn.continued = false;
+                        conn.progress = Progress::default();
                         // A pipelined request may already be whole.
                         self.settle(conn);
                     }
@@ -558,6 +666,7 @@ impl<'a> Conns<'a> {
             peer,
             since: Instant::now(),
             continued: false,
+            progress: Progress::default(),
         });
     }
 
@@ -591,7 +700,7 @@ impl<'a> Conns<'a> {
         if conn.buf.is_empty() {
             return self.waiting.push(conn);
         }
-        match examine(&conn.buf, self.limits.max_body) {
+        match examine(&conn.buf, self.limits.max_body, &mut conn.progress) {
             Examined::Whole => {
                 let _ = conn.stream.set_nonblocking(false);
                 match self.ready.try_send(conn) {
@@ -795,6 +904,7 @@ fn serve_request(
                 peer: conn.peer,
                 since: Instant::now(),
                 continued: false,
+                progress: Progress::default(),
             })
         }
         ResponseBody::Stream(body) => {

@@ -442,3 +442,62 @@ fn a_stream_slot_is_freed_when_its_client_goes() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[test]
+fn a_request_trickling_in_is_scanned_once_and_served_whole() {
+    // Unit: the scan resumes where it stopped, across every split of a chunked request.
+    let raw = b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\nX: y\r\n\r\n3\r\nabc\r\n2;ext\r\nde\r\n0\r\nTrailer: t\r\n\r\n";
+    for split in 1..raw.len() {
+        let mut p = Progress::default();
+        let first = examine(&raw[..split], 1024, &mut p);
+        assert!(
+            matches!(first, Examined::Incomplete { .. }),
+            "{split}: {first:?}"
+        );
+        assert_eq!(
+            examine(raw, 1024, &mut p),
+            Examined::Whole,
+            "split at {split}"
+        );
+    }
+    let mut p = Progress::default();
+    let bad = b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcdef\r\n";
+    assert!(matches!(
+        examine(bad, 1024, &mut p),
+        Examined::Refuse(400, _)
+    ));
+    let mut p = Progress::default();
+    let big = b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n800\r\n";
+    assert!(matches!(
+        examine(big, 1024, &mut p),
+        Examined::Refuse(400, _)
+    ));
+
+    // Served: one byte at a time over the network.
+    let s = serve(Limits::default());
+    let mut c = connect(&s);
+    for b in raw.iter() {
+        c.write_all(&[*b]).unwrap();
+    }
+    assert_eq!(answer(&mut BufReader::new(c)).2, b"abcde");
+}
+
+#[test]
+fn a_head_trickled_byte_by_byte_costs_linear_time() {
+    // 60 KiB of headers, one byte per examine: each call only looks at what is new.
+    let mut raw = b"GET /x HTTP/1.1\r\n".to_vec();
+    for i in 0..2000 {
+        raw.extend_from_slice(format!("X-H{i}: {}\r\n", "v".repeat(20)).as_bytes());
+    }
+    raw.extend_from_slice(b"\r\n");
+    let started = Instant::now();
+    let mut p = Progress::default();
+    for end in 1..raw.len() {
+        let _ = examine(&raw[..end], 1024, &mut p);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
