@@ -19,7 +19,7 @@ fn scratch() -> PathBuf {
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures/v19-live-answers")
+        .join("tests/fixtures/v19-live-answers")
         .join(name)
 }
 

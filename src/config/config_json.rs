@@ -325,7 +325,7 @@ mod tests {
     #[test]
     fn fixtures_parse() {
         let dir =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/balena-supervisor-v19");
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/balena-supervisor-v19");
         for name in [
             "testconfig.json",
             "testconfig-apibinder.json",

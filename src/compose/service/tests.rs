@@ -3,7 +3,7 @@ use crate::compose::target::{parse_v2_local, TargetState};
 use std::path::PathBuf;
 
 fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
 fn live(name: &str) -> Option<Value> {
