@@ -38,9 +38,9 @@ fn host_ca_bundle(settings: &Settings) -> Vec<u8> {
     if settings.custom_ca.is_empty() {
         return Vec::new();
     }
-    let under_root = settings.paths.root_mountpoint.join(HOST_BUNDLE);
-    std::fs::read(under_root)
-        .or_else(|_| std::fs::read(std::path::Path::new("/").join(HOST_BUNDLE)))
+    let read = crate::config::ca::read_bounded;
+    read(&settings.paths.root_mountpoint.join(HOST_BUNDLE))
+        .or_else(|_| read(&std::path::Path::new("/").join(HOST_BUNDLE)))
         .unwrap_or_default()
 }
 

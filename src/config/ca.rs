@@ -4,8 +4,8 @@
 
 use std::path::Path;
 
-/// The largest CA file we read: a bundle of a few certificates is a few KiB.
-const MAX_CA_BYTES: u64 = 1024 * 1024;
+/// The largest CA file we read: a custom CA is a few KiB, a system bundle some 200 KiB.
+const MAX_CA_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Host file that balenaOS's `extract-balena-ca` writes from config.json's `balenaRootCA`.
 pub const HOST_CA_FILE: &str = "usr/share/ca-certificates/balena/balenaRootCA.crt";
@@ -32,7 +32,8 @@ fn pem_or_base64(text: &str) -> Option<Vec<u8>> {
         .then(|| pem.as_bytes().to_vec())
 }
 
-fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
+/// A CA file, at most [`MAX_CA_BYTES`] of it.
+pub fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     let mut out = Vec::new();
     std::fs::File::open(path)?
