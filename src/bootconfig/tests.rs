@@ -507,13 +507,8 @@ fn power_and_fan_modes_live_in_config_json_and_only_power_needs_a_reboot() {
 fn fuzzed_targets_and_files_never_panic_and_errors_change_nothing() {
     let f = Fixture::new();
     let m = f.mounts();
-    let mut seed = 0x9e37_79b9_u64;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut rng = crate::testutil::Rng(0x9e37_79b9_u64);
+    let mut next = move || rng.next();
     let alphabet: Vec<char> =
         "ab=,\"\n\r #[]{}_-./\u{0}\u{e9}0123456789 isolcpusdtoverlayLABELDEFAULTAPPEND"
             .chars()

@@ -427,13 +427,8 @@ fn ports_durations_sizes_and_commands() {
 fn random_targets_never_panic() {
     // Mutate a valid target at random paths with random values; every result must be an
     // Ok or a path-named error, never a panic.
-    let mut seed: u64 = 42;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut rng = crate::testutil::Rng(42);
+    let mut next = move || rng.next();
     let values = [
         json!(null),
         json!(-1),

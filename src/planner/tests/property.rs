@@ -5,26 +5,7 @@
 
 use super::*;
 use crate::planner::simulate::Simulation;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len() as u64) as usize]
-    }
-}
+use crate::testutil::Rng;
 
 const APPS: &[(&str, i64)] = &[("uuid-a", 1), ("uuid-b", 2), ("uuid-c", 3)];
 const NAMES: &[&str] = &["main", "web", "db", "cache"];
