@@ -420,7 +420,9 @@ impl StateEngine {
         }
         let device = device_context(&self.settings, &target.name);
         let universe = universe(&self.settings);
-        let recorded_ids = self.restore_image_tags(&snapshot);
+        // The image table, read once: tags, the planner's context and the status all use it.
+        let rows = self.db().images().unwrap_or_default();
+        let recorded_ids = self.restore_image_tags(&snapshot, &rows);
         let engine = &self.engine;
         // By name, else (a tag gone, a digest the engine no longer lists) by the engine id the
         // image table recorded: a missing name is not a changed image.
@@ -439,9 +441,9 @@ impl StateEngine {
         for m in &built.messages {
             warn!("{m}");
         }
-        let ctx = self.context(&snapshot, target, force);
+        let ctx = self.context(&snapshot, &rows, target, force);
         let steps = plan(&current, &built.apps, &ctx);
-        self.publish(&snapshot, &current);
+        self.publish(&snapshot, &rows, &current);
         if steps.is_empty() {
             return Ok(Outcome::Converged);
         }
@@ -542,14 +544,24 @@ impl StateEngine {
     /// longer points at it (v19 does the same), so that containers are created from the name
     /// and the image is not fetched again. Returns the recorded engine id of every name whose
     /// image is on the engine.
-    fn restore_image_tags(&self, snapshot: &EngineSnapshot) -> BTreeMap<String, String> {
-        let rows = self.db().images().unwrap_or_default();
+    fn restore_image_tags(
+        &self,
+        snapshot: &EngineSnapshot,
+        rows: &[ImageRef],
+    ) -> BTreeMap<String, String> {
+        let engine_ids: BTreeSet<&str> = snapshot.images.iter().map(|i| i.id.as_str()).collect();
+        let references: BTreeSet<&str> = snapshot
+            .images
+            .iter()
+            .flat_map(|i| &i.references)
+            .map(String::as_str)
+            .collect();
         let mut ids = BTreeMap::new();
         for row in rows {
-            let Some(id) = row.docker_image_id else {
+            let Some(id) = row.docker_image_id.as_deref() else {
                 continue;
             };
-            if !snapshot.images.iter().any(|i| i.id == id) {
+            if !engine_ids.contains(id) {
                 continue;
             }
             let (repo, tag) = crate::engine::split_reference(&row.name);
@@ -558,25 +570,27 @@ impl StateEngine {
             // that points at another image now (a rebuild by balena push, a new pull) is left
             // as it is: only a name that points nowhere is put back.
             let tagged = ids.contains_key(&row.name)
-                || snapshot
-                    .images
-                    .iter()
-                    .flat_map(|i| &i.references)
-                    .any(|r| r == &row.name || *r == full);
+                || references.contains(row.name.as_str())
+                || references.contains(full.as_str());
             if !tagged && !row.name.contains('@') {
-                match self.engine.tag_image(&id, repo, tag) {
+                match self.engine.tag_image(id, repo, tag) {
                     Ok(()) => info!("Image {} was untagged: tagged again from {id}", row.name),
                     Err(e) => warn!("Cannot tag {id} as {}: {e}", row.name),
                 }
             }
-            ids.insert(row.name, id);
+            ids.insert(row.name.clone(), id.to_string());
         }
         ids
     }
 
-    fn context(&self, snapshot: &EngineSnapshot, target: &TargetState, force: bool) -> Context {
+    fn context(
+        &self,
+        snapshot: &EngineSnapshot,
+        rows: &[ImageRef],
+        target: &TargetState,
+        force: bool,
+    ) -> Context {
         let engine_ids: BTreeSet<&str> = snapshot.images.iter().map(|i| i.id.as_str()).collect();
-        let rows = self.db().images().unwrap_or_default();
         let available_images: Vec<ImageRef> = rows
             .iter()
             .filter(|r| {
@@ -584,17 +598,7 @@ impl StateEngine {
                     .as_deref()
                     .is_some_and(|id| engine_ids.contains(id))
             })
-            .map(|r| ImageRef {
-                name: r.name.clone(),
-                app_id: r.app_id,
-                app_uuid: r.app_uuid.clone(),
-                service_id: r.service_id,
-                service_name: r.service_name.clone(),
-                image_id: r.image_id,
-                release_id: r.release_id,
-                commit: r.commit.clone(),
-                docker_image_id: r.docker_image_id.clone(),
-            })
+            .cloned()
             .collect();
         let recorded: BTreeSet<&str> = rows
             .iter()
@@ -974,13 +978,17 @@ impl StateEngine {
     }
 
     /// Refreshes the status with what the engine shows now.
-    fn publish(&self, snapshot: &EngineSnapshot, current: &[crate::planner::CurrentApp]) {
+    fn publish(
+        &self,
+        snapshot: &EngineSnapshot,
+        rows: &[ImageRef],
+        current: &[crate::planner::CurrentApp],
+    ) {
         let downloads = self
             .progress
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let rows = self.db().images().unwrap_or_default();
         let containers = current
             .iter()
             .flat_map(|a| &a.services)
