@@ -25,16 +25,13 @@ pub enum Mode {
 }
 
 impl Mode {
-    /// The mode a config value names; anything else is off (v19 warns and reverts to off).
+    /// The mode a config value names; anything else is off, as v19 reverts to it (the warning
+    /// about an invalid value is the device-config plan's, once per apply).
     pub fn parse(value: &str) -> Mode {
         match value {
             "on" => Mode::On,
             "auto" => Mode::Auto,
-            "off" | "" => Mode::Off,
-            other => {
-                log::warn!("Invalid firewall mode: {other}. Reverting to state: off");
-                Mode::Off
-            }
+            _ => Mode::Off,
         }
     }
 }
