@@ -5,8 +5,7 @@
 
 use super::server::{Request, Response};
 use super::{failed, int_param, json_response, truthy, Api, ENGINE_TIMEOUT, NOT_ANSWERING};
-use crate::protocol::{ActionError, ServiceAction, ServiceRef};
-use crate::protocol::{Command, KeyScope};
+use crate::protocol::{ActionError, Command, KeyScope, ServiceAction, ServiceRef};
 use serde_json::{json, Map, Value};
 use std::io::Read;
 use std::sync::Mutex;

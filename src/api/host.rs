@@ -3,9 +3,7 @@
 
 use super::server::{Request, Response};
 use super::{json_response, truthy, Api, ENGINE_TIMEOUT, NOT_ANSWERING};
-use crate::protocol::ActionError;
-use crate::protocol::Command;
-use crate::protocol::PowerAction;
+use crate::protocol::{ActionError, Command, PowerAction};
 use serde_json::json;
 
 impl Api {
@@ -54,12 +52,9 @@ impl Api {
                 format!("Could not parse host config input to a valid format: {e}"),
             )
         };
-        if crate::encoding::json_depth(&req.body) > super::MAX_JSON_DEPTH {
-            return unparsable("nested too deep".into());
-        }
-        let doc: serde_json::Value = match serde_json::from_slice(&req.body) {
+        let doc = match super::json_of(&req.body) {
             Ok(d) => d,
-            Err(e) => return unparsable(format!("invalid JSON: {e}")),
+            Err(e) => return unparsable(e),
         };
         let patch = match crate::hostconfig::parse_patch(&doc) {
             Ok(p) => p,

@@ -7,9 +7,10 @@ use crate::compose::target::TargetState;
 use crate::compose::target::{parse_device_target, parse_v2_local, MAX_TARGET_BYTES};
 use crate::config::Settings;
 use crate::logs::LogBus;
-use crate::protocol::PowerAction;
-use crate::protocol::{ActionError, AppAction, ServiceAction, ServiceRef};
-use crate::protocol::{Command, KeyScope, Status, TargetNotSet};
+use crate::protocol::{
+    ActionError, AppAction, Command, KeyScope, PowerAction, ServiceAction, ServiceRef, Status,
+    TargetNotSet,
+};
 use crossbeam_channel::Sender;
 use log::info;
 use serde_json::{json, Value};
@@ -85,17 +86,21 @@ impl server::StreamBody for LinesReader {
 
 /// Deepest nesting a request body may have: far beyond any target (about 12 levels), far
 /// below what the parser's recursion could take on a worker's stack.
-pub(super) const MAX_JSON_DEPTH: usize = 64;
+const MAX_JSON_DEPTH: usize = 64;
+
+/// A request body as JSON, or why not (too deep for the parser's recursion, or invalid).
+pub(super) fn json_of(body: &[u8]) -> Result<Value, String> {
+    if crate::encoding::json_depth(body) > MAX_JSON_DEPTH {
+        return Err(format!(
+            "invalid JSON: nested deeper than {MAX_JSON_DEPTH} levels"
+        ));
+    }
+    serde_json::from_slice(body).map_err(|e| format!("invalid JSON: {e}"))
+}
 
 /// A request body as JSON; too deep or invalid is a 400.
 pub(super) fn parse_json(body: &[u8]) -> Result<Value, Response> {
-    if crate::encoding::json_depth(body) > MAX_JSON_DEPTH {
-        return Err(failed(
-            400,
-            format!("invalid JSON: nested deeper than {MAX_JSON_DEPTH} levels"),
-        ));
-    }
-    serde_json::from_slice(body).map_err(|e| failed(400, format!("invalid JSON: {e}")))
+    json_of(body).map_err(|e| failed(400, e))
 }
 
 /// Refuses what a web page the device's owner opens could send to the API behind their back
