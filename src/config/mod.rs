@@ -118,7 +118,7 @@ impl Paths {
         let given = |flag: &Option<PathBuf>, var: &str| {
             flag.is_some() || env(var).is_some_and(|v| !v.is_empty())
         };
-        let config_given = o.config_path.is_some() || given(&None, "CONFIG_MOUNT_POINT");
+        let config_given = given(&o.config_path, "CONFIG_MOUNT_POINT");
         if !config_given && !exists(&self.config_path) {
             let on_host = self.root_mountpoint.join("mnt/boot");
             if exists(&on_host.join("config.json")) {
