@@ -144,6 +144,24 @@ fn root_certs(custom: &[crate::config::ca::CustomCa], host_bundle: &[u8]) -> ure
     RootCerts::new_with_certs(&certs)
 }
 
+/// A request with the call's timeout, its `Authorization` and the caller's headers.
+fn prepared<B>(
+    rb: ureq::RequestBuilder<B>,
+    timeout: Duration,
+    authorization: &str,
+    headers: &[(&str, &str)],
+) -> ureq::RequestBuilder<B> {
+    let mut rb = rb
+        .config()
+        .timeout_global(Some(timeout))
+        .build()
+        .header("Authorization", authorization);
+    for (k, v) in headers {
+        rb = rb.header(*k, *v);
+    }
+    rb
+}
+
 /// A client for one API endpoint. Cheap to clone (ureq agents share their pool).
 #[derive(Clone)]
 pub struct Cloud {
@@ -215,32 +233,23 @@ impl Cloud {
                 )
             }
         };
-        let timeout = Some(self.timeout.now());
+        // Every call: this moment's timeout, the auth, the caller's headers.
+        let timeout = self.timeout.now();
+        let auth = authorization.as_str();
         let result = match method {
-            "GET" | "DELETE" => {
-                let rb = if method == "GET" {
-                    self.agent.get(&url)
-                } else {
-                    self.agent.delete(&url)
-                };
-                let mut rb = rb.config().timeout_global(timeout).build();
-                rb = rb.header("Authorization", &authorization);
-                for (k, v) in headers {
-                    rb = rb.header(*k, *v);
-                }
-                rb.call()
-            }
+            "GET" => prepared(self.agent.get(&url), timeout, auth, headers).call(),
+            "DELETE" => prepared(self.agent.delete(&url), timeout, auth, headers).call(),
             _ => {
-                let rb = match method {
-                    "POST" => self.agent.post(&url),
-                    "PUT" => self.agent.put(&url),
-                    _ => self.agent.patch(&url),
-                };
-                let mut rb = rb.config().timeout_global(timeout).build();
-                rb = rb.header("Authorization", &authorization);
-                for (k, v) in headers {
-                    rb = rb.header(*k, *v);
-                }
+                let rb = prepared(
+                    match method {
+                        "POST" => self.agent.post(&url),
+                        "PUT" => self.agent.put(&url),
+                        _ => self.agent.patch(&url),
+                    },
+                    timeout,
+                    auth,
+                    headers,
+                );
                 match body {
                     Some(b) => rb
                         .header("Content-Type", "application/json")
