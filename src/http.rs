@@ -44,6 +44,14 @@ pub fn is_head_too_large(e: &io::Error) -> bool {
 /// Most informational (1xx) answers accepted before the real one.
 const MAX_INFORMATIONAL: usize = 8;
 
+/// The first value of header `name` (compared case-insensitively) in a head's headers.
+pub fn header_value<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
 /// The status line and headers of a response.
 #[derive(Debug, Clone)]
 pub struct ResponseHead {
@@ -56,10 +64,7 @@ pub struct ResponseHead {
 impl ResponseHead {
     /// First value of a header, compared case-insensitively.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        header_value(&self.headers, name)
     }
 }
 
@@ -196,10 +201,7 @@ pub struct RequestHead {
 
 impl RequestHead {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        header_value(&self.headers, name)
     }
 
     /// The body framing: chunked or Content-Length (requests are never close-delimited).

@@ -344,14 +344,7 @@ struct ChildOutput {
 impl super::server::StreamBody for ChildOutput {
     fn read_wait(&mut self, buf: &mut [u8], wait: Duration) -> std::io::Result<Option<usize>> {
         use std::os::fd::AsRawFd;
-        let mut fd = libc::pollfd {
-            fd: self.out.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = wait.as_millis().min(60_000) as libc::c_int;
-        // SAFETY: one valid pollfd.
-        if unsafe { libc::poll(&mut fd, 1, ms) } <= 0 {
+        if super::server::poll_one(self.out.as_raw_fd(), libc::POLLIN, wait) == 0 {
             return Ok(None);
         }
         self.out.read(buf).map(Some)

@@ -68,10 +68,7 @@ pub struct Request {
 
 impl Request {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        http::header_value(&self.headers, name)
     }
 
     pub fn path(&self) -> &str {
@@ -102,14 +99,28 @@ const STREAM_CHECK: Duration = Duration::from_secs(2);
 /// Whether the peer of `out` has closed or reset the connection (without blocking).
 fn peer_gone(out: &TcpStream) -> bool {
     use std::os::fd::AsRawFd;
-    let mut fd = libc::pollfd {
-        fd: out.as_raw_fd(),
-        events: libc::POLLRDHUP,
+    let revents = poll_one(out.as_raw_fd(), libc::POLLRDHUP, Duration::ZERO);
+    revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+}
+
+/// Waits up to `wait` (at most a minute) for `events` on one descriptor; what happened, or 0.
+pub(super) fn poll_one(
+    fd: std::os::fd::RawFd,
+    events: libc::c_short,
+    wait: Duration,
+) -> libc::c_short {
+    let mut pfd = libc::pollfd {
+        fd,
+        events,
         revents: 0,
     };
-    // SAFETY: one valid pollfd, zero timeout.
-    let n = unsafe { libc::poll(&mut fd, 1, 0) };
-    n > 0 && fd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+    let ms = wait.as_millis().min(60_000) as libc::c_int;
+    // SAFETY: one valid, initialised pollfd.
+    if unsafe { libc::poll(&mut pfd, 1, ms) } > 0 {
+        pfd.revents
+    } else {
+        0
+    }
 }
 
 pub enum ResponseBody {
