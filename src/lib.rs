@@ -24,6 +24,7 @@ pub mod planner;
 pub mod protocol;
 pub mod state;
 pub mod systemd;
+pub mod tar;
 
 #[cfg(test)]
 pub(crate) mod testutil;

@@ -134,6 +134,28 @@ pub struct Status {
     /// Device tags set locally, for the report thread to send (DB `targetTags`).
     #[serde(skip)]
     pub target_tags: Arc<BTreeMap<String, String>>,
+    /// The host OS release of the target and where its install stands (none when the target
+    /// names no host app, or names one that was rejected).
+    pub host_os: Option<HostOsStatus>,
+}
+
+/// Where the host OS release of the target stands (docs/hostos.md §4).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HostOsStatus {
+    pub app_uuid: String,
+    pub release_uuid: String,
+    /// The host OS image URI of the target.
+    pub image: String,
+    /// The build the target names; the running OS's build is `current_build`.
+    pub build: String,
+    pub current_build: Option<String>,
+    /// v3 release `update_status`: `done`, `applying changes` or `aborted`.
+    pub update_status: &'static str,
+    /// The `hostapp` pseudo-service's status: `Running` or `Installing`.
+    pub service_status: &'static str,
+    pub install_attempts: u32,
+    /// Why the last attempt failed, or why the apply stopped (given up, awaiting reboot).
+    pub last_error: Option<String>,
 }
 
 /// What an API key may act on (device-api.md §1): everything, or some apps.

@@ -18,6 +18,31 @@ pub trait HostControl: Send + Sync {
     fn unit_active(&self, unit: &str) -> Result<bool, Error>;
     /// The unit's `PartOf` list (empty for a unit that is not loaded).
     fn unit_part_of(&self, unit: &str) -> Result<Vec<String>, Error>;
+    /// Runs `argv` as the transient service `unit` (`Type=exec`, gone once inactive), in
+    /// `working_directory`, after clearing a failed run of the same name.
+    fn run_transient_service(
+        &self,
+        unit: &str,
+        argv: &[String],
+        working_directory: &str,
+    ) -> Result<(), Error>;
+    /// A service's `ActiveState` and `ExecMainStatus` (a unit systemd has collected reads as
+    /// `inactive` with status 0, which is how a successful transient run ends).
+    fn service_state(&self, unit: &str) -> Result<ServiceState, Error>;
+}
+
+/// Where a service is and how its main process last exited.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceState {
+    pub active_state: String,
+    pub exec_main_status: i32,
+}
+
+impl ServiceState {
+    /// Neither `inactive` nor `failed`: the service has not finished.
+    pub fn running(&self) -> bool {
+        self.active_state != "inactive" && self.active_state != "failed"
+    }
 }
 
 /// systemd and logind on the bus at `DBUS_SYSTEM_BUS_ADDRESS`.
@@ -100,6 +125,39 @@ impl SystemBus {
     }
 }
 
+impl SystemBus {
+    fn manager(&self, member: &'static str, signature: &'static str, args: Vec<Value>) -> Call<'static> {
+        Call {
+            destination: SYSTEMD,
+            path: SYSTEMD_PATH,
+            interface: SYSTEMD_MANAGER,
+            member,
+            signature,
+            args,
+        }
+    }
+
+    fn property(&self, path: &str, interface: &str, property: &str) -> Result<Value, Error> {
+        let reply = Connection::open(&self.address)?.call(&Call {
+            destination: SYSTEMD,
+            path,
+            interface: "org.freedesktop.DBus.Properties",
+            member: "Get",
+            signature: "ss",
+            args: vec![Value::Str(interface.into()), Value::Str(property.into())],
+        })?;
+        reply
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::Protocol(format!("{property}: no value")))
+    }
+}
+
+/// A transient unit property: `(name, variant)`.
+fn property(name: &str, value: Value) -> Value {
+    Value::Struct(vec![Value::Str(name.into()), Value::Variant(Box::new(value))])
+}
+
 impl HostControl for SystemBus {
     fn reboot(&self) -> Result<(), Error> {
         self.login1("Reboot")
@@ -128,5 +186,63 @@ impl HostControl for SystemBus {
             .unit_property(unit, "PartOf")?
             .and_then(|v| v.as_strings())
             .unwrap_or_default())
+    }
+    fn run_transient_service(
+        &self,
+        unit: &str,
+        argv: &[String],
+        working_directory: &str,
+    ) -> Result<(), Error> {
+        // A failed run of the same name would refuse the new one; none is the usual case.
+        let _ = self.call(self.manager("ResetFailedUnit", "s", vec![Value::Str(unit.into())]));
+        let command = argv.first().cloned().unwrap_or_default();
+        let exec_start = Value::Array(vec![Value::Struct(vec![
+            Value::Str(command),
+            Value::Array(argv.iter().cloned().map(Value::Str).collect()),
+            Value::Bool(false),
+        ])]);
+        let properties = Value::Array(vec![
+            property("Type", Value::Str("exec".into())),
+            property("ExecStart", exec_start),
+            property("RemainAfterExit", Value::Bool(false)),
+            property("CollectMode", Value::Str("inactive".into())),
+            property("WorkingDirectory", Value::Str(working_directory.into())),
+        ]);
+        self.call(self.manager(
+            "StartTransientUnit",
+            "ssa(sv)a(sa(sv))",
+            vec![
+                Value::Str(unit.into()),
+                Value::Str("fail".into()),
+                properties,
+                Value::Array(Vec::new()),
+            ],
+        ))
+        .map(drop)
+    }
+    fn service_state(&self, unit: &str) -> Result<ServiceState, Error> {
+        // LoadUnit, unlike GetUnit, answers for a unit systemd has already collected.
+        let reply = self.call(self.manager("LoadUnit", "s", vec![Value::Str(unit.into())]))?;
+        let path = reply
+            .first()
+            .and_then(Value::as_str)
+            .ok_or_else(|| Error::Protocol("LoadUnit answered no object path".into()))?
+            .to_string();
+        let active_state = self
+            .property(&path, "org.freedesktop.systemd1.Unit", "ActiveState")?
+            .as_str()
+            .map(String::from)
+            .ok_or_else(|| Error::Protocol("ActiveState is not a string".into()))?;
+        let exec_main_status = match self.property(&path, "org.freedesktop.systemd1.Service", "ExecMainStatus")? {
+            Value::Variant(v) => match *v {
+                Value::I32(n) => n,
+                other => return Err(Error::Protocol(format!("ExecMainStatus is {other:?}"))),
+            },
+            other => return Err(Error::Protocol(format!("ExecMainStatus is {other:?}"))),
+        };
+        Ok(ServiceState {
+            active_state,
+            exec_main_status,
+        })
     }
 }

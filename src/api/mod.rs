@@ -779,6 +779,13 @@ impl Api {
         if let Some(e) = &s.last_error {
             body["lastError"] = json!(e);
         }
+        // Our addition: the host OS release of the target and its install (docs/hostos.md).
+        if let Some(h) = s.host_os.as_ref().filter(|_| scope.global) {
+            body["hostApp"] = json!({"appUuid": h.app_uuid, "releaseUuid": h.release_uuid,
+                "image": h.image, "build": h.build, "currentBuild": h.current_build,
+                "updateStatus": h.update_status, "status": h.service_status,
+                "installAttempts": h.install_attempts, "lastError": h.last_error});
+        }
         json_response(200, body)
     }
 }

@@ -7,7 +7,8 @@ use super::CloudShared;
 use crate::balena_api::client::{Cloud, CloudError};
 use crate::config::Settings;
 use crate::host::{self, Metrics};
-use crate::protocol::Status;
+use crate::compose::hostapp;
+use crate::protocol::{HostOsStatus, Status};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use log::{debug, warn};
 use serde_json::{json, Map, Value};
@@ -120,6 +121,13 @@ pub fn apps(status: &Status) -> Map<String, Value> {
         return out;
     };
     for app in target.apps.values() {
+        if app.is_host {
+            // The host OS as helios reports it; a rejected host app is not reported.
+            if let Some(h) = status.host_os.as_ref().filter(|h| h.app_uuid == app.uuid) {
+                out.insert(app.uuid.clone(), host_app(h));
+            }
+            continue;
+        }
         let mut releases: Map<String, Value> = Map::new();
         let service_of = |releases: &mut Map<String, Value>, commit: &str, name: &str, v: Value| {
             let rel = releases
@@ -188,6 +196,20 @@ pub fn apps(status: &Status) -> Map<String, Value> {
         out.insert(app.uuid.clone(), Value::Object(entry));
     }
     out
+}
+
+/// The host app's report entry: its release with the one pseudo-service `hostapp`, and
+/// `release_uuid` once the device runs it (docs/hostos.md §4).
+fn host_app(h: &HostOsStatus) -> Value {
+    let service = json!({"image": hostapp::repository(&h.image), "status": h.service_status});
+    let mut entry = json!({"releases": {&h.release_uuid: {
+        "update_status": h.update_status,
+        "services": {hostapp::SERVICE_NAME: service},
+    }}});
+    if h.update_status == "done" {
+        entry["release_uuid"] = json!(h.release_uuid);
+    }
+    entry
 }
 
 /// A release's `update_status` from its services (precedence of §5.3).
@@ -462,6 +484,44 @@ mod tests {
             status: status.into(),
             created_at: String::new(),
         }
+    }
+
+    #[test]
+    fn the_host_app_is_reported_with_its_hostapp_service() {
+        let doc = json!({"name": "d", "config": {}, "apps": {"hostuuid": {"id": 3, "name": "os",
+            "is_host": true, "class": "app", "releases": {"hostrel": {"id": 7, "services": {"hostapp": {
+                "id": 1, "image_id": 1, "image": "reg/v2/os:6@sha256:ab", "labels": {}}}}}}}});
+        let mut status = Status {
+            target: Some(Arc::new(parse_device_target(&doc).unwrap())),
+            ..Default::default()
+        };
+        // Rejected (no published host status): left out, as helios does.
+        assert!(apps(&status).is_empty());
+        let mut host = HostOsStatus {
+            app_uuid: "hostuuid".into(),
+            release_uuid: "hostrel".into(),
+            image: "reg/v2/os:6@sha256:ab".into(),
+            build: "b2".into(),
+            current_build: Some("b1".into()),
+            update_status: "aborted",
+            service_status: "Installing",
+            install_attempts: 3,
+            last_error: None,
+        };
+        status.host_os = Some(host.clone());
+        assert_eq!(
+            Value::Object(apps(&status)),
+            json!({"hostuuid": {"releases": {"hostrel": {"update_status": "aborted",
+                "services": {"hostapp": {"image": "reg/v2/os", "status": "Installing"}}}}}})
+        );
+        host.update_status = "done";
+        host.service_status = "Running";
+        status.host_os = Some(host);
+        assert_eq!(
+            Value::Object(apps(&status)),
+            json!({"hostuuid": {"release_uuid": "hostrel", "releases": {"hostrel": {"update_status": "done",
+                "services": {"hostapp": {"image": "reg/v2/os", "status": "Running"}}}}}})
+        );
     }
 
     fn image(name: &str, service: &str, status: &str) -> ImageStatus {

@@ -3,6 +3,7 @@
 
 pub mod composition;
 pub mod contracts;
+pub mod hostapp;
 pub mod image;
 pub mod labels;
 pub mod network;

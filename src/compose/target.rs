@@ -341,6 +341,17 @@ pub fn parse_device_target(v: &Value) -> Result<TargetState> {
         let app = parse_app(uuid, app, &path)?;
         apps.insert(uuid.clone(), app);
     }
+    // helios's device-level errors for host apps (docs/hostos.md §1.1): the whole target is
+    // refused; a host app that is only malformed inside is rejected alone (compose/hostapp.rs).
+    if apps.values().filter(|a| a.is_host).count() > 1 {
+        return err("apps", "only one target hostapp is allowed");
+    }
+    if let Some(host) = apps.values().find(|a| a.is_host && a.release.is_none()) {
+        return err(
+            &format!("apps.{}.releases", host.uuid),
+            "hostapp should have at least one target release",
+        );
+    }
     Ok(TargetState { name, config, apps })
 }
 

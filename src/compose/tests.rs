@@ -105,6 +105,25 @@ fn bad_targets_name_the_field() {
             "at most one release",
         ),
         (
+            {
+                let mut v = with(&["apps", "app1", "is_host"], json!(true));
+                v["apps"]["app2"] = json!({"id": 9, "name": "os2", "is_host": true,
+                    "releases": {"r": {"id": 1}}});
+                v
+            },
+            "apps",
+            "only one target hostapp is allowed",
+        ),
+        (
+            {
+                let mut v = with(&["apps", "app1", "is_host"], json!(true));
+                v["apps"]["app1"]["releases"] = json!({});
+                v
+            },
+            "apps.app1.releases",
+            "hostapp should have at least one target release",
+        ),
+        (
             with(&["apps", "app1", "releases", "c1", "id"], json!(-1)),
             "apps.app1.releases.c1.id",
             "non-negative",

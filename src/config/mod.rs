@@ -161,6 +161,24 @@ pub struct Settings {
     pub device_type: DeviceType,
     /// Custom root CAs for the balena API, registry token and delta calls.
     pub custom_ca: Vec<ca::CustomCa>,
+    /// Between failed host OS install attempts (helios's fixed local retry interval, 30 s;
+    /// `TINYVISOR_HOSTOS_RETRY_MS`).
+    pub hostos_retry: std::time::Duration,
+}
+
+/// `TINYVISOR_HOSTOS_RETRY_MS`: milliseconds, 100 to one day; 30 s when unset.
+fn hostos_retry(env: &dyn Fn(&str) -> Option<String>) -> Result<std::time::Duration, EnvError> {
+    const VAR: &str = "TINYVISOR_HOSTOS_RETRY_MS";
+    match env(VAR).filter(|v| !v.is_empty()) {
+        None => Ok(std::time::Duration::from_secs(30)),
+        Some(v) => match v.trim().parse::<u64>() {
+            Ok(ms) if (100..=86_400_000).contains(&ms) => Ok(std::time::Duration::from_millis(ms)),
+            _ => Err(EnvError {
+                var: VAR.into(),
+                message: format!("expected milliseconds between 100 and 86400000, got {v:?}"),
+            }),
+        },
+    }
 }
 
 /// Errors that stop the daemon at start, each naming its source.
@@ -211,12 +229,14 @@ impl Settings {
             &paths.root_mountpoint,
             config_json.get_str("balenaRootCA"),
         );
+        let hostos_retry = hostos_retry(env).map_err(SettingsError::Env)?;
         Ok(Settings {
             paths,
             listen_port,
             config_json,
             device_type,
             custom_ca,
+            hostos_retry,
         })
     }
 }

@@ -2,6 +2,7 @@
 //! v19 (engine.md (f)), so a device can switch between the two; our own state lives in
 //! `tv_`-prefixed tables. WAL journal; writes only when a value changes.
 
+use crate::compose::hostapp::{HostApp, HostRecord};
 use crate::compose::target::{parse_device_target, TargetState};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{json, Map, Value};
@@ -21,7 +22,7 @@ fn fresh_key(new_key: impl FnOnce() -> std::io::Result<String>) -> Result<String
 }
 
 /// Our schema version (tables with the `tv_` prefix); bumped by additive migrations.
-const TV_SCHEMA_VERSION: i64 = 1;
+const TV_SCHEMA_VERSION: i64 = 2;
 
 /// Knex migration names of v19: recorded in a new database so that the Node supervisor, if it
 /// runs on this file later, sees its schema as current instead of re-creating tables.
@@ -72,6 +73,9 @@ CREATE TABLE IF NOT EXISTS knex_migrations (
 CREATE TABLE IF NOT EXISTS knex_migrations_lock (\"index\" INTEGER PRIMARY KEY AUTOINCREMENT, is_locked INTEGER);
 CREATE TABLE IF NOT EXISTS tv_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tv_stopped (containerId TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS tv_hostapp (
+  releaseUuid TEXT PRIMARY KEY, appUuid TEXT NOT NULL, image TEXT NOT NULL, build TEXT NOT NULL,
+  updater TEXT NOT NULL, installAttempts INTEGER NOT NULL, attemptedAt INTEGER NOT NULL);
 ";
 
 /// A row of the `image` table is the planner's image record.
@@ -448,6 +452,50 @@ impl Db {
         self.conn.execute(
             "INSERT INTO currentCommit (appId, `commit`) VALUES (?1, ?2) ON CONFLICT(appId) DO UPDATE SET `commit` = excluded.`commit`",
             params![app_id, commit],
+        )?;
+        Ok(true)
+    }
+
+    // ---- host OS releases (docs/hostos.md) ----
+
+    /// The record of the host release `release_uuid`, if the device has seen it.
+    pub fn host_release(&self, release_uuid: &str) -> Result<Option<HostRecord>> {
+        self.conn
+            .query_row(
+                "SELECT appUuid, image, build, updater, installAttempts, attemptedAt FROM tv_hostapp WHERE releaseUuid = ?1",
+                params![release_uuid],
+                |r| {
+                    Ok(HostRecord {
+                        release: HostApp {
+                            app_uuid: r.get(0)?,
+                            release_uuid: release_uuid.to_string(),
+                            image: r.get(1)?,
+                            build: r.get(2)?,
+                            updater: r.get(3)?,
+                        },
+                        install_attempts: r.get(4)?,
+                        attempted_at: r.get(5)?,
+                    })
+                },
+            )
+            .optional()
+    }
+
+    /// Stores the record of one host release and forgets every other (only the target's
+    /// release is kept). Writes nothing when nothing changed.
+    pub fn save_host_release(&self, record: &HostRecord) -> Result<bool> {
+        let h = &record.release;
+        let others = self.conn.execute(
+            "DELETE FROM tv_hostapp WHERE releaseUuid != ?1",
+            params![h.release_uuid],
+        )?;
+        if self.host_release(&h.release_uuid)?.as_ref() == Some(record) {
+            return Ok(others > 0);
+        }
+        self.conn.execute(
+            "INSERT OR REPLACE INTO tv_hostapp (releaseUuid, appUuid, image, build, updater, installAttempts, attemptedAt)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![h.release_uuid, h.app_uuid, h.image, h.build, h.updater, record.install_attempts, record.attempted_at],
         )?;
         Ok(true)
     }

@@ -312,3 +312,33 @@ fn a_failing_random_source_stores_no_key() {
     // Nothing was stored: the next good source makes the key.
     assert_eq!(db.global_api_key(|| Ok("k".into())).unwrap(), "k");
 }
+
+#[test]
+fn host_releases_are_kept_one_at_a_time_and_survive_a_reopen() {
+    use crate::compose::hostapp::{HostApp, HostRecord};
+    let dir = crate::testutil::TempDir::new("dbhost");
+    let path = dir.path().join("database.sqlite");
+    let record = |release: &str, attempts: u32| HostRecord {
+        release: HostApp {
+            app_uuid: "hostapp".into(),
+            release_uuid: release.into(),
+            image: "reg/os@sha256:1".into(),
+            build: "b1".into(),
+            updater: "reg/updater:1".into(),
+        },
+        install_attempts: attempts,
+        attempted_at: 1_800_000_000,
+    };
+    let db = Db::open(&path).unwrap();
+    assert_eq!(db.host_release("r1").unwrap(), None);
+    assert!(db.save_host_release(&record("r1", 1)).unwrap());
+    let changes = db.total_changes();
+    assert!(!db.save_host_release(&record("r1", 1)).unwrap());
+    assert_eq!(db.total_changes(), changes, "an unchanged record is not written");
+    drop(db);
+    let db = Db::open(&path).unwrap();
+    assert_eq!(db.host_release("r1").unwrap(), Some(record("r1", 1)));
+    db.save_host_release(&record("r2", 0)).unwrap();
+    assert_eq!(db.host_release("r1").unwrap(), None, "older releases are forgotten");
+    assert_eq!(db.host_release("r2").unwrap(), Some(record("r2", 0)));
+}

@@ -332,6 +332,14 @@ impl Engine {
         .map(drop)
     }
 
+    /// The files under `path` in a container (running or not), as the tar stream the engine
+    /// sends (`GET /containers/<id>/archive`).
+    pub fn container_archive(&self, id: &str, path: &str) -> Result<BodyReader> {
+        let q = Query::new().add("path", path);
+        let resp = self.call("GET", &format!("/containers/{}/archive{}", seg(id), q.as_str()), None)?;
+        Ok(resp.body)
+    }
+
     pub fn rename_container(&self, id: &str, new_name: &str) -> Result<()> {
         let q = Query::new().add("name", new_name);
         self.call_empty(

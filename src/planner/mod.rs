@@ -3,6 +3,7 @@
 //! needs is in its arguments, so every rule is a table-driven test.
 
 mod app;
+pub mod hostos;
 mod images;
 pub mod simulate;
 mod step;

@@ -20,7 +20,7 @@ pub use crate::protocol::{
     ServiceRef, Status, TargetNotSet, LOCAL_SOURCE,
 };
 use crate::systemd::HostControl;
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender};
 use log::{error, info, warn};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -31,7 +31,7 @@ pub struct StateEngine {
     engine: Engine,
     db: Mutex<Db>,
     locks: Locks,
-    status: Arc<Mutex<Status>>,
+    pub(super) status: Arc<Mutex<Status>>,
     /// Told (without blocking) whenever the status is published: the report thread, the
     /// log collector.
     changes: Vec<Sender<()>>,
@@ -52,6 +52,8 @@ pub struct StateEngine {
     log_control: bool,
     /// The firewall settings last installed (or tried).
     pub(super) firewall_tried: Option<crate::firewall::Settings>,
+    /// The host OS update of the target: install in flight, retry time.
+    pub(super) host_os: super::hostos::HostOs,
 }
 
 /// Where v19 keeps `SUPERVISOR_API_REQUEST_TIMEOUT` (DB config).
@@ -105,6 +107,7 @@ pub fn spawn(
                 shutting_down: false,
                 log_control: true,
                 firewall_tried: None,
+                host_os: super::hostos::HostOs::new(),
             };
             se.run(rx);
         })?;
@@ -124,7 +127,7 @@ impl StateEngine {
         self.db.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn set_status(&self, f: impl FnOnce(&mut Status)) {
+    pub(super) fn set_status(&self, f: impl FnOnce(&mut Status)) {
         f(&mut self.status.lock().unwrap_or_else(|p| p.into_inner()));
         for tx in &self.changes {
             let _ = tx.try_send(());
@@ -200,10 +203,22 @@ impl StateEngine {
         // it, so a client polling the API neither delays nor hurries the loop.
         let mut due = Instant::now();
         loop {
-            let cmd = match rx.recv_timeout(due.saturating_duration_since(Instant::now())) {
-                Ok(c) => Some(c),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => return,
+            if !self.shutting_down && self.host_os.due.is_some_and(|d| d <= Instant::now()) {
+                self.host_os.due = self.step_host_os(target.as_ref());
+            }
+            let wake = self.host_os.due.map_or(due, |h| h.min(due));
+            let cmd = crossbeam_channel::select! {
+                recv(rx) -> c => match c {
+                    Ok(c) => Some(c),
+                    Err(_) => return,
+                },
+                recv(self.host_os.done) -> finished => {
+                    if let Ok((release, result)) = finished {
+                        self.host_os_finished(release, result);
+                    }
+                    continue;
+                },
+                default(wake.saturating_duration_since(Instant::now())) => None,
             };
             match cmd {
                 Some(Command::Shutdown) => return,
@@ -318,6 +333,7 @@ impl StateEngine {
                             self.set_status(|s| s.target = published);
                             force = f;
                             schedule.new_target();
+                            self.host_os.due = Some(Instant::now());
                             // Until an iteration has looked, the new target is not applied.
                             self.set_status(|s| s.app_state = "applying".into());
                             let _ = reply.send(Ok(()));
@@ -330,6 +346,8 @@ impl StateEngine {
                         }
                     }
                 }
+                // Woken for the host OS step only: the apps are not due yet.
+                None if Instant::now() < due => continue,
                 None => {}
             }
             if self.shutting_down {

@@ -6,6 +6,7 @@ pub mod apply;
 pub mod device;
 pub mod device_config;
 pub mod executor;
+pub mod hostos;
 pub mod local_mode;
 pub mod power;
 pub mod preload;
