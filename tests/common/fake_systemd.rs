@@ -18,6 +18,11 @@ impl FakeSystemd {
     /// Starts the bus and the fake; `units` are loaded (inactive) units, each optionally
     /// `name=partof1,partof2`.
     pub fn start(units: &[&str]) -> FakeSystemd {
+        FakeSystemd::start_with_root(units, std::path::Path::new(""))
+    }
+
+    /// Like `start`, with transient services run under `root` (the test's host root).
+    pub fn start_with_root(units: &[&str], root: &std::path::Path) -> FakeSystemd {
         let dir = std::env::temp_dir().join(super::unique("dbus"));
         std::fs::create_dir_all(&dir).unwrap();
         let socket = dir.join("system_bus_socket");
@@ -64,6 +69,7 @@ impl FakeSystemd {
             .arg(&address)
             .arg(&calls)
             .args(units)
+            .env("FAKE_SYSTEMD_ROOT", root)
             .stderr(std::fs::File::create(dir.join("fake.log")).unwrap())
             .spawn()
             .expect("python3 with dbus-next (pip install dbus-next) must be installed");
