@@ -8,7 +8,10 @@ use crate::config::Settings;
 use crate::engine::Engine;
 use crate::planner::simulate::Simulation;
 use crate::planner::{Context, CurrentApp, EngineImage, ImageRef, Step};
+use crate::compose::hostapp::{host_target, HostTarget};
+use crate::planner::hostos::{decide, HostFacts, HostStep};
 use crate::state::device::{device_context, universe};
+use crate::state::hostos;
 use crate::state::target::target_apps;
 use crate::state::EngineSnapshot;
 use serde_json::{json, Value};
@@ -52,6 +55,58 @@ pub struct DryRun {
     pub iterations: Vec<Vec<Step>>,
     pub converged: bool,
     pub warnings: Vec<String>,
+    /// What the host OS release of the target would do (none named: `None`).
+    pub host_os: Option<HostOsPlan>,
+}
+
+/// The host OS step of a dry run, with a one-line summary.
+pub struct HostOsPlan {
+    pub step: &'static str,
+    pub summary: String,
+}
+
+/// The host OS step the target would cause now (the attempt count, kept in the database, is
+/// not read: a first attempt is shown).
+fn host_os_plan(settings: &Settings, state: &TargetState) -> Option<HostOsPlan> {
+    let host = match host_target(state) {
+        HostTarget::None => return None,
+        HostTarget::Rejected { app_uuid, reason } => {
+            return Some(HostOsPlan {
+                step: "rejected",
+                summary: format!("host OS release of app {app_uuid} rejected: {reason}"),
+            })
+        }
+        HostTarget::Install(h) => h,
+    };
+    let build = hostos::current_build(&settings.paths.host_os_version_path);
+    let facts = HostFacts {
+        current_build: build.as_deref(),
+        installed: hostos::breadcrumb(&settings.paths.root_mountpoint, &host.release_uuid).exists(),
+        updater_running: false,
+        now: 0,
+    };
+    let release = &host.release_uuid;
+    Some(match decide(&host, None, &facts) {
+        HostStep::Running => HostOsPlan {
+            step: "running",
+            summary: format!("host OS release {release} (build {}) is running", host.build),
+        },
+        HostStep::AwaitReboot => HostOsPlan {
+            step: "awaitReboot",
+            summary: format!("host OS release {release} is installed; waiting for the device to reboot"),
+        },
+        _ => HostOsPlan {
+            step: "install",
+            summary: format!(
+                "install host OS release {release} (build {} over {}): pull {}, copy its /app to /tmp/balenahup, run {} as {} (the updater reboots the device)",
+                host.build,
+                build.as_deref().unwrap_or("an unknown build"),
+                host.updater,
+                hostos::updater_command(&host).join(" "),
+                hostos::UNIT,
+            ),
+        },
+    })
 }
 
 /// Plans every iteration from the current state to the target on an in-memory copy.
@@ -151,6 +206,7 @@ pub fn dry_run(
         iterations,
         converged,
         warnings,
+        host_os: host_os_plan(settings, &state),
     })
 }
 
@@ -176,8 +232,16 @@ impl DryRun {
         for w in &self.warnings {
             out.push_str(&format!("warning: {w}\n"));
         }
+        if let Some(h) = &self.host_os {
+            out.push_str(&format!("{}\n", h.summary));
+        }
         if self.iterations.is_empty() {
-            out.push_str("nothing to do: the device already matches the target\n");
+            let host_pending = self.host_os.as_ref().is_some_and(|h| h.step == "install");
+            out.push_str(if host_pending {
+                "nothing to do for the apps\n"
+            } else {
+                "nothing to do: the device already matches the target\n"
+            });
         }
         for (i, steps) in self.iterations.iter().enumerate() {
             out.push_str(&format!("iteration {}:\n", i + 1));
@@ -210,6 +274,10 @@ impl DryRun {
                 )
             })
             .collect();
-        json!({ "converged": self.converged, "warnings": self.warnings, "iterations": iterations })
+        let host_os = self
+            .host_os
+            .as_ref()
+            .map(|h| json!({"step": h.step, "summary": h.summary}));
+        json!({ "converged": self.converged, "warnings": self.warnings, "iterations": iterations, "hostOS": host_os })
     }
 }

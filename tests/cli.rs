@@ -289,3 +289,51 @@ fn install_lays_out_the_files_and_the_units_command_line_runs() {
     assert!(root.join("var/lib/tinyvisor/database.sqlite").exists());
     let _ = std::fs::remove_dir_all(d);
 }
+
+#[test]
+fn plan_shows_the_host_os_step() {
+    let d = scratch();
+    let root = d.join("root");
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::write(root.join("etc/os-release"), "BALENA_BOARD_REV=\"old-rev\"\n").unwrap();
+    let target = d.join("target.json");
+    let host_app = |labels: serde_json::Value| {
+        serde_json::json!({"name": "dev", "config": {}, "apps": {"hostuuid": {"id": 3, "name": "os",
+            "is_host": true, "class": "app", "releases": {"hostrel": {"id": 7, "services": {"hostapp": {
+                "id": 1, "image_id": 1, "image": "reg/v2/os@sha256:ab",
+                "labels": {"io.balena.private.updater": "reg/updater:1"},
+                "composition": {"labels": labels}}}}}}}})
+    };
+    let plan = |doc: serde_json::Value| {
+        std::fs::write(&target, doc.to_string()).unwrap();
+        let out = bin()
+            .args(["--config-path", d.join("config.json").to_str().unwrap()])
+            .args(["--boot-mountpoint", d.to_str().unwrap()])
+            .args(["--root-mountpoint", root.to_str().unwrap()])
+            .args(["plan", "--current", "empty", "--target", target.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = plan(host_app(serde_json::json!({"io.balena.image.class": "hostapp",
+        "io.balena.private.hostapp.board-rev": "new-rev"})));
+    assert!(
+        text.starts_with(
+            "install host OS release hostrel (build new-rev over old-rev): pull reg/updater:1, copy its /app to /tmp/balenahup, \
+             run /tmp/balenahup/entry.sh --app-uuid hostuuid --release-commit hostrel --target-image-uri reg/v2/os@sha256:ab \
+             as os-update.service (the updater reboots the device)\n"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("nothing to do for the apps"), "{text}");
+    let text = plan(host_app(serde_json::json!({"io.balena.image.class": "hostapp",
+        "io.balena.private.hostapp.board-rev": "old-rev"})));
+    assert!(text.starts_with("host OS release hostrel (build old-rev) is running\n"), "{text}");
+    let text = plan(host_app(serde_json::json!({"io.balena.image.class": "hostapp"})));
+    assert!(
+        text.starts_with("host OS release of app hostuuid rejected: hostapp missing `board_rev` label\n"),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(d);
+}

@@ -78,13 +78,32 @@ fn updater_dir(root: &Path) -> PathBuf {
     root.join(HOST_RUNTIME_DIR.trim_start_matches('/')).join("balenahup")
 }
 
-fn breadcrumb(root: &Path, release_uuid: &str) -> PathBuf {
+pub fn breadcrumb(root: &Path, release_uuid: &str) -> PathBuf {
     root.join(HOST_RUNTIME_DIR.trim_start_matches('/'))
         .join(format!("balenahup-{release_uuid}-breadcrumb"))
 }
 
+/// The updater's directory as the host sees it (the unit's working directory).
+fn updater_host_dir() -> String {
+    format!("{HOST_RUNTIME_DIR}/balenahup")
+}
+
+/// The command line of `os-update.service` (helios's, without `--no-reboot`: the updater
+/// reboots the device once the new OS is installed).
+pub fn updater_command(h: &HostApp) -> Vec<String> {
+    vec![
+        format!("{}/entry.sh", updater_host_dir()),
+        "--app-uuid".into(),
+        h.app_uuid.clone(),
+        "--release-commit".into(),
+        h.release_uuid.clone(),
+        "--target-image-uri".into(),
+        h.image.clone(),
+    ]
+}
+
 /// The running OS's build: `BALENA_BOARD_REV`, else `RESIN_BOARD_REV`, of os-release.
-fn current_build(os_release: &Path) -> Option<String> {
+pub fn current_build(os_release: &Path) -> Option<String> {
     let fields = crate::host::os_release(os_release);
     ["BALENA_BOARD_REV", "RESIN_BOARD_REV"]
         .iter()
@@ -329,18 +348,8 @@ struct Installer {
 impl Installer {
     fn install(&self, h: &HostApp) -> Result<(), String> {
         self.copy_updater(h)?;
-        let host_dir = format!("{HOST_RUNTIME_DIR}/balenahup");
-        let argv = vec![
-            format!("{host_dir}/entry.sh"),
-            "--app-uuid".into(),
-            h.app_uuid.clone(),
-            "--release-commit".into(),
-            h.release_uuid.clone(),
-            "--target-image-uri".into(),
-            h.image.clone(),
-        ];
         self.host
-            .run_transient_service(UNIT, &argv, &host_dir)
+            .run_transient_service(UNIT, &updater_command(h), &updater_host_dir())
             .map_err(|e| format!("cannot start {UNIT}: {e}"))?;
         self.wait()
     }

@@ -55,6 +55,11 @@ pub fn target_apps(
             ));
         }
         let mut target = target_app(app, device, image_defaults, api_key, &unmet_optional);
+        if app.is_host && target.services.is_empty() {
+            // Nothing of the host OS release runs on the engine (the host OS step installs
+            // it): no app for the planner, so no release is recorded as applied either.
+            continue;
+        }
         if !unmet_required.is_empty() {
             rejected_lines.push(format!(
                 "  {}: Services with unmet requirements: {}",
@@ -74,6 +79,17 @@ pub fn target_apps(
     Targets { apps, messages }
 }
 
+/// Host apps run only their data-store service images as containers (v19); the class and
+/// store may come in the service's labels (image labels, as the cloud sends them) or in its
+/// composition labels (as helios reads the class): either one rules a service out.
+fn host_app_runs(svc: &crate::compose::target::TargetService) -> bool {
+    [&svc.labels, &svc.composition.labels].iter().all(|labels| {
+        let class = labels.get("io.balena.image.class").map(String::as_str);
+        let store = labels.get("io.balena.image.store").map(String::as_str);
+        matches!(class, None | Some("service")) && matches!(store, None | Some("data"))
+    })
+}
+
 fn target_app(
     app: &TargetSpec,
     device: &DeviceContext,
@@ -89,14 +105,8 @@ fn target_app(
             if is_supervisor(&app.uuid, name) || skip.contains(name) {
                 continue;
             }
-            if app.is_host {
-                // Host apps run only their data-store service images.
-                let class = svc.labels.get("io.balena.image.class").map(String::as_str);
-                let store = svc.labels.get("io.balena.image.store").map(String::as_str);
-                if !matches!(class, None | Some("service")) || !matches!(store, None | Some("data"))
-                {
-                    continue;
-                }
+            if app.is_host && !host_app_runs(svc) {
+                continue;
             }
             let with_api = labels::truthy(svc.labels.get("io.balena.features.supervisor-api"))
                 || labels::truthy(
@@ -269,6 +279,16 @@ mod tests {
             .map(|s| s.service_name.as_str())
             .collect();
         assert_eq!(names, ["extension"]);
+    }
+
+    #[test]
+    fn c12_a_hostapp_class_in_composition_labels_is_never_a_container() {
+        let t = build(
+            json!({"h1": {"id": 3, "name": "os", "class": "app", "is_host": true, "releases": {"c1": {"id": 1, "services": {
+            "hostapp": svc(1, json!({"labels": {"io.balena.private.updater": "reg/updater"},
+                "composition": {"labels": {"io.balena.image.class": "hostapp"}}}))}}}}}),
+        );
+        assert!(t.apps.is_empty(), "nothing on the engine for a host-only app");
     }
 
     #[test]
