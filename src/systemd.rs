@@ -36,12 +36,15 @@ pub trait HostControl: Send + Sync {
 pub struct ServiceState {
     pub active_state: String,
     pub exec_main_status: i32,
+    /// A job is queued for the unit (its `Job` id is not 0): a start just asked for reads
+    /// `inactive` until systemd runs the job.
+    pub job_pending: bool,
 }
 
 impl ServiceState {
-    /// Neither `inactive` nor `failed`: the service has not finished.
+    /// A job is pending, or the state is neither `inactive` nor `failed`: not finished.
     pub fn running(&self) -> bool {
-        self.active_state != "inactive" && self.active_state != "failed"
+        self.job_pending || (self.active_state != "inactive" && self.active_state != "failed")
     }
 }
 
@@ -240,9 +243,14 @@ impl HostControl for SystemBus {
             },
             other => return Err(Error::Protocol(format!("ExecMainStatus is {other:?}"))),
         };
+        let job_pending = match self.property(&path, "org.freedesktop.systemd1.Unit", "Job")? {
+            Value::Variant(v) => matches!(&*v, Value::Struct(f) if f.first().is_some_and(|id| *id != Value::U32(0))),
+            _ => false,
+        };
         Ok(ServiceState {
             active_state,
             exec_main_status,
+            job_pending,
         })
     }
 }

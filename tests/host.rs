@@ -66,6 +66,50 @@ fn a_unit_that_is_not_loaded_is_inactive_and_jobs_on_it_fail_with_the_bus_error(
 }
 
 #[test]
+fn transient_services_run_and_their_exit_status_is_read() {
+    let root = std::env::temp_dir().join(common::unique("transient"));
+    std::fs::create_dir_all(root.join("tmp/x")).unwrap();
+    let script = root.join("tmp/x/run.sh");
+    std::fs::write(&script, "#!/bin/sh\npwd > cwd.txt\nexit \"$1\"\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let fake = FakeSystemd::start_with_root(&[], &root);
+    let host = SystemBus::new(&fake.address);
+    let argv = |code: &str| vec!["/tmp/x/run.sh".to_string(), code.to_string()];
+    let finished = || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = host.service_state("t.service").unwrap();
+            if !s.running() || Instant::now() > deadline {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    host.run_transient_service("t.service", &argv("3"), "/tmp/x").unwrap();
+    let s = finished();
+    assert_eq!((s.active_state.as_str(), s.exec_main_status), ("failed", 3));
+    assert_eq!(
+        std::fs::read_to_string(root.join("tmp/x/cwd.txt")).unwrap().trim(),
+        root.join("tmp/x").display().to_string()
+    );
+    // The failed run is reset first, so the name can be used again; a clean exit leaves the
+    // unit collected, read as inactive with status 0.
+    host.run_transient_service("t.service", &argv("0"), "/tmp/x").unwrap();
+    let s = finished();
+    assert_eq!((s.active_state.as_str(), s.exec_main_status), ("inactive", 0));
+    let starts = fake.calls_to("StartTransientUnit");
+    assert_eq!(starts.len(), 2);
+    assert_eq!(
+        starts[0]["args"],
+        json!(["t.service", "fail", {"Type": "exec", "ExecStart": [["/tmp/x/run.sh", ["/tmp/x/run.sh", "3"], false]],
+            "RemainAfterExit": false, "CollectMode": "inactive", "WorkingDirectory": "/tmp/x"}, []])
+    );
+    assert_eq!(fake.calls_to("ResetFailedUnit").len(), 2);
+    let _ = std::fs::remove_dir_all(root);
+}
+
+#[test]
 fn no_bus_is_a_clear_error() {
     let host = SystemBus::new("unix:path=/nonexistent/bus");
     let err = host.reboot().unwrap_err().to_string();

@@ -9,7 +9,8 @@ StartTransientUnit(ssa(sv)a(sa(sv))), and the unit properties ActiveState, PartO
 {"member": ..., "args": [...]}, so a test can check the exact method and arguments.
 It is written with dbus-next, an implementation independent of tinyvisor's own client.
 
-A transient service really runs: its ExecStart, with every absolute path (the command and the
+A transient service really runs, 0.3 s after its start job is queued (meanwhile the unit is
+"inactive" with a Job): its ExecStart, with every absolute path (the command and the
 WorkingDirectory) taken under $FAKE_SYSTEMD_ROOT (the test's host root). While it runs the unit
 is "active"; exit 0 makes it "inactive" and collected (CollectMode=inactive: GetUnit then
 answers NoSuchUnit, LoadUnit a fresh stub), another code "failed" with ExecMainStatus = code.
@@ -46,6 +47,7 @@ class Unit(ServiceInterface):
         self.state = "inactive"
         self.part_of = part_of
         self.service = ServiceProps()
+        self.job = 0
 
     @dbus_property(access=PropertyAccess.READ)
     def ActiveState(self) -> "s":
@@ -57,7 +59,7 @@ class Unit(ServiceInterface):
 
     @dbus_property(access=PropertyAccess.READ)
     def Job(self) -> "(uo)":
-        return [0, "/"]
+        return [self.job, "/org/freedesktop/systemd1/job/%d" % self.job if self.job else "/"]
 
 
 class ServiceProps(ServiceInterface):
@@ -86,22 +88,33 @@ class Manager(ServiceInterface):
         super().__init__("org.freedesktop.systemd1.Manager")
         self.units = units
         self.bus = bus
+        # Objects stay exported once made: systemd answers on a unit's path even after it has
+        # collected the unit (it loads a fresh stub), and a reader may hold the path meanwhile.
+        self.objects = dict(units)
 
     def _load(self, name):
-        unit = Unit([])
+        unit = self.objects.get(name)
+        if unit is None:
+            unit = Unit([])
+            self.objects[name] = unit
+            self.bus.export(unit_path(name), unit)
+            self.bus.export(unit_path(name), unit.service)
         self.units[name] = unit
-        self.bus.export(unit_path(name), unit)
-        self.bus.export(unit_path(name), unit.service)
         return unit
 
     def _collect(self, name):
         unit = self.units.pop(name)
-        self.bus.unexport(unit_path(name), unit)
-        self.bus.unexport(unit_path(name), unit.service)
+        unit.state = "inactive"
+        unit.service.status = 0
 
     async def _run(self, name, unit, argv, cwd):
         root = os.environ.get("FAKE_SYSTEMD_ROOT", "")
         under = lambda p: root + p if p.startswith("/") else p
+        # As systemd: the start job is queued first; the unit reads "inactive" with a job
+        # until it runs.
+        await asyncio.sleep(0.3)
+        unit.job = 0
+        unit.state = "active"
         try:
             proc = await asyncio.create_subprocess_exec(
                 under(argv[0]), *argv[1:], cwd=under(cwd),
@@ -120,13 +133,13 @@ class Manager(ServiceInterface):
     def StartTransientUnit(self, name: "s", mode: "s", properties: "a(sv)", aux: "a(sa(sv))") -> "o":
         props = {k: plain(v) for k, v in properties}
         record("StartTransientUnit", name, mode, props, plain(aux))
-        if name in self.units and self.units[name].state != "inactive":
+        if name in self.units and (self.units[name].state != "inactive" or self.units[name].job):
             raise DBusError("org.freedesktop.systemd1.UnitExists",
                             "Unit %s was already loaded or has a fragment file." % name)
         if name in self.units:
             self._collect(name)
         unit = self._load(name)
-        unit.state = "active"
+        unit.job = 4
         argv = props["ExecStart"][0][1]
         asyncio.get_event_loop().create_task(
             self._run(name, unit, argv, props.get("WorkingDirectory", "/")))
