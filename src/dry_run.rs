@@ -1,15 +1,15 @@
 //! `tinyvisor plan`: what a target state would do to this device, without doing it.
 
+use crate::compose::hostapp::{host_target, HostTarget};
 use crate::compose::service::ImageDefaults;
 use crate::compose::target::{
     parse_device_target, parse_v2_local, parse_v3, TargetError, TargetState,
 };
 use crate::config::Settings;
 use crate::engine::Engine;
+use crate::planner::hostos::{decide, HostFacts, HostStep};
 use crate::planner::simulate::Simulation;
 use crate::planner::{Context, CurrentApp, EngineImage, ImageRef, Step};
-use crate::compose::hostapp::{host_target, HostTarget};
-use crate::planner::hostos::{decide, HostFacts, HostStep};
 use crate::state::device::{device_context, universe};
 use crate::state::hostos;
 use crate::state::target::target_apps;

@@ -208,6 +208,10 @@ pub struct ContainerStatus {
     pub container_id: String,
     pub status: String,
     pub created_at: String,
+    /// The engine healthcheck's verdict, for containers that have one.
+    pub health: Option<String>,
+    /// How a container that is not running last exited.
+    pub exit_code: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -129,7 +129,12 @@ impl SystemBus {
 }
 
 impl SystemBus {
-    fn manager(&self, member: &'static str, signature: &'static str, args: Vec<Value>) -> Call<'static> {
+    fn manager(
+        &self,
+        member: &'static str,
+        signature: &'static str,
+        args: Vec<Value>,
+    ) -> Call<'static> {
         Call {
             destination: SYSTEMD,
             path: SYSTEMD_PATH,
@@ -158,7 +163,10 @@ impl SystemBus {
 
 /// A transient unit property: `(name, variant)`.
 fn property(name: &str, value: Value) -> Value {
-    Value::Struct(vec![Value::Str(name.into()), Value::Variant(Box::new(value))])
+    Value::Struct(vec![
+        Value::Str(name.into()),
+        Value::Variant(Box::new(value)),
+    ])
 }
 
 impl HostControl for SystemBus {
@@ -236,15 +244,18 @@ impl HostControl for SystemBus {
             .as_str()
             .map(String::from)
             .ok_or_else(|| Error::Protocol("ActiveState is not a string".into()))?;
-        let exec_main_status = match self.property(&path, "org.freedesktop.systemd1.Service", "ExecMainStatus")? {
-            Value::Variant(v) => match *v {
-                Value::I32(n) => n,
+        let exec_main_status =
+            match self.property(&path, "org.freedesktop.systemd1.Service", "ExecMainStatus")? {
+                Value::Variant(v) => match *v {
+                    Value::I32(n) => n,
+                    other => return Err(Error::Protocol(format!("ExecMainStatus is {other:?}"))),
+                },
                 other => return Err(Error::Protocol(format!("ExecMainStatus is {other:?}"))),
-            },
-            other => return Err(Error::Protocol(format!("ExecMainStatus is {other:?}"))),
-        };
+            };
         let job_pending = match self.property(&path, "org.freedesktop.systemd1.Unit", "Job")? {
-            Value::Variant(v) => matches!(&*v, Value::Struct(f) if f.first().is_some_and(|id| *id != Value::U32(0))),
+            Value::Variant(v) => {
+                matches!(&*v, Value::Struct(f) if f.first().is_some_and(|id| *id != Value::U32(0)))
+            }
             _ => false,
         };
         Ok(ServiceState {

@@ -71,7 +71,9 @@ pub fn unpack_under(archive: impl Read, top: &str, dest: &Path) -> io::Result<Un
             }
         }
     }
-    Err(invalid(format!("archive has more than {MAX_ENTRIES} entries")))
+    Err(invalid(format!(
+        "archive has more than {MAX_ENTRIES} entries"
+    )))
 }
 
 /// Where entry `name` goes: `None` for the top directory itself and for entries outside it.
@@ -117,7 +119,9 @@ impl Header {
 
     fn octal(&self, at: usize, len: usize, what: &str) -> io::Result<u64> {
         let raw = self.field(at, len);
-        let text = std::str::from_utf8(raw).unwrap_or("").trim_matches([' ', '\0']);
+        let text = std::str::from_utf8(raw)
+            .unwrap_or("")
+            .trim_matches([' ', '\0']);
         if text.is_empty() {
             return Ok(0);
         }
@@ -153,7 +157,13 @@ impl Header {
             .0
             .iter()
             .enumerate()
-            .map(|(i, b)| if (148..156).contains(&i) { 32 } else { *b as u64 })
+            .map(|(i, b)| {
+                if (148..156).contains(&i) {
+                    32
+                } else {
+                    *b as u64
+                }
+            })
             .sum();
         Ok(sum == want)
     }
@@ -253,7 +263,13 @@ mod tests {
         let sum: u32 = h
             .iter()
             .enumerate()
-            .map(|(i, b)| if (148..156).contains(&i) { 32 } else { *b as u32 })
+            .map(|(i, b)| {
+                if (148..156).contains(&i) {
+                    32
+                } else {
+                    *b as u32
+                }
+            })
             .sum();
         h[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
     }
@@ -261,7 +277,10 @@ mod tests {
     fn entry(name: &str, kind: u8, body: &[u8], mode: u32) -> Vec<u8> {
         let mut out = header(name, kind, body.len(), mode);
         out.extend_from_slice(body);
-        out.resize(out.len() + Reader::<&[u8]>::padding(body.len() as u64) as usize, 0);
+        out.resize(
+            out.len() + Reader::<&[u8]>::padding(body.len() as u64) as usize,
+            0,
+        );
         out
     }
 
@@ -276,7 +295,12 @@ mod tests {
         let pax = format!("{} path={long}\n", long.len() + 7);
         let archive = [
             entry("app/", b'5', b"", 0o755),
-            entry("app/entry.sh", b'0', b"#!/bin/sh\nexec ./upgrade.sh \"$@\"\n", 0o4755),
+            entry(
+                "app/entry.sh",
+                b'0',
+                b"#!/bin/sh\nexec ./upgrade.sh \"$@\"\n",
+                0o4755,
+            ),
             entry("app/lib/", b'5', b"", 0o755),
             entry("app/lib/data", b'0', &[7u8; 1000], 0o644),
             entry("app/link", b'2', b"", 0o777),
@@ -289,11 +313,16 @@ mod tests {
         let got = unpack_under(&archive[..], "app", dir.path()).unwrap();
         assert_eq!((got.files, got.skipped), (3, 1));
         let script = dir.path().join("entry.sh");
-        assert!(std::fs::read_to_string(&script).unwrap().starts_with("#!/bin/sh"));
+        assert!(std::fs::read_to_string(&script)
+            .unwrap()
+            .starts_with("#!/bin/sh"));
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&script).unwrap().permissions().mode() & 0o7777;
         assert_eq!(mode, 0o755, "set-uid is dropped");
-        assert_eq!(std::fs::read(dir.path().join("lib/data")).unwrap().len(), 1000);
+        assert_eq!(
+            std::fs::read(dir.path().join("lib/data")).unwrap().len(),
+            1000
+        );
         let deep = dir.path().join(long.strip_prefix("app/").unwrap());
         assert_eq!(std::fs::read_to_string(deep).unwrap(), "long");
         assert!(!dir.path().join("link").exists());

@@ -295,7 +295,11 @@ fn plan_shows_the_host_os_step() {
     let d = scratch();
     let root = d.join("root");
     std::fs::create_dir_all(root.join("etc")).unwrap();
-    std::fs::write(root.join("etc/os-release"), "BALENA_BOARD_REV=\"old-rev\"\n").unwrap();
+    std::fs::write(
+        root.join("etc/os-release"),
+        "BALENA_BOARD_REV=\"old-rev\"\n",
+    )
+    .unwrap();
     let target = d.join("target.json");
     let host_app = |labels: serde_json::Value| {
         serde_json::json!({"name": "dev", "config": {}, "apps": {"hostuuid": {"id": 3, "name": "os",
@@ -310,14 +314,26 @@ fn plan_shows_the_host_os_step() {
             .args(["--config-path", d.join("config.json").to_str().unwrap()])
             .args(["--boot-mountpoint", d.to_str().unwrap()])
             .args(["--root-mountpoint", root.to_str().unwrap()])
-            .args(["plan", "--current", "empty", "--target", target.to_str().unwrap()])
+            .args([
+                "plan",
+                "--current",
+                "empty",
+                "--target",
+                target.to_str().unwrap(),
+            ])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    let text = plan(host_app(serde_json::json!({"io.balena.image.class": "hostapp",
-        "io.balena.private.hostapp.board-rev": "new-rev"})));
+    let text = plan(host_app(
+        serde_json::json!({"io.balena.image.class": "hostapp",
+        "io.balena.private.hostapp.board-rev": "new-rev"}),
+    ));
     assert!(
         text.starts_with(
             "install host OS release hostrel (build new-rev over old-rev): pull reg/updater:1, copy its /app to /tmp/balenahup, \
@@ -327,12 +343,21 @@ fn plan_shows_the_host_os_step() {
         "{text}"
     );
     assert!(text.contains("nothing to do for the apps"), "{text}");
-    let text = plan(host_app(serde_json::json!({"io.balena.image.class": "hostapp",
-        "io.balena.private.hostapp.board-rev": "old-rev"})));
-    assert!(text.starts_with("host OS release hostrel (build old-rev) is running\n"), "{text}");
-    let text = plan(host_app(serde_json::json!({"io.balena.image.class": "hostapp"})));
+    let text = plan(host_app(
+        serde_json::json!({"io.balena.image.class": "hostapp",
+        "io.balena.private.hostapp.board-rev": "old-rev"}),
+    ));
     assert!(
-        text.starts_with("host OS release of app hostuuid rejected: hostapp missing `board_rev` label\n"),
+        text.starts_with("host OS release hostrel (build old-rev) is running\n"),
+        "{text}"
+    );
+    let text = plan(host_app(
+        serde_json::json!({"io.balena.image.class": "hostapp"}),
+    ));
+    assert!(
+        text.starts_with(
+            "host OS release of app hostuuid rejected: hostapp missing `board_rev` label\n"
+        ),
         "{text}"
     );
     let _ = std::fs::remove_dir_all(d);

@@ -540,3 +540,128 @@ fn local_logs_stream_container_output_and_events() {
     assert!(saw_event && saw_output, "log: {}", d.log_text());
     cleanup(&d);
 }
+
+/// The `depends_on` conditions helios added (docs/hostos.md §5) on the real engine: a
+/// dependent of `service_healthy` starts only once the engine calls its dependency healthy;
+/// one of `service_completed_successfully` only after a clean exit; a dependency that exits
+/// with an error blocks its dependent with an error naming both, instead of waiting for ever.
+#[test]
+fn depends_on_conditions_hold_dependents_until_they_are_met() {
+    let _serial = serial();
+    let e = engine();
+    reset_engine(&e);
+    let d = Daemon::new();
+    let sleeper = "trap 'exit 0' TERM; while true; do sleep 0.2; done";
+    let healthcheck = json!({"test": ["CMD", "test", "-f", "/tmp/ready"], "interval": "1s", "timeout": "1s", "retries": 30});
+    let services = vec![
+        service(
+            1,
+            "db",
+            "1",
+            json!({"healthcheck": healthcheck,
+            "command": ["sh", "-c", format!("sleep 3; touch /tmp/ready; {sleeper}")]}),
+        ),
+        service(
+            2,
+            "web",
+            "1",
+            json!({"depends_on": {"db": {"condition": "service_healthy"}}}),
+        ),
+        service(
+            3,
+            "migrate",
+            "1",
+            json!({"restart": "no", "command": ["sh", "-c", "sleep 1; exit 0"]}),
+        ),
+        service(
+            4,
+            "api",
+            "1",
+            json!({"depends_on": {"migrate": {"condition": "service_completed_successfully"}}}),
+        ),
+        service(
+            5,
+            "broken",
+            "1",
+            json!({"restart": "no", "command": ["sh", "-c", "exit 3"]}),
+        ),
+        service(
+            6,
+            "after",
+            "1",
+            json!({"depends_on": {"broken": {"condition": "service_completed_successfully"}}}),
+        ),
+        service(
+            7,
+            "extra",
+            "1",
+            json!({"depends_on": {"broken": {"condition": "service_completed_successfully", "required": false}}}),
+        ),
+    ];
+    assert_eq!(d.post_target(&target("c1", services)).0, 200);
+    let started_at = |s: &Value, name: &str| -> Option<String> {
+        let c = s["containers"]
+            .as_array()?
+            .iter()
+            .find(|c| c["serviceName"] == name)?;
+        let id = c["containerId"].as_str()?;
+        Some(e.inspect_container(id).ok()?.state.started_at)
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        let (_, s) = d.get("/v2/state/status").unwrap();
+        let names: Vec<&str> = s["containers"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|c| c["serviceName"].as_str()).collect())
+            .unwrap_or_default();
+        if ["web", "api", "extra"].iter().all(|n| names.contains(n))
+            && s["lastError"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("start after"))
+        {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "{s}\n{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let find = |name: &str| {
+        status["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["serviceName"] == name)
+            .cloned()
+    };
+    // web started after db had become healthy (3 s after db started).
+    let db_started = started_at(&status, "db").unwrap();
+    let web_started = started_at(&status, "web").unwrap();
+    assert!(web_started > db_started, "{db_started} {web_started}");
+    let db = e
+        .inspect_container(find("db").unwrap()["containerId"].as_str().unwrap())
+        .unwrap();
+    let health = db.state.health.as_ref().unwrap();
+    let healthy_since = health["Log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["ExitCode"] == 0)
+        .and_then(|l| l["End"].as_str())
+        .unwrap()
+        .to_string();
+    assert!(
+        web_started.as_str() >= &healthy_since[..19],
+        "{web_started} < {healthy_since}"
+    );
+    assert_eq!(find("db").unwrap()["health"], "healthy");
+    // api after migrate's clean exit; migrate shows its exit code.
+    assert_eq!(find("migrate").unwrap()["exitCode"], 0);
+    assert!(started_at(&status, "api").unwrap() > started_at(&status, "migrate").unwrap());
+    // broken exited 3: after never starts and the error says why; the optional one runs.
+    assert_eq!(find("broken").unwrap()["exitCode"], 3);
+    assert!(find("after").is_none(), "{status}");
+    assert_eq!(
+        status["lastError"],
+        "start after: dependency 'broken' exited with code 3"
+    );
+    cleanup(&d);
+}

@@ -86,18 +86,25 @@ fn transient_services_run_and_their_exit_status_is_read() {
             std::thread::sleep(Duration::from_millis(50));
         }
     };
-    host.run_transient_service("t.service", &argv("3"), "/tmp/x").unwrap();
+    host.run_transient_service("t.service", &argv("3"), "/tmp/x")
+        .unwrap();
     let s = finished();
     assert_eq!((s.active_state.as_str(), s.exec_main_status), ("failed", 3));
     assert_eq!(
-        std::fs::read_to_string(root.join("tmp/x/cwd.txt")).unwrap().trim(),
+        std::fs::read_to_string(root.join("tmp/x/cwd.txt"))
+            .unwrap()
+            .trim(),
         root.join("tmp/x").display().to_string()
     );
     // The failed run is reset first, so the name can be used again; a clean exit leaves the
     // unit collected, read as inactive with status 0.
-    host.run_transient_service("t.service", &argv("0"), "/tmp/x").unwrap();
+    host.run_transient_service("t.service", &argv("0"), "/tmp/x")
+        .unwrap();
     let s = finished();
-    assert_eq!((s.active_state.as_str(), s.exec_main_status), ("inactive", 0));
+    assert_eq!(
+        (s.active_state.as_str(), s.exec_main_status),
+        ("inactive", 0)
+    );
     let starts = fake.calls_to("StartTransientUnit");
     assert_eq!(starts.len(), 2);
     assert_eq!(

@@ -49,7 +49,11 @@ fn updater_image(name: &str, script: &str) -> String {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(0o755)).unwrap();
     let container = docker(&["create", BUSYBOX, "true"]);
-    docker(&["cp", &format!("{}/app", dir.display()), &format!("{container}:/app")]);
+    docker(&[
+        "cp",
+        &format!("{}/app", dir.display()),
+        &format!("{container}:/app"),
+    ]);
     docker(&["commit", &container, &reference]);
     docker(&["rm", &container]);
     docker(&["push", &reference]);
@@ -165,7 +169,9 @@ fn wait_until(what: &str, secs: u64, d: &Daemon, f: impl Fn() -> bool) {
 }
 
 fn host_status(d: &Daemon) -> Value {
-    d.get("/v2/state/status").map(|(_, v)| v["hostApp"].clone()).unwrap_or(Value::Null)
+    d.get("/v2/state/status")
+        .map(|(_, v)| v["hostApp"].clone())
+        .unwrap_or(Value::Null)
 }
 
 fn finish(mut d: Daemon, root: PathBuf, updaters: &[&str]) {
@@ -209,10 +215,20 @@ fn a_host_os_release_is_installed_through_the_updater_and_reported_until_it_runs
     let breadcrumb = root.join(format!("tmp/balenahup-{release}-breadcrumb"));
     assert!(breadcrumb.exists(), "no breadcrumb\n{}", d.log_text());
     let calls = fake.calls();
-    let start: Vec<&Value> = calls.iter().filter(|c| c["member"] == "StartTransientUnit").collect();
+    let start: Vec<&Value> = calls
+        .iter()
+        .filter(|c| c["member"] == "StartTransientUnit")
+        .collect();
     assert_eq!(start.len(), 1, "{calls:?}");
-    let argv = json!(["/tmp/balenahup/entry.sh", "--app-uuid", HOST_APP, "--release-commit", release,
-        "--target-image-uri", OS_IMAGE]);
+    let argv = json!([
+        "/tmp/balenahup/entry.sh",
+        "--app-uuid",
+        HOST_APP,
+        "--release-commit",
+        release,
+        "--target-image-uri",
+        OS_IMAGE
+    ]);
     assert_eq!(
         start[0]["args"],
         json!(["os-update.service", "fail", {
@@ -220,18 +236,29 @@ fn a_host_os_release_is_installed_through_the_updater_and_reported_until_it_runs
             "RemainAfterExit": false, "CollectMode": "inactive", "WorkingDirectory": "/tmp/balenahup"}, []])
     );
     // A failed run of the name is cleared first.
-    let reset = calls.iter().position(|c| c["member"] == "ResetFailedUnit").unwrap();
-    let started = calls.iter().position(|c| c["member"] == "StartTransientUnit").unwrap();
+    let reset = calls
+        .iter()
+        .position(|c| c["member"] == "ResetFailedUnit")
+        .unwrap();
+    let started = calls
+        .iter()
+        .position(|c| c["member"] == "StartTransientUnit")
+        .unwrap();
     assert!(reset < started);
     assert_eq!(
-        std::fs::read_to_string(root.join("tmp/balenahup/args.txt")).unwrap().trim(),
+        std::fs::read_to_string(root.join("tmp/balenahup/args.txt"))
+            .unwrap()
+            .trim(),
         format!("--app-uuid {HOST_APP} --release-commit {release} --target-image-uri {OS_IMAGE}")
     );
     // The user app of the same target runs.
     d.key = Some(api_key(&api));
     let status = d.wait_applied(1, 60);
     assert_eq!(status["hostApp"]["updateStatus"], "aborted", "{status}");
-    assert_eq!(status["hostApp"]["lastError"], "update needs a reboot to complete");
+    assert_eq!(
+        status["hostApp"]["lastError"],
+        "update needs a reboot to complete"
+    );
     assert_eq!(status["hostApp"]["installAttempts"], 1);
     // The updater container is left created, never started (helios does the same).
     let copy = e.inspect_container("balenahup").unwrap();
@@ -244,12 +271,16 @@ fn a_host_os_release_is_installed_through_the_updater_and_reported_until_it_runs
     std::fs::create_dir_all(d.dir.join("state")).unwrap();
     std::fs::write(d.dir.join("state/rollback-health-triggered"), "").unwrap();
     d.start();
-    wait_until("installed again after the rollback", 60, &d, || breadcrumb.exists());
+    wait_until("installed again after the rollback", 60, &d, || {
+        breadcrumb.exists()
+    });
     assert_eq!(fake.calls_to("StartTransientUnit").len(), 2);
-    assert!(d
-        .log_text()
-        .contains("The host OS rolled back after an update (rollback-health-triggered); installing again"));
-    wait_until("second attempt counted", 30, &d, || host_status(&d)["installAttempts"] == 2);
+    assert!(d.log_text().contains(
+        "The host OS rolled back after an update (rollback-health-triggered); installing again"
+    ));
+    wait_until("second attempt counted", 30, &d, || {
+        host_status(&d)["installAttempts"] == 2
+    });
 
     // The "reboot": the new OS runs, the tmpfs is empty.
     d.kill9();
@@ -259,8 +290,14 @@ fn a_host_os_release_is_installed_through_the_updater_and_reported_until_it_runs
     d.start();
     let report = wait_host_report(&api, release, "done", "Running");
     assert_eq!(report["release_uuid"], release, "{report}");
-    wait_until("hostApp done", 30, &d, || host_status(&d)["updateStatus"] == "done");
-    assert_eq!(fake.calls_to("StartTransientUnit").len(), 2, "installed again");
+    wait_until("hostApp done", 30, &d, || {
+        host_status(&d)["updateStatus"] == "done"
+    });
+    assert_eq!(
+        fake.calls_to("StartTransientUnit").len(),
+        2,
+        "installed again"
+    );
     finish(d, root, &[&updater]);
 }
 
@@ -277,14 +314,18 @@ fn a_failing_updater_is_tried_three_times_and_a_new_release_starts_the_count_aga
     let mut d = device(&api, &root, &fake);
     d.start();
     wait_host_report(&api, release, "aborted", "Installing");
-    wait_until("three attempts", 30, &d, || fake.calls_to("exited").len() == 3);
+    wait_until("three attempts", 30, &d, || {
+        fake.calls_to("exited").len() == 3
+    });
     // Given up: no fourth try (the retry interval is 300 ms here).
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(fake.calls_to("StartTransientUnit").len(), 3);
     for exited in fake.calls_to("exited") {
         assert_eq!(exited["args"], json!(["os-update.service", 1]));
     }
-    assert!(!root.join(format!("tmp/balenahup-{release}-breadcrumb")).exists());
+    assert!(!root
+        .join(format!("tmp/balenahup-{release}-breadcrumb"))
+        .exists());
     d.key = Some(api_key(&api));
     let h = host_status(&d);
     assert_eq!(h["updateStatus"], "aborted", "{h}");
@@ -333,15 +374,25 @@ fn a_rejected_host_app_installs_nothing_and_leaves_the_user_apps_alone() {
         })
     });
     for r in api.calls("PATCH", "/device/v3/state") {
-        assert!(r.json()[UUID]["apps"].get(HOST_APP).is_none(), "{}", r.json());
+        assert!(
+            r.json()[UUID]["apps"].get(HOST_APP).is_none(),
+            "{}",
+            r.json()
+        );
     }
     assert!(fake.calls_to("StartTransientUnit").is_empty());
     let log = d.log_text();
     assert!(
-        log.contains(&format!("Host OS release of app {HOST_APP} rejected: hostapp missing `updater` label")),
+        log.contains(&format!(
+            "Host OS release of app {HOST_APP} rejected: hostapp missing `updater` label"
+        )),
         "{log}"
     );
-    assert_eq!(log.matches("rejected: hostapp missing").count(), 1, "logged once");
+    assert_eq!(
+        log.matches("rejected: hostapp missing").count(),
+        1,
+        "logged once"
+    );
     finish(d, root, &[]);
 }
 
@@ -363,11 +414,17 @@ fn a_daemon_killed_during_an_install_waits_for_the_running_updater() {
     d.start();
     let breadcrumb = root.join(format!("tmp/balenahup-{release}-breadcrumb"));
     wait_until("the install finishes", 30, &d, || breadcrumb.exists());
-    assert_eq!(fake.calls_to("StartTransientUnit").len(), 1, "a second unit was started");
+    assert_eq!(
+        fake.calls_to("StartTransientUnit").len(),
+        1,
+        "a second unit was started"
+    );
     d.key = Some(api_key(&api));
     wait_until("attempt count kept", 30, &d, || {
         host_status(&d)["installAttempts"] == 1 && host_status(&d)["updateStatus"] == "aborted"
     });
-    assert!(d.log_text().contains("Waiting for the running host OS update"));
+    assert!(d
+        .log_text()
+        .contains("Waiting for the running host OS update"));
     finish(d, root, &[&updater]);
 }

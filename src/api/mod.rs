@@ -760,8 +760,18 @@ impl Api {
             .containers
             .iter()
             .filter(|c| Some(c.app_id) == first_app)
-            .map(|c| json!({"status": c.status, "serviceName": c.service_name, "appId": c.app_id, "imageId": c.image_id,
-                            "serviceId": c.service_id, "containerId": c.container_id, "createdAt": c.created_at}))
+            .map(|c| {
+                let mut v = json!({"status": c.status, "serviceName": c.service_name, "appId": c.app_id, "imageId": c.image_id,
+                            "serviceId": c.service_id, "containerId": c.container_id, "createdAt": c.created_at});
+                // Our additions (helios shows both in its local state): only when known.
+                if let Some(h) = &c.health {
+                    v["health"] = json!(h);
+                }
+                if let Some(code) = c.exit_code {
+                    v["exitCode"] = json!(code);
+                }
+                v
+            })
             .collect();
         let images: Vec<Value> = s
             .images

@@ -5,9 +5,9 @@
 
 use super::CloudShared;
 use crate::balena_api::client::{Cloud, CloudError};
+use crate::compose::hostapp;
 use crate::config::Settings;
 use crate::host::{self, Metrics};
-use crate::compose::hostapp;
 use crate::protocol::{HostOsStatus, Status};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use log::{debug, warn};
@@ -483,6 +483,8 @@ mod tests {
             container_id: "c".into(),
             status: status.into(),
             created_at: String::new(),
+            health: None,
+            exit_code: None,
         }
     }
 

@@ -61,8 +61,71 @@ pub struct Composition {
     pub working_dir: Option<String>,
     pub tty: Option<bool>,
     pub depends_on: Vec<String>,
+    /// The long syntax's conditions (helios's addition; docs/hostos.md §5), by dependency. A
+    /// name listed in the short syntax waits for `service_started`, required.
+    pub dependency_conditions: BTreeMap<String, Dependency>,
     /// Keys we do not support; logged as "Ignoring unsupported or unknown compose fields".
     pub ignored: Vec<String>,
+}
+
+/// What a dependent waits for before it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Condition {
+    ServiceStarted,
+    ServiceHealthy,
+    ServiceCompletedSuccessfully,
+}
+
+/// One long-syntax `depends_on` entry. `restart` is accepted and, as in helios, not acted on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Dependency {
+    pub condition: Condition,
+    /// An optional dependency (`required: false`) never holds its dependent back.
+    pub required: bool,
+}
+
+/// `depends_on` in either syntax: the names, and the conditions of the long one.
+fn depends_on(v: &Value, path: &str) -> Result<(Vec<String>, BTreeMap<String, Dependency>)> {
+    let Value::Object(m) = v else {
+        return Ok((string_list(v, path)?, BTreeMap::new()));
+    };
+    let mut conditions = BTreeMap::new();
+    for (name, spec) in m {
+        let p = join(path, name);
+        let spec = match spec {
+            Value::Null => serde_json::Map::new(),
+            other => obj(other, &p)?.clone(),
+        };
+        let condition = match spec.get("condition") {
+            None | Some(Value::Null) => Condition::ServiceStarted,
+            Some(c) => match string(c, &join(&p, "condition"))?.as_str() {
+                "service_started" => Condition::ServiceStarted,
+                "service_healthy" => Condition::ServiceHealthy,
+                "service_completed_successfully" => Condition::ServiceCompletedSuccessfully,
+                other => {
+                    return err(
+                        &join(&p, "condition"),
+                        format!("expected service_started, service_healthy or service_completed_successfully, got {other:?}"),
+                    )
+                }
+            },
+        };
+        let flag = |key: &str, default: bool| match spec.get(key) {
+            None | Some(Value::Null) => Ok(default),
+            Some(b) => boolean(b, &join(&p, key)),
+        };
+        flag("restart", false)?;
+        let required = flag("required", true)?;
+        conditions.insert(
+            name.clone(),
+            Dependency {
+                condition,
+                required,
+            },
+        );
+    }
+    Ok((m.keys().cloned().collect(), conditions))
 }
 
 impl Composition {
@@ -888,13 +951,7 @@ pub fn parse(v: &Value, path: &str) -> Result<Composition> {
             "user" => c.user = opt_string(val, &p)?,
             "working_dir" => c.working_dir = opt_string(val, &p)?,
             "tty" => c.tty = Some(boolean(val, &p)?),
-            "depends_on" => {
-                c.depends_on = match val {
-                    // Long syntax: {svc: {condition: ...}}; only the names matter here.
-                    Value::Object(m) => m.keys().cloned().collect(),
-                    _ => string_list(val, &p)?,
-                }
-            }
+            "depends_on" => (c.depends_on, c.dependency_conditions) = depends_on(val, &p)?,
             _ => c.ignored.push(raw_key.clone()),
         }
     }

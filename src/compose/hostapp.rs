@@ -188,7 +188,10 @@ mod tests {
         let HostTarget::Install(h) = read(target(svc)) else {
             panic!()
         };
-        assert_eq!((h.build.as_str(), h.updater.as_str()), ("fromservice", UPDATER));
+        assert_eq!(
+            (h.build.as_str(), h.updater.as_str()),
+            ("fromservice", UPDATER)
+        );
     }
 
     #[test]

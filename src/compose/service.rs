@@ -2,7 +2,7 @@
 //! can be built both from the target (compose → config) and from the engine (inspect →
 //! config), so the two compare equal exactly when no recreate is needed.
 
-use super::composition::{Composition, VolumeSpec};
+use super::composition::{Composition, Dependency, VolumeSpec};
 use super::labels::{self, APP_ID, APP_UUID, SERVICE_ID, SERVICE_NAME, SUPERVISED};
 use super::target::TargetService;
 use crate::engine::types::{ContainerInspect, ImageInspect};
@@ -127,7 +127,15 @@ pub struct Service {
     pub status: Status,
     /// Engine error text of an exited container (for the userland-proxy restart rule).
     pub exit_error: String,
+    /// The engine healthcheck's verdict of a current container (`starting`, `healthy`,
+    /// `unhealthy`); `None` without a healthcheck.
+    pub health: Option<String>,
+    /// A current container that is not running: how its process last exited.
+    pub exit_code: Option<i64>,
     pub depends_on: Vec<String>,
+    /// Target side: what a dependency must reach before this service starts (names in
+    /// `depends_on` without an entry wait for `service_started`).
+    pub dependency_conditions: BTreeMap<String, Dependency>,
     pub config: ServiceConfig,
 }
 
@@ -587,7 +595,10 @@ impl Service {
             created_at: None,
             status: Status::Installing,
             exit_error: String::new(),
+            health: None,
+            exit_code: None,
             depends_on,
+            dependency_conditions: c.dependency_conditions.clone(),
             config,
         }
     }
@@ -805,9 +816,19 @@ impl Service {
             image_name: ci.config.image.clone(),
             container_id: Some(ci.id.clone()),
             created_at: Some(ci.created.clone()),
+            exit_code: (status != Status::Running).then_some(ci.state.exit_code),
             status,
             exit_error: ci.state.error.clone(),
+            health: ci
+                .state
+                .health
+                .as_ref()
+                .and_then(|h| h.get("Status"))
+                .and_then(|s| s.as_str())
+                .filter(|s| !s.is_empty() && *s != "none")
+                .map(String::from),
             depends_on: vec![],
+            dependency_conditions: BTreeMap::new(),
             config,
         })
     }

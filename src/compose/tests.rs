@@ -218,6 +218,30 @@ fn bad_targets_name_the_field() {
         ),
         (
             with(
+                &svc(&["composition", "depends_on"]),
+                json!({"other": {"condition": "service_ready"}}),
+            ),
+            "apps.app1.releases.c1.services.main.composition.depends_on.other.condition",
+            "expected service_started, service_healthy or service_completed_successfully",
+        ),
+        (
+            with(
+                &svc(&["composition", "depends_on"]),
+                json!({"other": {"condition": "service_healthy", "required": "yes"}}),
+            ),
+            "apps.app1.releases.c1.services.main.composition.depends_on.other.required",
+            "expected a boolean",
+        ),
+        (
+            with(
+                &svc(&["composition", "depends_on"]),
+                json!({"ghost": {"condition": "service_healthy"}}),
+            ),
+            "apps.app1.releases.c1.services.main.composition.depends_on[0]",
+            "not in the release",
+        ),
+        (
+            with(
                 &svc(&["composition", "network_mode"]),
                 json!("service:main"),
             ),
@@ -602,4 +626,52 @@ fn port_overlaps_are_found_in_n_log_n() {
         e.path.ends_with("ports[1]") && e.message.ends_with("ports[0]"),
         "{e}"
     );
+}
+
+#[test]
+fn depends_on_long_syntax_keeps_conditions() {
+    use super::composition::{Condition, Dependency};
+    let doc = with(
+        &[
+            "apps",
+            "app1",
+            "releases",
+            "c1",
+            "services",
+            "main",
+            "composition",
+            "depends_on",
+        ],
+        json!({"other": {"condition": "service_completed_successfully", "required": false, "restart": true}}),
+    );
+    let t = parse_device_target(&doc).unwrap();
+    let c = &t.apps["app1"].release.as_ref().unwrap().services["main"].composition;
+    assert_eq!(c.depends_on, ["other"]);
+    assert_eq!(
+        c.dependency_conditions["other"],
+        Dependency {
+            condition: Condition::ServiceCompletedSuccessfully,
+            required: false
+        }
+    );
+    let doc = with(
+        &[
+            "apps",
+            "app1",
+            "releases",
+            "c1",
+            "services",
+            "main",
+            "composition",
+            "depends_on",
+        ],
+        json!({"other": null}),
+    );
+    let t = parse_device_target(&doc).unwrap();
+    let c = &t.apps["app1"].release.as_ref().unwrap().services["main"].composition;
+    assert_eq!(
+        c.dependency_conditions["other"].condition,
+        Condition::ServiceStarted
+    );
+    assert!(c.dependency_conditions["other"].required);
 }

@@ -334,11 +334,19 @@ fn host_releases_are_kept_one_at_a_time_and_survive_a_reopen() {
     assert!(db.save_host_release(&record("r1", 1)).unwrap());
     let changes = db.total_changes();
     assert!(!db.save_host_release(&record("r1", 1)).unwrap());
-    assert_eq!(db.total_changes(), changes, "an unchanged record is not written");
+    assert_eq!(
+        db.total_changes(),
+        changes,
+        "an unchanged record is not written"
+    );
     drop(db);
     let db = Db::open(&path).unwrap();
     assert_eq!(db.host_release("r1").unwrap(), Some(record("r1", 1)));
     db.save_host_release(&record("r2", 0)).unwrap();
-    assert_eq!(db.host_release("r1").unwrap(), None, "older releases are forgotten");
+    assert_eq!(
+        db.host_release("r1").unwrap(),
+        None,
+        "older releases are forgotten"
+    );
     assert_eq!(db.host_release("r2").unwrap(), Some(record("r2", 0)));
 }

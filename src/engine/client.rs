@@ -336,7 +336,11 @@ impl Engine {
     /// sends (`GET /containers/<id>/archive`).
     pub fn container_archive(&self, id: &str, path: &str) -> Result<BodyReader> {
         let q = Query::new().add("path", path);
-        let resp = self.call("GET", &format!("/containers/{}/archive{}", seg(id), q.as_str()), None)?;
+        let resp = self.call(
+            "GET",
+            &format!("/containers/{}/archive{}", seg(id), q.as_str()),
+            None,
+        )?;
         Ok(resp.body)
     }
 

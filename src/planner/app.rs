@@ -2,6 +2,7 @@
 
 use super::images::Index;
 use super::{Context, CurrentApp, ImageRef, Step, TargetApp};
+use crate::compose::composition::Condition;
 use crate::compose::labels::{
     self, HANDOVER_TIMEOUT, LEGACY_CONTAINER, REQUIRES_REBOOT, SERVICE_ID, UPDATE_STRATEGY,
 };
@@ -285,7 +286,10 @@ impl<'a> AppPlan<'a> {
             }
         }
         let (strategy, start_deps) = match pair.target {
-            Some(t) => (strategy_of(t), self.start_deps_met(t)),
+            Some(t) => (
+                strategy_of(t),
+                self.start_deps_met(t) && self.conditions_gate(t) == Gate::Open,
+            ),
             None => (strategy_of(current), false),
         };
         let kill_deps = self.target_images_ready();
@@ -334,12 +338,44 @@ impl<'a> AppPlan<'a> {
             }
             return None;
         }
-        if self.start_deps_met(target) {
-            return Some(Step::Start {
-                target: Box::new(target.clone()),
-            });
+        if !self.start_deps_met(target) {
+            return None;
         }
-        None
+        match self.conditions_gate(target) {
+            Gate::Open => Some(Step::Start {
+                target: Box::new(target.clone()),
+            }),
+            Gate::Wait => Some(Step::Noop),
+            Gate::Blocked(reason) => Some(Step::Blocked {
+                service_name: target.service_name.clone(),
+                reason,
+            }),
+        }
+    }
+
+    /// The `depends_on` conditions of `target` against the current dependencies (helios's
+    /// `evaluate_condition`): `service_started` is `start_deps_met`'s; `service_healthy` wants
+    /// a running dependency the engine calls healthy; `service_completed_successfully` one
+    /// that exited with 0. Optional dependencies never hold a start back.
+    fn conditions_gate(&self, target: &Service) -> Gate {
+        for (name, dep) in &target.dependency_conditions {
+            if !dep.required || dep.condition == Condition::ServiceStarted {
+                continue;
+            }
+            let current = self
+                .current
+                .services
+                .iter()
+                .find(|c| &c.service_name == name);
+            let gate = match current {
+                None => Gate::Wait,
+                Some(c) => condition_gate(name, dep.condition, c),
+            };
+            if gate != Gate::Open {
+                return gate;
+            }
+        }
+        Gate::Open
     }
 
     /// Same config: only the release or the running state differs (engine.md C.7).
@@ -371,6 +407,39 @@ impl<'a> AppPlan<'a> {
             });
         }
         None
+    }
+}
+
+/// Whether a dependent may start now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Gate {
+    Open,
+    /// Not yet: look again (a healthcheck still starting, a job still running).
+    Wait,
+    /// Never, as things are: the reason.
+    Blocked(String),
+}
+
+/// One condition against the dependency's current container.
+fn condition_gate(name: &str, condition: Condition, dep: &Service) -> Gate {
+    let running = dep.status == Status::Running;
+    match condition {
+        Condition::ServiceStarted => Gate::Open,
+        Condition::ServiceHealthy => match (running, dep.health.as_deref()) {
+            (true, Some("healthy")) => Gate::Open,
+            (true, Some("unhealthy")) => Gate::Blocked(format!("dependency '{name}' is unhealthy")),
+            (true, None) => Gate::Blocked(format!(
+                "dependency '{name}' has no healthcheck, so it can never be healthy"
+            )),
+            _ => Gate::Wait,
+        },
+        Condition::ServiceCompletedSuccessfully => match (running, dep.exit_code) {
+            (false, Some(0)) if dep.status != Status::Installed => Gate::Open,
+            (false, Some(code)) if code != 0 => {
+                Gate::Blocked(format!("dependency '{name}' exited with code {code}"))
+            }
+            _ => Gate::Wait,
+        },
     }
 }
 

@@ -118,15 +118,30 @@ mod tests {
     fn decision_table() {
         let t = target("r2", "new");
         let cases: &[(&str, Option<HostRecord>, HostFacts, HostStep)] = &[
-            ("same build runs", None, facts(Some("new"), false, false), HostStep::Running),
+            (
+                "same build runs",
+                None,
+                facts(Some("new"), false, false),
+                HostStep::Running,
+            ),
             (
                 "same build wins over a breadcrumb",
                 None,
                 facts(Some("new"), true, false),
                 HostStep::Running,
             ),
-            ("builds are exact strings", None, facts(Some("New"), false, false), HostStep::Install { attempt: 1 }),
-            ("no build known: install", None, facts(None, false, false), HostStep::Install { attempt: 1 }),
+            (
+                "builds are exact strings",
+                None,
+                facts(Some("New"), false, false),
+                HostStep::Install { attempt: 1 },
+            ),
+            (
+                "no build known: install",
+                None,
+                facts(None, false, false),
+                HostStep::Install { attempt: 1 },
+            ),
             (
                 "installed, awaiting reboot",
                 Some(record("r2", 1, NOW)),

@@ -172,7 +172,8 @@ impl Simulation {
                 Step::RequireReboot { .. } => self.ctx.reboot_breadcrumb = true,
                 Step::EnsureSupervisorNetwork => self.ctx.supervisor_network_ready = true,
                 Step::EnsureExtraFirmwareVolume => self.ctx.extra_firmware_ready = true,
-                Step::Noop => {}
+                // A blocked start stays blocked: the dry run shows it and does not converge.
+                Step::Noop | Step::Blocked { .. } => {}
                 // The device reboots: the breadcrumb is gone with the host's /tmp.
                 Step::Reboot => self.ctx.reboot_breadcrumb = false,
             }

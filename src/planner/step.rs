@@ -78,6 +78,13 @@ pub enum Step {
     RequireReboot {
         service_name: String,
     },
+    /// A service cannot start: a dependency can never meet its `depends_on` condition (it is
+    /// unhealthy, has no healthcheck, or exited with an error). Carried out as a failure, so
+    /// the apply reports it and retries with backoff.
+    Blocked {
+        service_name: String,
+        reason: String,
+    },
     /// Nothing to do now, but the target is not reached: keep the loop alive.
     Noop,
     /// Reboot the device (a change needs it and nothing else is left to do; engine.md A.3 4).
@@ -109,6 +116,7 @@ impl Step {
             Step::TakeLock { .. } => "takeLock",
             Step::ReleaseLock { .. } => "releaseLock",
             Step::RequireReboot { .. } => "requireReboot",
+            Step::Blocked { .. } => "blocked",
             Step::Noop => "noop",
             Step::Reboot => "reboot",
         }
@@ -191,6 +199,10 @@ impl fmt::Display for Step {
             }
             Step::ReleaseLock { app_id } => write!(f, "releaseLock app {app_id}"),
             Step::RequireReboot { service_name } => write!(f, "requireReboot for {service_name}"),
+            Step::Blocked {
+                service_name,
+                reason,
+            } => write!(f, "blocked {service_name}: {reason}"),
             Step::Noop => write!(f, "noop"),
             Step::Reboot => write!(f, "reboot"),
         }

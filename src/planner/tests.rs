@@ -4,6 +4,7 @@
 #![allow(clippy::cloned_ref_to_slice_refs)]
 
 use super::*;
+use crate::compose::composition::{Condition, Dependency};
 use crate::compose::service::{DeviceContext, ImageDefaults, ServiceOrigin};
 use crate::compose::target::parse_device_target;
 use crate::compose::Status;
@@ -164,6 +165,10 @@ fn brief(steps: &[Step]) -> Vec<String> {
             Step::CreateVolume { target } => format!("createVolume:{}", target.name),
             Step::RemoveVolume { current } => format!("removeVolume:{}", current.name),
             Step::RequireReboot { service_name } => format!("requireReboot:{service_name}"),
+            Step::Blocked {
+                service_name,
+                reason,
+            } => format!("blocked:{service_name}:{reason}"),
             other => other.action().to_string(),
         })
         .collect()
@@ -733,6 +738,90 @@ fn j12_depends_on_starts_the_dependency_first() {
         plan_brief(&[capp("c1", vec![running(db)])], &[t], &c),
         ["start:web"]
     );
+}
+
+/// `web` depends on `db` with `condition`; `db` is current as `db_state` made it.
+fn condition_plan(
+    condition: Condition,
+    required: bool,
+    db_state: impl Fn(Service) -> Service,
+) -> Vec<String> {
+    let db = svc("db", "img-db", "c1");
+    let mut web = svc("web", "img-web", "c1");
+    web.depends_on = vec!["db".into()];
+    web.dependency_conditions.insert(
+        "db".into(),
+        Dependency {
+            condition,
+            required,
+        },
+    );
+    let c = locked(with_images(ctx(), &[&db, &web]));
+    let t = tapp("c1", vec![db.clone(), web]);
+    plan_brief(&[capp("c1", vec![db_state(running(db))])], &[t], &c)
+}
+
+fn health(h: Option<&str>) -> impl Fn(Service) -> Service + '_ {
+    move |mut s| {
+        s.health = h.map(String::from);
+        s
+    }
+}
+
+fn exited(code: i64) -> impl Fn(Service) -> Service {
+    move |mut s| {
+        s.status = Status::Other("exited".into());
+        s.config.running = false;
+        s.exit_code = Some(code);
+        s
+    }
+}
+
+#[test]
+fn j12_service_healthy_waits_for_a_healthy_dependency_and_fails_fast() {
+    let healthy = Condition::ServiceHealthy;
+    assert_eq!(
+        condition_plan(healthy, true, health(Some("starting"))),
+        ["noop"]
+    );
+    assert_eq!(
+        condition_plan(healthy, true, health(Some("healthy"))),
+        ["start:web"]
+    );
+    assert_eq!(
+        condition_plan(healthy, true, health(Some("unhealthy"))),
+        ["blocked:web:dependency 'db' is unhealthy"]
+    );
+    assert_eq!(
+        condition_plan(healthy, true, health(None)),
+        ["blocked:web:dependency 'db' has no healthcheck, so it can never be healthy"]
+    );
+    // Optional: never holds the start back.
+    assert_eq!(
+        condition_plan(healthy, false, health(Some("unhealthy"))),
+        ["start:web"]
+    );
+    // service_started: running is enough.
+    assert_eq!(
+        condition_plan(Condition::ServiceStarted, true, health(Some("starting"))),
+        ["start:web"]
+    );
+}
+
+#[test]
+fn j12_service_completed_successfully_waits_for_exit_0_and_fails_on_an_error() {
+    let done = Condition::ServiceCompletedSuccessfully;
+    assert_eq!(
+        condition_plan(done, true, health(None)),
+        ["noop"],
+        "still running"
+    );
+    assert_eq!(condition_plan(done, true, exited(0)), ["start:web"]);
+    assert_eq!(
+        condition_plan(done, true, exited(2)),
+        ["blocked:web:dependency 'db' exited with code 2"]
+    );
+    assert_eq!(condition_plan(done, false, exited(2)), ["start:web"]);
 }
 
 #[test]

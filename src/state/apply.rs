@@ -1033,6 +1033,8 @@ impl StateEngine {
                     other => format!("{other:?}"),
                 },
                 created_at: s.created_at.clone().unwrap_or_default(),
+                health: s.health.clone(),
+                exit_code: s.exit_code,
             })
             .collect();
         let engine_ids: BTreeSet<&str> = snapshot.images.iter().map(|i| i.id.as_str()).collect();

@@ -231,6 +231,14 @@ impl Executor<'_> {
                 .locks
                 .release(*app_id)
                 .map_err(|e| fail(e.to_string(), false)),
+            Step::Blocked {
+                service_name,
+                reason,
+            } => Err(StepError {
+                step: format!("start {service_name}"),
+                message: reason.clone(),
+                locked: false,
+            }),
             Step::RequireReboot { service_name } => super::device_config::set_reboot_breadcrumb(
                 &self.root,
                 &format!("{{\"serviceName\":\"{service_name}\"}}"),

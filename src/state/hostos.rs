@@ -9,7 +9,9 @@ use crate::compose::hostapp::{self, HostApp, HostRecord, HostTarget};
 use crate::compose::target::TargetState;
 use crate::engine::Engine;
 use crate::logs::event;
-use crate::planner::hostos::{attempts, decide, HostFacts, HostStep, ATTEMPTS_EXPIRE_SECS, MAX_ATTEMPTS};
+use crate::planner::hostos::{
+    attempts, decide, HostFacts, HostStep, ATTEMPTS_EXPIRE_SECS, MAX_ATTEMPTS,
+};
 use crate::protocol::HostOsStatus;
 use crate::systemd::HostControl;
 use crossbeam_channel::{Receiver, Sender};
@@ -75,7 +77,8 @@ fn unix_now() -> i64 {
 /// Where the updater's scripts go and where a finished install leaves its breadcrumb, under
 /// the host root we see.
 fn updater_dir(root: &Path) -> PathBuf {
-    root.join(HOST_RUNTIME_DIR.trim_start_matches('/')).join("balenahup")
+    root.join(HOST_RUNTIME_DIR.trim_start_matches('/'))
+        .join("balenahup")
 }
 
 pub fn breadcrumb(root: &Path, release_uuid: &str) -> PathBuf {
@@ -127,7 +130,9 @@ impl StateEngine {
                 let wait = self.settings.hostos_retry;
                 self.host_os.retry_at = Some(Instant::now() + wait);
                 event(
-                    format!("Host OS update to release {release} failed: {e}; retrying in {wait:?}"),
+                    format!(
+                        "Host OS update to release {release} failed: {e}; retrying in {wait:?}"
+                    ),
                     true,
                 );
                 self.host_os.last_error = Some(e);
@@ -141,7 +146,10 @@ impl StateEngine {
         let host = match target.map(hostapp::host_target) {
             Some(HostTarget::Install(h)) => h,
             Some(HostTarget::Rejected { app_uuid, reason }) => {
-                self.host_os.note(format!("Host OS release of app {app_uuid} rejected: {reason}"), true);
+                self.host_os.note(
+                    format!("Host OS release of app {app_uuid} rejected: {reason}"),
+                    true,
+                );
                 self.set_status(|s| s.host_os = None);
                 return None;
             }
@@ -157,7 +165,13 @@ impl StateEngine {
         }
         if let Some(at) = self.host_os.retry_at.filter(|at| *at > Instant::now()) {
             let attempts = self.stored_attempts(&host);
-            self.publish_host_os(&host, HostStep::Install { attempt: attempts + 1 }, attempts);
+            self.publish_host_os(
+                &host,
+                HostStep::Install {
+                    attempt: attempts + 1,
+                },
+                attempts,
+            );
             return Some(at);
         }
         self.host_os.retry_at = None;
@@ -225,13 +239,16 @@ impl StateEngine {
         match step {
             HostStep::Running => {
                 self.host_os.last_error = None;
-                self.host_os.note(format!("Host OS release {release} is running"), false);
+                self.host_os
+                    .note(format!("Host OS release {release} is running"), false);
                 None
             }
             HostStep::AwaitReboot => {
                 self.host_os.last_error = Some("update needs a reboot to complete".into());
                 self.host_os.note(
-                    format!("Host OS release {release} installed; waiting for the device to reboot"),
+                    format!(
+                        "Host OS release {release} installed; waiting for the device to reboot"
+                    ),
                     false,
                 );
                 None
@@ -253,7 +270,13 @@ impl StateEngine {
     /// Counts the attempt in the database (before anything else: a crash still counts it),
     /// then starts the installer's thread. `resume`: an updater is already running; only
     /// wait for it.
-    fn start_install(&mut self, host: &HostApp, attempt: u32, now: i64, resume: bool) -> Option<Instant> {
+    fn start_install(
+        &mut self,
+        host: &HostApp,
+        attempt: u32,
+        now: i64,
+        resume: bool,
+    ) -> Option<Instant> {
         if !resume {
             let record = HostRecord {
                 release: host.clone(),
@@ -269,11 +292,17 @@ impl StateEngine {
             }
             self.note_rollback();
             self.host_os.note(
-                format!("Installing host OS release {} (attempt {attempt} of {MAX_ATTEMPTS})", host.release_uuid),
+                format!(
+                    "Installing host OS release {} (attempt {attempt} of {MAX_ATTEMPTS})",
+                    host.release_uuid
+                ),
                 false,
             );
         } else {
-            self.host_os.note(format!("Waiting for the running host OS update ({UNIT})"), false);
+            self.host_os.note(
+                format!("Waiting for the running host OS update ({UNIT})"),
+                false,
+            );
         }
         let installer = Installer {
             engine: Engine::new(&self.settings.paths.docker_socket),
@@ -285,13 +314,20 @@ impl StateEngine {
             .name("hostos-update".into())
             .stack_size(256 * 1024)
             .spawn(move || {
-                let result = if resume { installer.wait() } else { installer.install(&target) }
-                    .and_then(|()| installer.leave_breadcrumb(&target));
+                let result = if resume {
+                    installer.wait()
+                } else {
+                    installer.install(&target)
+                }
+                .and_then(|()| installer.leave_breadcrumb(&target));
                 let _ = tx.send((target.release_uuid, result));
             });
         match spawned {
             Ok(_) => self.host_os.installing = Some(host.release_uuid.clone()),
-            Err(e) => self.host_os_finished(host.release_uuid.clone(), Err(format!("cannot start the installer: {e}"))),
+            Err(e) => self.host_os_finished(
+                host.release_uuid.clone(),
+                Err(format!("cannot start the installer: {e}")),
+            ),
         }
         self.host_os.retry_at
     }
@@ -300,13 +336,20 @@ impl StateEngine {
     /// release is simply tried again; say why.
     fn note_rollback(&mut self) {
         let state = &self.settings.paths.state_mountpoint;
-        let found: Vec<&str> = ["rollback-health-triggered", "rollback-altboot-triggered", "rollback-health-failed"]
-            .into_iter()
-            .filter(|f| state.join(f).exists())
-            .collect();
+        let found: Vec<&str> = [
+            "rollback-health-triggered",
+            "rollback-altboot-triggered",
+            "rollback-health-failed",
+        ]
+        .into_iter()
+        .filter(|f| state.join(f).exists())
+        .collect();
         if !found.is_empty() {
             self.host_os.note(
-                format!("The host OS rolled back after an update ({}); installing again", found.join(", ")),
+                format!(
+                    "The host OS rolled back after an update ({}); installing again",
+                    found.join(", ")
+                ),
                 true,
             );
         }
@@ -362,13 +405,18 @@ impl Installer {
             move |e: crate::engine::EngineError| format!("{what}: {e}")
         };
         match self.engine.remove_container(COPY_CONTAINER, true, true) {
-            Err(e) if !e.is_not_found() => return Err(engine_error("cannot remove the old updater container")(e)),
+            Err(e) if !e.is_not_found() => {
+                return Err(engine_error("cannot remove the old updater container")(e))
+            }
             _ => {}
         }
         self.engine
             .pull_image(&h.updater, None)
             .and_then(|pull| pull.wait(|_| {}))
-            .map_err(engine_error(&format!("cannot pull the updater {}", h.updater)))?;
+            .map_err(engine_error(&format!(
+                "cannot pull the updater {}",
+                h.updater
+            )))?;
         let body = serde_json::json!({"Image": h.updater, "Cmd": ["/bin/false"]});
         self.engine
             .create_container(COPY_CONTAINER, &body)
@@ -379,7 +427,8 @@ impl Installer {
             .map_err(engine_error("cannot read the updater's /app"))?;
         let dir = updater_dir(&self.root);
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let unpacked = crate::tar::unpack_under(archive, "app", &dir)
             .map_err(|e| format!("cannot copy the updater's /app: {e}"))?;
         if unpacked.files == 0 {
@@ -429,7 +478,10 @@ mod tests {
         let dir = TempDir::new("osrel");
         let path = dir.path().join("os-release");
         for (text, want) in [
-            ("BALENA_BOARD_REV=\"abc\"\nRESIN_BOARD_REV=\"old\"\n", Some("abc")),
+            (
+                "BALENA_BOARD_REV=\"abc\"\nRESIN_BOARD_REV=\"old\"\n",
+                Some("abc"),
+            ),
             ("RESIN_BOARD_REV=old\n", Some("old")),
             ("BALENA_BOARD_REV=\"\"\nRESIN_BOARD_REV=old\n", Some("old")),
             ("PRETTY_NAME=\"balenaOS 6.0.39\"\n", None),

@@ -288,7 +288,10 @@ mod tests {
             "hostapp": svc(1, json!({"labels": {"io.balena.private.updater": "reg/updater"},
                 "composition": {"labels": {"io.balena.image.class": "hostapp"}}}))}}}}}),
         );
-        assert!(t.apps.is_empty(), "nothing on the engine for a host-only app");
+        assert!(
+            t.apps.is_empty(),
+            "nothing on the engine for a host-only app"
+        );
     }
 
     #[test]
