@@ -119,8 +119,42 @@ pub fn rfc3339_seconds(s: &str) -> Option<i64> {
     Some(t)
 }
 
+/// Unix seconds as an RFC 3339 UTC timestamp (`2026-11-25T14:52:13Z`), the inverse of
+/// `rfc3339_seconds`.
+pub fn rfc3339_from_seconds(t: i64) -> String {
+    let (days, secs) = (t.div_euclid(86_400), t.rem_euclid(86_400));
+    // Civil date from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn rfc3339_formats_and_parses_back() {
+        for t in [0, 951_782_400, 1_764_720_000, 1_800_000_123, 4_102_444_799] {
+            let text = super::rfc3339_from_seconds(t);
+            assert_eq!(super::rfc3339_seconds(&text), Some(t), "{text}");
+        }
+        assert_eq!(
+            super::rfc3339_from_seconds(951_782_400),
+            "2000-02-29T00:00:00Z"
+        );
+    }
+
     #[test]
     fn base64_round_trips_and_rejects_garbage() {
         for data in [

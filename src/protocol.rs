@@ -137,6 +137,25 @@ pub struct Status {
     /// The host OS release of the target and where its install stands (none when the target
     /// names no host app, or names one that was rejected).
     pub host_os: Option<HostOsStatus>,
+    /// Release trials (docs/trials.md), one per app that has one.
+    pub trials: Vec<TrialStatus>,
+}
+
+/// A release on trial, or judged (docs/trials.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TrialStatus {
+    pub app_uuid: String,
+    pub app_id: i64,
+    pub commit: String,
+    /// `pending`, `running`, `passed` or `failed`.
+    pub state: &'static str,
+    /// When the window closes (RFC 3339), once it is open.
+    pub deadline: Option<String>,
+    pub reason: Option<String>,
+    /// The release a failure goes back to.
+    pub previous_commit: Option<String>,
+    /// The failed release is still the one the target names, so the previous one runs.
+    pub rolled_back: bool,
 }
 
 /// Where the host OS release of the target stands (docs/hostos.md §4).

@@ -789,6 +789,26 @@ impl Api {
         if let Some(e) = &s.last_error {
             body["lastError"] = json!(e);
         }
+        // Our addition: the trial of the app shown (docs/trials.md); a failure is the last
+        // error while the release it rolled back from is still the target's.
+        let trial = s
+            .trials
+            .iter()
+            .filter(|t| scope.allows(t.app_id))
+            .find(|t| Some(t.app_id) == first_app)
+            .or_else(|| s.trials.iter().find(|t| scope.allows(t.app_id)));
+        if let Some(t) = trial {
+            body["trial"] = json!({"commit": t.commit, "state": t.state, "deadline": t.deadline,
+                "reason": t.reason, "previousCommit": t.previous_commit, "rolledBack": t.rolled_back});
+            if t.state == "failed" && body.get("lastError").is_none() {
+                let line = crate::planner::trial::failure_line(
+                    &t.commit,
+                    t.reason.as_deref().unwrap_or_default(),
+                    t.previous_commit.as_deref(),
+                );
+                body["lastError"] = json!(line);
+            }
+        }
         // Our addition: the host OS release of the target and its install (docs/hostos.md).
         if let Some(h) = s.host_os.as_ref().filter(|_| scope.global) {
             body["hostApp"] = json!({"appUuid": h.app_uuid, "releaseUuid": h.release_uuid,

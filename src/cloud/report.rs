@@ -8,6 +8,7 @@ use crate::balena_api::client::{Cloud, CloudError};
 use crate::compose::hostapp;
 use crate::config::Settings;
 use crate::host::{self, Metrics};
+use crate::planner::trial;
 use crate::protocol::{HostOsStatus, Status};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use log::{debug, warn};
@@ -76,7 +77,17 @@ pub fn current_state(
     put("supervisor_version", json!(crate::SUPERVISOR_VERSION));
     put("provisioning_progress", Value::Null);
     put("provisioning_state", json!(""));
-    put("status", json!("Idle"));
+    // A release that failed its trial says so in the device's status text (docs/trials.md).
+    let failed_trial = status.trials.iter().find_map(|t| {
+        (t.state == "failed").then(|| {
+            trial::failure_line(
+                &t.commit,
+                t.reason.as_deref().unwrap_or_default(),
+                t.previous_commit.as_deref(),
+            )
+        })
+    });
+    put("status", json!(failed_trial.as_deref().unwrap_or("Idle")));
     put("is_undervolted", json!(device.is_undervolted));
     let m = device.metrics.clone().unwrap_or_default();
     put(
@@ -187,6 +198,16 @@ pub fn apps(status: &Status) -> Map<String, Value> {
         for rel in releases.values_mut() {
             let update_status = update_status(&rel["services"]);
             rel["update_status"] = json!(update_status);
+        }
+        // A release that failed its trial is aborted (its predecessor runs, reported done).
+        for t in status
+            .trials
+            .iter()
+            .filter(|t| t.app_uuid == app.uuid && t.state == "failed")
+        {
+            if let Some(rel) = releases.get_mut(&t.commit) {
+                rel["update_status"] = json!("aborted");
+            }
         }
         let mut entry = Map::new();
         if let Some(commit) = status.releases.get(&app.id) {

@@ -132,6 +132,8 @@ pub struct Service {
     pub health: Option<String>,
     /// A current container that is not running: how its process last exited.
     pub exit_code: Option<i64>,
+    /// How often the engine restarted a current container.
+    pub restart_count: i64,
     pub depends_on: Vec<String>,
     /// Target side: what a dependency must reach before this service starts (names in
     /// `depends_on` without an entry wait for `service_started`).
@@ -597,6 +599,7 @@ impl Service {
             exit_error: String::new(),
             health: None,
             exit_code: None,
+            restart_count: 0,
             depends_on,
             dependency_conditions: c.dependency_conditions.clone(),
             config,
@@ -817,6 +820,7 @@ impl Service {
             container_id: Some(ci.id.clone()),
             created_at: Some(ci.created.clone()),
             exit_code: (status != Status::Running).then_some(ci.state.exit_code),
+            restart_count: ci.restart_count,
             status,
             exit_error: ci.state.error.clone(),
             health: ci

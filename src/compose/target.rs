@@ -370,6 +370,35 @@ pub fn parse_v3(doc: &Value, uuid: &str) -> Result<TargetState> {
     })
 }
 
+/// An app back in the v3 format it was parsed from (`parse_app_v3` reads it again): kept
+/// aside for a rollback to the release it describes.
+pub fn app_to_v3(app: &TargetApp) -> Value {
+    let releases = match &app.release {
+        None => Value::Object(Map::new()),
+        Some(rel) => {
+            let services: Map<String, Value> = rel
+                .services
+                .iter()
+                .map(|(name, s)| {
+                    let svc = serde_json::json!({"id": s.id, "image_id": s.image_id, "image": s.image,
+                        "environment": s.environment, "labels": s.labels, "running": s.running,
+                        "contract": s.contract, "composition": s.composition_raw});
+                    (name.clone(), svc)
+                })
+                .collect();
+            serde_json::json!({&rel.commit: {"id": rel.id, "services": services,
+                "volumes": rel.volumes, "networks": rel.networks}})
+        }
+    };
+    serde_json::json!({"id": app.id, "name": app.name, "class": app.class, "is_host": app.is_host,
+        "parent_app": app.parent_app, "releases": releases})
+}
+
+/// Reads an app written by `app_to_v3` (or received in a v3 target).
+pub fn parse_app_v3(uuid: &str, v: &Value) -> Result<TargetApp> {
+    parse_app(uuid, v, &format!("apps.{uuid}"))
+}
+
 fn parse_app(uuid: &str, v: &Value, path: &str) -> Result<TargetApp> {
     let m = obj(v, path)?;
     let id = int(required(m, "id", path)?, &join(path, "id"))?;

@@ -675,3 +675,12 @@ fn depends_on_long_syntax_keeps_conditions() {
     );
     assert!(c.dependency_conditions["other"].required);
 }
+
+#[test]
+fn an_app_round_trips_through_the_v3_format() {
+    use super::target::{app_to_v3, parse_app_v3};
+    let t = parse_device_target(&base()).unwrap();
+    let app = &t.apps["app1"];
+    let back = parse_app_v3("app1", &app_to_v3(app)).unwrap();
+    assert_eq!(&back, app);
+}

@@ -4,6 +4,7 @@
 
 use crate::compose::hostapp::{HostApp, HostRecord};
 use crate::compose::target::{parse_device_target, TargetState};
+use crate::planner::trial::{Trial, TrialState};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{json, Map, Value};
 use std::path::Path;
@@ -22,7 +23,7 @@ fn fresh_key(new_key: impl FnOnce() -> std::io::Result<String>) -> Result<String
 }
 
 /// Our schema version (tables with the `tv_` prefix); bumped by additive migrations.
-const TV_SCHEMA_VERSION: i64 = 2;
+const TV_SCHEMA_VERSION: i64 = 3;
 
 /// Knex migration names of v19: recorded in a new database so that the Node supervisor, if it
 /// runs on this file later, sees its schema as current instead of re-creating tables.
@@ -76,6 +77,10 @@ CREATE TABLE IF NOT EXISTS tv_stopped (containerId TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS tv_hostapp (
   releaseUuid TEXT PRIMARY KEY, appUuid TEXT NOT NULL, image TEXT NOT NULL, build TEXT NOT NULL,
   updater TEXT NOT NULL, installAttempts INTEGER NOT NULL, attemptedAt INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS tv_trial (
+  appUuid TEXT PRIMARY KEY, `commit` TEXT NOT NULL, windowMs INTEGER NOT NULL, deadlineMs INTEGER,
+  state TEXT NOT NULL, reason TEXT, previousCommit TEXT, previousApp TEXT);
+CREATE TABLE IF NOT EXISTS tv_applied (appUuid TEXT PRIMARY KEY, `commit` TEXT NOT NULL, app TEXT NOT NULL);
 ";
 
 /// A row of the `image` table is the planner's image record.
@@ -496,6 +501,86 @@ impl Db {
             "INSERT OR REPLACE INTO tv_hostapp (releaseUuid, appUuid, image, build, updater, installAttempts, attemptedAt)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![h.release_uuid, h.app_uuid, h.image, h.build, h.updater, record.install_attempts, record.attempted_at],
+        )?;
+        Ok(true)
+    }
+
+    // ---- release trials (docs/trials.md) ----
+
+    /// Every stored trial, one per app at most.
+    pub fn trials(&self) -> Result<Vec<Trial>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT appUuid, `commit`, windowMs, deadlineMs, state, reason, previousCommit, previousApp FROM tv_trial ORDER BY appUuid",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            let state: String = r.get(4)?;
+            let previous_commit: Option<String> = r.get(6)?;
+            let previous_app: Option<String> = r.get(7)?;
+            Ok(Trial {
+                app_uuid: r.get(0)?,
+                commit: r.get(1)?,
+                window_ms: r.get(2)?,
+                deadline_ms: r.get(3)?,
+                // An unknown state (a newer tinyvisor's) counts as failed: the safe side.
+                state: TrialState::parse(&state).unwrap_or(TrialState::Failed),
+                reason: r.get(5)?,
+                previous: previous_commit
+                    .zip(previous_app.and_then(|a| serde_json::from_str::<Value>(&a).ok())),
+            })
+        })?;
+        rows.collect()
+    }
+
+    /// Stores an app's trial (replacing an earlier one of that app). Writes nothing when
+    /// nothing changed.
+    pub fn save_trial(&self, t: &Trial) -> Result<bool> {
+        if self.trials()?.iter().any(|old| old == t) {
+            return Ok(false);
+        }
+        let (prev_commit, prev_app) = match &t.previous {
+            Some((c, app)) => (Some(c.as_str()), Some(app.to_string())),
+            None => (None, None),
+        };
+        self.conn.execute(
+            "INSERT OR REPLACE INTO tv_trial (appUuid, `commit`, windowMs, deadlineMs, state, reason, previousCommit, previousApp)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![t.app_uuid, t.commit, t.window_ms, t.deadline_ms, t.state.as_str(), t.reason, prev_commit, prev_app],
+        )?;
+        Ok(true)
+    }
+
+    pub fn delete_trial(&self, app_uuid: &str) -> Result<bool> {
+        Ok(self
+            .conn
+            .execute("DELETE FROM tv_trial WHERE appUuid = ?1", params![app_uuid])?
+            > 0)
+    }
+
+    /// The release an app last ran to the end (converged, and past its trial if it had one):
+    /// its commit and the app as v3 JSON.
+    pub fn applied_release(&self, app_uuid: &str) -> Result<Option<(String, Value)>> {
+        let row: Option<(String, String)> = self
+            .conn
+            .query_row(
+                "SELECT `commit`, app FROM tv_applied WHERE appUuid = ?1",
+                params![app_uuid],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        Ok(row.and_then(|(c, app)| Some((c, serde_json::from_str(&app).ok()?))))
+    }
+
+    /// Records the release an app runs; nothing is written when the commit is the same.
+    pub fn set_applied_release(&self, app_uuid: &str, commit: &str, app: &Value) -> Result<bool> {
+        if self
+            .applied_release(app_uuid)?
+            .is_some_and(|(c, _)| c == commit)
+        {
+            return Ok(false);
+        }
+        self.conn.execute(
+            "INSERT OR REPLACE INTO tv_applied (appUuid, `commit`, app) VALUES (?1, ?2, ?3)",
+            params![app_uuid, commit, app.to_string()],
         )?;
         Ok(true)
     }

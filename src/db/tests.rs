@@ -350,3 +350,39 @@ fn host_releases_are_kept_one_at_a_time_and_survive_a_reopen() {
     );
     assert_eq!(db.host_release("r2").unwrap(), Some(record("r2", 0)));
 }
+
+#[test]
+fn trials_and_applied_releases_are_stored() {
+    use crate::planner::trial::{Trial, TrialState};
+    let db = Db::open_in_memory().unwrap();
+    let mut t = Trial {
+        app_uuid: "app".into(),
+        commit: "c2".into(),
+        window_ms: 10_000,
+        deadline_ms: Some(5),
+        state: TrialState::Failed,
+        reason: Some("web unhealthy".into()),
+        previous: Some(("c1".into(), json!({"id": 1, "releases": {}}))),
+    };
+    assert!(db.save_trial(&t).unwrap());
+    assert!(!db.save_trial(&t).unwrap(), "unchanged: not written");
+    assert_eq!(db.trials().unwrap(), vec![t.clone()]);
+    t.state = TrialState::Pending;
+    t.deadline_ms = None;
+    t.reason = None;
+    assert!(db.save_trial(&t).unwrap());
+    assert_eq!(db.trials().unwrap(), vec![t.clone()]);
+    assert!(db.delete_trial("app").unwrap());
+    assert!(db.trials().unwrap().is_empty());
+    assert_eq!(db.applied_release("app").unwrap(), None);
+    assert!(db
+        .set_applied_release("app", "c1", &json!({"a": 1}))
+        .unwrap());
+    assert!(!db
+        .set_applied_release("app", "c1", &json!({"a": 2}))
+        .unwrap());
+    assert_eq!(
+        db.applied_release("app").unwrap(),
+        Some(("c1".into(), json!({"a": 1})))
+    );
+}

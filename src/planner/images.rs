@@ -126,7 +126,9 @@ pub(super) fn save_and_remove(
             ));
             let is_target = wanted_keys.contains(&meta_key(img));
             let delta_source = delta_sources.contains(&(img.app_id, img.service_name.as_str()));
-            if !only_record_of_a_running_image && !runs && !is_target && !delta_source {
+            let retained = ctx.retained_images.contains(&img.name);
+            if !only_record_of_a_running_image && !runs && !is_target && !delta_source && !retained
+            {
                 steps.push(Step::RemoveImage { image: img.clone() });
             }
         }

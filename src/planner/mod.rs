@@ -7,6 +7,7 @@ pub mod hostos;
 mod images;
 pub mod simulate;
 mod step;
+pub mod trial;
 
 pub use crate::compose::image::ImageRef;
 pub use step::Step;
@@ -81,6 +82,9 @@ pub struct Context {
     /// the target wants them running (a container that exited on its own is left to its
     /// restart policy, engine.md j.1).
     pub stopped_by_us: BTreeSet<String>,
+    /// Image names kept although no target or container uses them: the images of the release
+    /// an open trial would go back to (docs/trials.md).
+    pub retained_images: BTreeSet<String>,
 }
 
 /// At most this many concurrent downloads when deltas are on (engine.md C.2.5).

@@ -862,7 +862,11 @@ fn j17_unused_images_are_removed_unless_kept() {
     );
     let mut keep = c.clone();
     keep.keep_images = true;
-    assert!(plan(&[cur], &[t], &keep).is_empty());
+    assert!(plan(&[cur.clone()], &[t.clone()], &keep).is_empty());
+    // The previous release of a release on trial keeps its images until the trial is over.
+    let mut trial = c.clone();
+    trial.retained_images.insert("img0".into());
+    assert!(plan(&[cur], &[t], &trial).is_empty());
 }
 
 #[test]

@@ -54,6 +54,8 @@ pub struct StateEngine {
     pub(super) firewall_tried: Option<crate::firewall::Settings>,
     /// The host OS update of the target: install in flight, retry time.
     pub(super) host_os: super::hostos::HostOs,
+    /// A release trial is pending or running: a converged device looks again each second.
+    pub(super) trials_open: bool,
 }
 
 /// Where v19 keeps `SUPERVISOR_API_REQUEST_TIMEOUT` (DB config).
@@ -108,6 +110,7 @@ pub fn spawn(
                 log_control: true,
                 firewall_tried: None,
                 host_os: super::hostos::HostOs::new(),
+                trials_open: false,
             };
             se.run(rx);
         })?;
@@ -332,6 +335,9 @@ impl StateEngine {
                             let published = target.clone().map(Arc::new);
                             self.set_status(|s| s.target = published);
                             force = f;
+                            if f {
+                                self.retry_failed_trials();
+                            }
                             schedule.new_target();
                             self.host_os.due = Some(Instant::now());
                             // Until an iteration has looked, the new target is not applied.
@@ -370,6 +376,12 @@ impl StateEngine {
                         info!("Device state applied");
                     }
                     force = false;
+                    // A release on trial is watched each second until its window closes.
+                    let wait = if self.trials_open {
+                        wait.min(Duration::from_secs(1))
+                    } else {
+                        wait
+                    };
                     due = Instant::now() + wait;
                     self.set_status(|s| {
                         s.app_state = "applied".into();
@@ -436,6 +448,9 @@ impl StateEngine {
                 app.commit = db.current_commit(app.app_id).ok().flatten();
             }
         }
+        // Releases on trial are judged; a failed one is replaced by the release before it.
+        let effective = self.trial_target(target, &current);
+        let target = &effective;
         let device = device_context(&self.settings, &target.name);
         let universe = universe(&self.settings);
         // The image table, read once: tags, the planner's context and the status all use it.
@@ -463,6 +478,7 @@ impl StateEngine {
         let steps = plan(&current, &built.apps, &ctx);
         self.publish(&snapshot, &rows, &current);
         if steps.is_empty() {
+            self.record_applied_releases(target);
             return Ok(Outcome::Converged);
         }
         self.set_status(|s| s.iterations += 1);
@@ -545,6 +561,18 @@ impl StateEngine {
                 }
                 (Step::ReleaseLock { app_id }, Ok(())) => {
                     self.locks_held.remove(app_id);
+                }
+                (Step::Start { target }, Err(e)) => {
+                    // A service of a release on trial that cannot start fails the trial.
+                    if let Some(commit) = &target.commit {
+                        self.fail_trial_of(
+                            &target.app_uuid,
+                            commit,
+                            &target.service_name,
+                            &e.message,
+                        );
+                    }
+                    first_error.get_or_insert(e);
                 }
                 (_, Err(e)) => {
                     first_error.get_or_insert(e);
@@ -670,6 +698,7 @@ impl StateEngine {
             dangling_images: !local && dangling_images,
             reboot_breadcrumb,
             boot_time: self.boot_time,
+            retained_images: self.trial_retained_images(),
         }
     }
 

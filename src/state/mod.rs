@@ -13,6 +13,7 @@ pub mod preload;
 pub mod schedule;
 pub mod snapshot;
 pub mod target;
+pub mod trial;
 
 pub use snapshot::EngineSnapshot;
 

@@ -1,0 +1,371 @@
+//! Release trials and rollback (docs/trials.md) on the real engine: a release labelled
+//! `io.tinyvisor.rollback.window` that turns unhealthy, exits in a loop or cannot start is
+//! replaced by the release before it; one that runs well is kept and the old images go.
+//! Managed (mock cloud: the report) and local mode; kill -9 during a trial and a rollback.
+
+mod common;
+
+use common::mock_api::MockApi;
+use common::*;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+const UUID: &str = "0123456789abcdef0123456789abcdef";
+const APP_UUID: &str = "c1b2c3d4e5f6a1b2c3d4e5f6a1b2c3d4";
+const DEVICE_KEY: &str = "devicekey0123456789abcdef0123456";
+const SLEEPER: &str = "trap 'exit 0' TERM; while true; do sleep 0.2; done";
+
+fn image(tag: &str) -> String {
+    format!("{}/tinyvisor/busybox:{tag}", registry())
+}
+
+/// One service `web` writing `marker` into the `data` volume once, healthy while
+/// `/data/sick` is absent; `labels` on the service.
+fn release_services(commit: &str, image: &str, labels: Value, command: Option<&str>) -> Value {
+    let script = format!("[ -f /data/marker ] || echo {commit} > /data/marker; {SLEEPER}");
+    json!({"web": {"id": 1, "image_id": 1, "image": image, "running": true,
+        "environment": {"VERSION": commit}, "labels": labels,
+        "composition": {"init": true, "volumes": ["data:/data"],
+            "command": ["sh", "-c", command.unwrap_or(&script)],
+            "healthcheck": {"test": ["CMD", "sh", "-c", "! test -f /data/sick"],
+                "interval": "1s", "timeout": "1s", "retries": 1}}}})
+}
+
+fn v3(commit: &str, services: Value) -> Value {
+    json!({UUID: {"name": "trial-device", "config": {}, "apps": {APP_UUID: {
+        "id": 4343, "name": "trialapp", "class": "fleet",
+        "releases": {commit: {"id": 1, "services": services, "volumes": {"data": {}}, "networks": {}}}}}}})
+}
+
+fn on_trial(window: &str) -> Value {
+    json!({"io.tinyvisor.rollback.window": window})
+}
+
+fn managed_device(api: &MockApi) -> Daemon {
+    let _ = std::fs::remove_file("/tmp/balena-supervisor/state-report-cache");
+    let mut d = Daemon::create();
+    std::fs::write(
+        d.dir.join("boot/config.json"),
+        json!({"apiEndpoint": api.url, "uuid": UUID, "deviceType": "generic-amd64",
+            "registered_at": 1_700_000_000_000u64, "deviceId": 42, "deviceApiKey": DEVICE_KEY})
+        .to_string(),
+    )
+    .unwrap();
+    d.start();
+    d
+}
+
+fn status(d: &Daemon) -> Value {
+    d.get("/v2/state/status")
+        .map(|(_, v)| v)
+        .unwrap_or(Value::Null)
+}
+
+fn wait_for(d: &Daemon, what: &str, secs: u64, f: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let s = status(d);
+        if f(&s) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {s}\nlog:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The release running: every container Running with `VERSION=commit`, applied.
+fn runs(s: &Value, commit: &str) -> bool {
+    s["appState"] == "applied"
+        && s["containers"].as_array().is_some_and(|cs| {
+            !cs.is_empty()
+                && cs.iter().all(|c| {
+                    c["status"] == "Running" && running_version(&c["containerId"]) == commit
+                })
+        })
+}
+
+fn running_version(id: &Value) -> String {
+    let Some(id) = id.as_str() else {
+        return String::new();
+    };
+    engine()
+        .inspect_container(id)
+        .map(|i| {
+            i.config
+                .env
+                .iter()
+                .find_map(|v| v.strip_prefix("VERSION=").map(String::from))
+                .unwrap_or_default()
+        })
+        .unwrap_or_default()
+}
+
+fn web_id(s: &Value) -> String {
+    s["containers"][0]["containerId"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn exec(id: &str, cmd: &str) -> String {
+    let out = std::process::Command::new("docker")
+        .args(["exec", id, "sh", "-c", cmd])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn serve(api: &MockApi, target: Value, etag: &str) {
+    api.set(|b| {
+        b.target = Some(target);
+        b.etag = format!("\"{etag}\"");
+    });
+}
+
+fn update(d: &Daemon, force: bool) {
+    let body = json!({"force": force}).to_string();
+    assert_eq!(d.request("POST", "/v1/update", Some(&body)).unwrap().0, 204);
+}
+
+fn last_report(api: &MockApi) -> Value {
+    api.calls("PATCH", "/device/v3/state")
+        .iter()
+        .filter(|r| r.status == 200)
+        .fold(json!({}), |mut acc, r| {
+            for (k, v) in r.json()[UUID].as_object().cloned().unwrap_or_default() {
+                acc[k] = v;
+            }
+            acc
+        })
+}
+
+fn finish(mut d: Daemon) {
+    d.kill9();
+    let e = engine();
+    reset_engine(&e);
+    let _ = e.remove_volume("4343_data", true);
+}
+
+#[test]
+fn an_unhealthy_release_is_rolled_back_and_a_good_one_is_kept() {
+    let _serial = serial();
+    let e = engine();
+    reset_engine(&e);
+    let _ = e.remove_volume("4343_data", true);
+    let (old, new) = (image("1"), image("2"));
+    for i in [&old, &new] {
+        let _ = e.remove_image(i, true);
+    }
+    let api = MockApi::start();
+    api.set(|b| b.known_keys = vec![DEVICE_KEY.into()]);
+    serve(
+        &api,
+        v3("c1", release_services("c1", &old, json!({}), None)),
+        "1",
+    );
+    let mut d = managed_device(&api);
+    api.wait_for("a report", Duration::from_secs(30), |rs| {
+        rs.iter()
+            .any(|r| r.method == "PATCH" && r.json()[UUID]["api_secret"].is_string())
+    });
+    d.key = last_report(&api)["api_secret"].as_str().map(String::from);
+    let before = wait_for(&d, "c1 runs", 60, |s| runs(s, "c1"));
+    let old_config = e.inspect_container(&web_id(&before)).unwrap().config;
+
+    // c2 on trial for 10 s; it turns unhealthy inside the window.
+    serve(
+        &api,
+        v3("c2", release_services("c2", &new, on_trial("10s"), None)),
+        "2",
+    );
+    update(&d, false);
+    let s = wait_for(&d, "c2 on trial", 60, |s| s["trial"]["state"] == "running");
+    assert_eq!(s["trial"]["commit"], "c2");
+    assert_eq!(s["trial"]["previousCommit"], "c1");
+    assert!(s["trial"]["deadline"]
+        .as_str()
+        .is_some_and(|t| t.ends_with('Z')));
+    exec(&web_id(&s), "touch /data/sick");
+    let s = wait_for(&d, "c2 failed, c1 back", 60, |s| {
+        s["trial"]["state"] == "failed" && runs(s, "c1")
+    });
+    let line = s["lastError"].as_str().unwrap().to_string();
+    assert!(
+        line.starts_with("Release c2 failed its trial: web unhealthy after ")
+            && line.ends_with("; rolling back to c1"),
+        "{line}"
+    );
+    assert!(d.log_text().contains(&line));
+    // c1 exactly as it was (a new container of the same config), its data intact.
+    let back = e.inspect_container(&web_id(&s)).unwrap();
+    assert_eq!(back.config.env, old_config.env);
+    assert_eq!(back.config.cmd, old_config.cmd);
+    assert_eq!(back.config.image, old_config.image);
+    assert_eq!(exec(&back.id, "cat /data/marker"), "c1");
+    // The report: c2 aborted, c1 done and running, the reason in the status text.
+    api.wait_for("c2 aborted in a report", Duration::from_secs(30), |_| {
+        let r = last_report(&api);
+        r["apps"][APP_UUID]["releases"]["c2"]["update_status"] == "aborted"
+            && r["apps"][APP_UUID]["release_uuid"] == "c1"
+            && r["apps"][APP_UUID]["releases"]["c1"]["update_status"] == "done"
+    });
+    assert_eq!(last_report(&api)["status"], line);
+    // Not tried again on the next poll...
+    update(&d, false);
+    std::thread::sleep(Duration::from_secs(3));
+    let s = status(&d);
+    assert!(runs(&s, "c1") && s["trial"]["state"] == "failed", "{s}");
+    // ... but when forced; now healthy, it passes and c1's image goes.
+    exec(&web_id(&s), "rm -f /data/sick");
+    update(&d, true);
+    wait_for(&d, "c2 passes", 60, |s| {
+        s["trial"]["state"] == "passed" && runs(s, "c2")
+    });
+    assert!(d.log_text().contains("Release c2 passed its trial"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while e.inspect_image(&old).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "c1's image was kept after the trial"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(e.inspect_image(&new).is_ok());
+    finish(d);
+}
+
+#[test]
+fn restart_loops_and_start_failures_roll_back_in_local_mode() {
+    let _serial = serial();
+    let e = engine();
+    reset_engine(&e);
+    let _ = e.remove_volume("4343_data", true);
+    let d = Daemon::new();
+    let local = |commit: &str, services: Value| {
+        let services: serde_json::Map<String, Value> = services
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(name, s)| {
+                let mut svc = s["composition"].clone();
+                svc["serviceName"] = json!(name);
+                svc["serviceId"] = json!(1);
+                svc["imageId"] = json!(1);
+                svc["image"] = s["image"].clone();
+                svc["environment"] = s["environment"].clone();
+                svc["labels"] = s["labels"].clone();
+                svc["running"] = json!(true);
+                ("1".to_string(), svc)
+            })
+            .collect();
+        json!({"local": {"name": "trial-device", "config": {}, "apps": {"4343": {
+            "name": "trialapp", "commit": commit, "releaseId": 1, "services": services,
+            "volumes": {"data": {}}, "networks": {}}}}})
+    };
+    assert_eq!(
+        d.post_target(&local(
+            "c1",
+            release_services("c1", BUSYBOX, json!({}), None)
+        ))
+        .0,
+        200
+    );
+    wait_for(&d, "c1 runs", 60, |s| runs(s, "c1"));
+
+    // A release whose service exits 1 over and over (no healthcheck: the exits fail it).
+    let mut crashing = release_services("c2", BUSYBOX, on_trial("30s"), Some("exit 1"));
+    crashing["web"]["composition"]
+        .as_object_mut()
+        .unwrap()
+        .remove("healthcheck");
+    assert_eq!(d.post_target(&local("c2", crashing)).0, 200);
+    let s = wait_for(&d, "c2 fails, c1 back", 60, |s| {
+        s["trial"]["state"] == "failed" && runs(s, "c1")
+    });
+    let reason = s["trial"]["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("web exited with code 1") || reason.starts_with("web restarted"),
+        "{reason}"
+    );
+
+    // A release that cannot start: its port is taken on the host.
+    let taken = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let mut blocked = release_services("c3", BUSYBOX, on_trial("30s"), None);
+    blocked["web"]["composition"]["ports"] = json!([format!("{port}:80")]);
+    assert_eq!(d.post_target(&local("c3", blocked)).0, 200);
+    let s = wait_for(&d, "c3 fails, c1 back", 60, |s| {
+        s["trial"]["commit"] == "c3" && s["trial"]["state"] == "failed" && runs(s, "c1")
+    });
+    let reason = s["trial"]["reason"].as_str().unwrap();
+    assert!(reason.starts_with("web could not be started: "), "{reason}");
+    drop(taken);
+    d.post_target(
+        &json!({"local": {"name": "trial-device", "config": {}, "apps": {}}, "force": true}),
+    );
+    finish(d);
+}
+
+#[test]
+fn a_daemon_cut_during_a_trial_or_a_rollback_converges_to_one_release() {
+    let _serial = serial();
+    let e = engine();
+    reset_engine(&e);
+    let _ = e.remove_volume("4343_data", true);
+    let api = MockApi::start();
+    api.set(|b| b.known_keys = vec![DEVICE_KEY.into()]);
+    serve(
+        &api,
+        v3("c1", release_services("c1", BUSYBOX, json!({}), None)),
+        "1",
+    );
+    let mut d = managed_device(&api);
+    api.wait_for("a report", Duration::from_secs(30), |rs| {
+        rs.iter()
+            .any(|r| r.method == "PATCH" && r.json()[UUID]["api_secret"].is_string())
+    });
+    d.key = last_report(&api)["api_secret"].as_str().map(String::from);
+    wait_for(&d, "c1 runs", 60, |s| runs(s, "c1"));
+
+    // Cut during the trial: after the restart the trial goes on and passes.
+    serve(
+        &api,
+        v3("c2", release_services("c2", BUSYBOX, on_trial("6s"), None)),
+        "2",
+    );
+    update(&d, false);
+    wait_for(&d, "c2 on trial", 60, |s| s["trial"]["state"] == "running");
+    d.kill9();
+    d.start();
+    wait_for(&d, "c2 passes after the cut", 60, |s| {
+        s["trial"]["state"] == "passed" && runs(s, "c2")
+    });
+
+    // Cut during the rollback: c3 crashes, the daemon dies while putting c2 back.
+    serve(
+        &api,
+        v3(
+            "c3",
+            release_services("c3", BUSYBOX, on_trial("30s"), Some("exit 1")),
+        ),
+        "3",
+    );
+    update(&d, false);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !d.log_text().contains("Release c3 failed its trial") {
+        assert!(Instant::now() < deadline, "{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    d.kill9();
+    d.start();
+    let s = wait_for(&d, "c2 back after the cut", 60, |s| runs(s, "c2"));
+    assert_eq!(s["trial"]["state"], "failed");
+    // Exactly one release: c2's one container, nothing of c3.
+    let containers = e.list_containers(true, &["io.balena.supervised"]).unwrap();
+    assert_eq!(containers.len(), 1, "{containers:?}");
+    finish(d);
+}
