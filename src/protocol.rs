@@ -231,6 +231,8 @@ pub struct ContainerStatus {
     pub health: Option<String>,
     /// How a container that is not running last exited.
     pub exit_code: Option<i64>,
+    /// How often the engine restarted the container (a restart loop shows here).
+    pub restart_count: i64,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -369,3 +369,108 @@ fn a_daemon_cut_during_a_trial_or_a_rollback_converges_to_one_release() {
     assert_eq!(containers.len(), 1, "{containers:?}");
     finish(d);
 }
+
+#[test]
+fn a_restart_looping_release_is_replaced_by_a_good_one() {
+    let _serial = serial();
+    let e = engine();
+    reset_engine(&e);
+    let d = Daemon::new();
+    let target = |commit: &str, cmd: &str| {
+        json!({"local": {"name": "trial-device", "config": {}, "apps": {"4343": {
+            "name": "trialapp", "commit": commit, "releaseId": 1, "volumes": {}, "networks": {},
+            "services": {"1": {"serviceName": "web", "serviceId": 1, "imageId": 1, "image": BUSYBOX,
+                "running": true, "init": true, "environment": {"VERSION": commit}, "labels": {},
+                "command": ["sh", "-c", cmd]}}}}}})
+    };
+    assert_eq!(d.post_target(&target("c1", "sleep 0.3; exit 1")).0, 200);
+    // The loop shows: raw `restarting` (v19's spelling) or `exited`, and the restart count.
+    let s = wait_for(&d, "a restart loop", 60, |s| {
+        s["containers"][0]["restartCount"].as_i64() >= Some(2)
+    });
+    assert!(
+        s["containers"][0]["exitCode"] == 1 || s["containers"][0]["status"] == "Running",
+        "{s}"
+    );
+    let started = Instant::now();
+    assert_eq!(d.post_target(&target("c2", SLEEPER)).0, 200);
+    wait_for(&d, "c2 replaces the looping c1", 60, |s| runs(s, "c2"));
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    finish(d);
+}
+
+#[test]
+fn unhealthy_containers_are_restarted_on_docker_with_a_backoff_unless_opted_out() {
+    let _serial = serial();
+    let e = engine();
+    reset_engine(&e);
+    let d = Daemon::new();
+    // Healthy while /tmp/sick (inside the container, lost on restart) is absent.
+    let svc = |id: u32, name: &str, labels: Value| {
+        json!({"serviceName": name, "serviceId": id, "imageId": id, "image": BUSYBOX, "running": true,
+            "init": true, "environment": {}, "labels": labels,
+            "command": ["sh", "-c", SLEEPER],
+            "healthcheck": {"test": ["CMD", "sh", "-c", "! test -f /tmp/sick"],
+                "interval": "1s", "timeout": "1s", "retries": 1}})
+    };
+    let target = json!({"local": {"name": "d", "config": {}, "apps": {"4343": {
+        "name": "app", "commit": "c1", "releaseId": 1, "volumes": {}, "networks": {},
+        "services": {"1": svc(1, "web", json!({})),
+            "2": svc(2, "optout", json!({"io.tinyvisor.restart-unhealthy": "false"}))}}}}});
+    assert_eq!(d.post_target(&target).0, 200);
+    let s = wait_for(&d, "both healthy", 60, |s| {
+        s["containers"]
+            .as_array()
+            .is_some_and(|cs| cs.len() == 2 && cs.iter().all(|c| c["health"] == "healthy"))
+    });
+    let id = |name: &str| -> String {
+        s["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["serviceName"] == name)
+            .unwrap()["containerId"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (web, optout) = (id("web"), id("optout"));
+    let restarts = |id: &str| e.inspect_container(id).unwrap().state.started_at;
+    let web_started = restarts(&web);
+    exec(&web, "touch /tmp/sick");
+    exec(&optout, "touch /tmp/sick");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while restarts(&web) == web_started {
+        assert!(Instant::now() < deadline, "not restarted\n{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let first_restart = Instant::now();
+    assert!(d.log_text().contains("Restarting unhealthy service 'web'"));
+    // Sick again at once: the next restart waits for the 10 s backoff.
+    let second_started = restarts(&web);
+    exec(&web, "touch /tmp/sick");
+    while restarts(&web) == second_started {
+        assert!(
+            Instant::now() < deadline + Duration::from_secs(30),
+            "{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        first_restart.elapsed() >= Duration::from_secs(9),
+        "restarted again after {:?}",
+        first_restart.elapsed()
+    );
+    // The opted-out service stays unhealthy and is left alone.
+    let c = e.inspect_container(&optout).unwrap();
+    assert_eq!(c.state.health.unwrap()["Status"], "unhealthy");
+    assert!(!d
+        .log_text()
+        .contains("Restarting unhealthy service 'optout'"));
+    finish(d);
+}

@@ -770,6 +770,9 @@ impl Api {
                 if let Some(code) = c.exit_code {
                     v["exitCode"] = json!(code);
                 }
+                if c.restart_count > 0 {
+                    v["restartCount"] = json!(c.restart_count);
+                }
                 v
             })
             .collect();

@@ -506,6 +506,7 @@ mod tests {
             created_at: String::new(),
             health: None,
             exit_code: None,
+            restart_count: 0,
         }
     }
 

@@ -10,6 +10,9 @@ pub type Labels = BTreeMap<String, String>;
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 pub struct Version {
+    /// `{"Name": "balenaEngine"}` on balenaOS; Docker's says "Docker Engine - Community" or
+    /// nothing.
+    pub platform: Platform,
     pub version: String,
     pub api_version: String,
     #[serde(rename = "MinAPIVersion")]
@@ -17,6 +20,19 @@ pub struct Version {
     pub os: String,
     pub arch: String,
     pub kernel_version: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Platform {
+    pub name: String,
+}
+
+impl Version {
+    /// balenaEngine restarts a container whose healthcheck fails; Docker does not.
+    pub fn is_balena_engine(&self) -> bool {
+        self.platform.name.to_ascii_lowercase().contains("balena")
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

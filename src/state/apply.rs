@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 pub struct StateEngine {
     pub(super) settings: Arc<Settings>,
-    engine: Engine,
+    pub(super) engine: Engine,
     db: Mutex<Db>,
     locks: Locks,
     pub(super) status: Arc<Mutex<Status>>,
@@ -56,6 +56,9 @@ pub struct StateEngine {
     pub(super) host_os: super::hostos::HostOs,
     /// A release trial is pending or running: a converged device looks again each second.
     pub(super) trials_open: bool,
+    /// The engine restarts unhealthy containers itself (balenaEngine); else we do.
+    pub(super) engine_restarts_unhealthy: bool,
+    pub(super) unhealthy: super::events::UnhealthyRestarts,
 }
 
 /// Where v19 keeps `SUPERVISOR_API_REQUEST_TIMEOUT` (DB config).
@@ -111,6 +114,8 @@ pub fn spawn(
                 firewall_tried: None,
                 host_os: super::hostos::HostOs::new(),
                 trials_open: false,
+                engine_restarts_unhealthy: false,
+                unhealthy: Default::default(),
             };
             se.run(rx);
         })?;
@@ -199,6 +204,13 @@ impl StateEngine {
         // Host discoverability as stored (v19 applies it at every start).
         let discoverable = self.db().config_get("hostDiscoverability").ok().flatten();
         self.apply_discoverability(discoverable.as_deref().is_none_or(|v| v == "true"));
+        // Our containers' events: a crash, a loop or a failing healthcheck is seen at once.
+        let (event_tx, events) = crossbeam_channel::bounded(16);
+        if let Err(e) = super::events::spawn(self.engine.clone(), event_tx) {
+            warn!("cannot follow the engine's events: {e}");
+        }
+        self.engine_restarts_unhealthy = self.engine.version().is_ok_and(|v| v.is_balena_engine());
+        let mut converged = false;
         let mut force = false;
         let idle_recheck = Duration::from_millis(self.settings.config_json.poll_interval_ms());
         let mut schedule = Schedule::new(idle_recheck);
@@ -209,11 +221,28 @@ impl StateEngine {
             if !self.shutting_down && self.host_os.due.is_some_and(|d| d <= Instant::now()) {
                 self.host_os.due = self.step_host_os(target.as_ref());
             }
-            let wake = self.host_os.due.map_or(due, |h| h.min(due));
+            if self.unhealthy.due().is_some_and(|d| d <= Instant::now()) {
+                self.restart_unhealthy_due();
+            }
+            let wake = [self.host_os.due, self.unhealthy.due()]
+                .into_iter()
+                .flatten()
+                .fold(due, Instant::min);
             let cmd = crossbeam_channel::select! {
                 recv(rx) -> c => match c {
                     Ok(c) => Some(c),
                     Err(_) => return,
+                },
+                recv(events) -> ev => {
+                    if let Ok(ev) = ev {
+                        self.container_event(&ev);
+                        // A converged device looks again soon; an apply in progress (or
+                        // backing off) keeps its own pace.
+                        if converged {
+                            due = due.min(Instant::now() + Duration::from_millis(500));
+                        }
+                    }
+                    continue;
                 },
                 recv(self.host_os.done) -> finished => {
                     if let Ok((release, result)) = finished {
@@ -367,7 +396,9 @@ impl StateEngine {
                 continue;
             };
             let started = Instant::now();
-            match self.iterate(t, force) {
+            let outcome = self.iterate(t, force);
+            converged = matches!(outcome, Ok(Outcome::Converged));
+            match outcome {
                 Ok(Outcome::Converged) => {
                     // A converged apply may try the VPN again at once (v19 resets its limits).
                     self.vpn_tried_at = None;
@@ -1064,6 +1095,7 @@ impl StateEngine {
                 created_at: s.created_at.clone().unwrap_or_default(),
                 health: s.health.clone(),
                 exit_code: s.exit_code,
+                restart_count: s.restart_count,
             })
             .collect();
         let engine_ids: BTreeSet<&str> = snapshot.images.iter().map(|i| i.id.as_str()).collect();

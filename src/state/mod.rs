@@ -5,6 +5,7 @@ pub mod actions;
 pub mod apply;
 pub mod device;
 pub mod device_config;
+pub mod events;
 pub mod executor;
 pub mod hostos;
 pub mod local_mode;
