@@ -57,6 +57,35 @@ pub struct DryRun {
     pub warnings: Vec<String>,
     /// What the host OS release of the target would do (none named: `None`).
     pub host_os: Option<HostOsPlan>,
+    /// The trial each release labelled `io.tinyvisor.rollback.window` would go through.
+    pub trials: Vec<String>,
+}
+
+/// One line per app whose release asks for a trial: its window and what a failure would put
+/// back (the release the app's containers run now).
+fn trial_plans(state: &TargetState, current: &[CurrentApp]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (uuid, app) in &state.apps {
+        let (Some(window_ms), Some(rel)) = (crate::planner::trial::window_ms(app), &app.release) else {
+            continue;
+        };
+        let running = current
+            .iter()
+            .find(|a| &a.app_uuid == uuid)
+            .and_then(|a| a.services.iter().find_map(|s| s.commit.clone()))
+            .filter(|c| c != &rel.commit);
+        let fallback = match running {
+            Some(c) => format!("a failure rolls back to release {c}"),
+            None => "nothing to roll back to (first install)".to_string(),
+        };
+        out.push(format!(
+            "trial: release {} of {} runs on trial for {}s once all its services run; {fallback}",
+            rel.commit,
+            app.name,
+            window_ms / 1000
+        ));
+    }
+    out
 }
 
 /// The host OS step of a dry run, with a one-line summary.
@@ -161,6 +190,7 @@ pub fn dry_run(
     warnings.extend(built.messages);
     let targets = built.apps;
     let mut current_apps: Vec<CurrentApp> = snapshot.current_apps();
+    let trials = trial_plans(&state, &current_apps);
 
     // Without the database, images on the engine count as recorded and an app's release is
     // the one its containers are named after.
@@ -207,6 +237,7 @@ pub fn dry_run(
         converged,
         warnings,
         host_os: host_os_plan(settings, &state),
+        trials,
     })
 }
 
@@ -249,6 +280,9 @@ impl DryRun {
                 out.push_str(&format!("  {s}\n"));
             }
         }
+        for t in &self.trials {
+            out.push_str(&format!("{t}\n"));
+        }
         if !self.converged {
             out.push_str(&format!(
                 "not converged after {MAX_ITERATIONS} iterations\n"
@@ -278,6 +312,7 @@ impl DryRun {
             .host_os
             .as_ref()
             .map(|h| json!({"step": h.step, "summary": h.summary}));
-        json!({ "converged": self.converged, "warnings": self.warnings, "iterations": iterations, "hostOS": host_os })
+        json!({ "converged": self.converged, "warnings": self.warnings, "iterations": iterations,
+            "hostOS": host_os, "trials": self.trials })
     }
 }

@@ -362,3 +362,31 @@ fn plan_shows_the_host_os_step() {
     );
     let _ = std::fs::remove_dir_all(d);
 }
+
+#[test]
+fn plan_shows_a_release_trial() {
+    let d = scratch();
+    let target = d.join("trial.json");
+    std::fs::write(
+        &target,
+        serde_json::json!({"name": "dev", "config": {}, "apps": {"appuuid": {"id": 3, "name": "shop",
+            "releases": {"c2": {"id": 7, "services": {"web": {"id": 1, "image_id": 1,
+                "image": "local/busybox:1", "labels": {"io.tinyvisor.rollback.window": "90s"}}}}}}}})
+        .to_string(),
+    )
+    .unwrap();
+    let out = bin()
+        .args(["--config-path", d.join("config.json").to_str().unwrap()])
+        .args(["--boot-mountpoint", d.to_str().unwrap()])
+        .args(["plan", "--current", "empty", "--target", target.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(
+            "trial: release c2 of shop runs on trial for 90s once all its services run; nothing to roll back to (first install)\n"
+        ),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(d);
+}
