@@ -66,7 +66,8 @@ pub struct DryRun {
 fn trial_plans(state: &TargetState, current: &[CurrentApp]) -> Vec<String> {
     let mut out = Vec::new();
     for (uuid, app) in &state.apps {
-        let (Some(window_ms), Some(rel)) = (crate::planner::trial::window_ms(app), &app.release) else {
+        let (Some(window_ms), Some(rel)) = (crate::planner::trial::window_ms(app), &app.release)
+        else {
             continue;
         };
         let running = current

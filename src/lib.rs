@@ -18,6 +18,7 @@ pub mod fsutil;
 pub mod host;
 pub mod hostconfig;
 pub mod http;
+pub mod localtime;
 pub mod locks;
 pub mod logs;
 pub mod planner;

@@ -378,7 +378,13 @@ fn plan_shows_a_release_trial() {
     let out = bin()
         .args(["--config-path", d.join("config.json").to_str().unwrap()])
         .args(["--boot-mountpoint", d.to_str().unwrap()])
-        .args(["plan", "--current", "empty", "--target", target.to_str().unwrap()])
+        .args([
+            "plan",
+            "--current",
+            "empty",
+            "--target",
+            target.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
