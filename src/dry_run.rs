@@ -59,6 +59,45 @@ pub struct DryRun {
     pub host_os: Option<HostOsPlan>,
     /// The trial each release labelled `io.tinyvisor.rollback.window` would go through.
     pub trials: Vec<String>,
+    /// Releases that would switch only in a window or at the next boot (the iterations show
+    /// the switch as it will be done then).
+    pub waits: Vec<String>,
+}
+
+/// One line per app whose new release waits to switch (docs/windows.md).
+fn wait_plans(settings: &Settings, state: &TargetState, current: &[CurrentApp]) -> Vec<String> {
+    use crate::planner::window::{hold, human_duration, policy, Hold};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let zone = crate::localtime::Zone::of_host(&settings.paths.root_mountpoint);
+    let second_of_day = zone.local(now).rem_euclid(86_400) as u32;
+    let mut out = Vec::new();
+    for (uuid, app) in &state.apps {
+        let (Some(p), Some(rel)) = (policy(app), &app.release) else {
+            continue;
+        };
+        let running = current
+            .iter()
+            .find(|a| &a.app_uuid == uuid)
+            .and_then(|a| a.services.iter().find_map(|s| s.commit.clone()));
+        if running.is_none() || running.as_deref() == Some(rel.commit.as_str()) {
+            continue;
+        }
+        let when = match hold(&p, second_of_day, false) {
+            Hold::Switch => "switches now (its window is open)".to_string(),
+            Hold::UntilWindow { window, in_secs } => format!(
+                "is downloaded now and switches in window {window} (opens in {})",
+                human_duration(in_secs)
+            ),
+            Hold::UntilReboot => "is downloaded now and switches at the next boot".to_string(),
+        };
+        out.push(format!(
+            "wait: release {} of {} {when}",
+            rel.commit, app.name
+        ));
+    }
+    out
 }
 
 /// One line per app whose release asks for a trial: its window and what a failure would put
@@ -192,6 +231,7 @@ pub fn dry_run(
     let targets = built.apps;
     let mut current_apps: Vec<CurrentApp> = snapshot.current_apps();
     let trials = trial_plans(&state, &current_apps);
+    let waits = wait_plans(settings, &state, &current_apps);
 
     // Without the database, images on the engine count as recorded and an app's release is
     // the one its containers are named after.
@@ -239,6 +279,7 @@ pub fn dry_run(
         warnings,
         host_os: host_os_plan(settings, &state),
         trials,
+        waits,
     })
 }
 
@@ -266,6 +307,9 @@ impl DryRun {
         }
         if let Some(h) = &self.host_os {
             out.push_str(&format!("{}\n", h.summary));
+        }
+        for w in &self.waits {
+            out.push_str(&format!("{w}\n"));
         }
         if self.iterations.is_empty() {
             let host_pending = self.host_os.as_ref().is_some_and(|h| h.step == "install");
@@ -314,6 +358,6 @@ impl DryRun {
             .as_ref()
             .map(|h| json!({"step": h.step, "summary": h.summary}));
         json!({ "converged": self.converged, "warnings": self.warnings, "iterations": iterations,
-            "hostOS": host_os, "trials": self.trials })
+            "hostOS": host_os, "trials": self.trials, "waits": self.waits })
     }
 }

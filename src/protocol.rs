@@ -139,6 +139,18 @@ pub struct Status {
     pub host_os: Option<HostOsStatus>,
     /// Release trials (docs/trials.md), one per app that has one.
     pub trials: Vec<TrialStatus>,
+    /// A downloaded release waiting to switch (`app_state` is `waiting`; docs/windows.md).
+    pub switch_wait: Option<SwitchWait>,
+}
+
+/// What a waiting release waits for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SwitchWait {
+    pub commit: String,
+    /// The window it waits for (`02:00-04:30`) and when that opens (RFC 3339), or neither
+    /// when it waits for the next boot.
+    pub window: Option<String>,
+    pub opens_at: Option<String>,
 }
 
 /// A release on trial, or judged (docs/trials.md).

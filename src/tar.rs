@@ -152,21 +152,23 @@ impl Header {
     }
 
     fn checksum_ok(&self) -> io::Result<bool> {
-        let want = self.octal(148, 8, "checksum")?;
-        let sum: u64 = self
-            .0
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                if (148..156).contains(&i) {
-                    32
-                } else {
-                    *b as u64
-                }
-            })
-            .sum();
-        Ok(sum == want)
+        Ok(checksum(&self.0) == self.octal(148, 8, "checksum")?)
     }
+}
+
+/// A header's checksum: the sum of its bytes with the checksum field read as spaces.
+fn checksum(block: &[u8]) -> u64 {
+    block
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                u64::from(*b)
+            }
+        })
+        .sum()
 }
 
 struct Reader<R> {
@@ -260,17 +262,7 @@ mod tests {
     }
 
     fn sign(h: &mut [u8]) {
-        let sum: u32 = h
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                if (148..156).contains(&i) {
-                    32
-                } else {
-                    *b as u32
-                }
-            })
-            .sum();
+        let sum = checksum(h);
         h[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
     }
 

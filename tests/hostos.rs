@@ -97,13 +97,8 @@ fn device(api: &MockApi, fake_root: &Path, fake: &FakeSystemd) -> Daemon {
     std::fs::create_dir_all(fake_root.join("etc")).unwrap();
     std::fs::create_dir_all(fake_root.join("tmp")).unwrap();
     set_build(fake_root, CURRENT_BUILD);
-    std::fs::write(
-        d.dir.join("boot/config.json"),
-        json!({"apiEndpoint": api.url, "uuid": UUID, "deviceType": "generic-amd64",
-            "registered_at": 1_700_000_000_000u64, "deviceId": 42, "deviceApiKey": DEVICE_KEY})
-        .to_string(),
-    )
-    .unwrap();
+    let config = provisioned_config(&api.url, UUID, DEVICE_KEY);
+    std::fs::write(d.dir.join("boot/config.json"), config.to_string()).unwrap();
     d.env
         .push(("DBUS_SYSTEM_BUS_ADDRESS".into(), fake.address.clone()));
     d.env
@@ -169,9 +164,7 @@ fn wait_until(what: &str, secs: u64, d: &Daemon, f: impl Fn() -> bool) {
 }
 
 fn host_status(d: &Daemon) -> Value {
-    d.get("/v2/state/status")
-        .map(|(_, v)| v["hostApp"].clone())
-        .unwrap_or(Value::Null)
+    d.status()["hostApp"].clone()
 }
 
 fn finish(mut d: Daemon, root: PathBuf, updaters: &[&str]) {

@@ -41,40 +41,19 @@ fn on_trial(window: &str) -> Value {
     json!({"io.tinyvisor.rollback.window": window})
 }
 
+/// A provisioned device on the mock, started, with the API key it reported.
 fn managed_device(api: &MockApi) -> Daemon {
     let _ = std::fs::remove_file("/tmp/balena-supervisor/state-report-cache");
     let mut d = Daemon::create();
-    std::fs::write(
-        d.dir.join("boot/config.json"),
-        json!({"apiEndpoint": api.url, "uuid": UUID, "deviceType": "generic-amd64",
-            "registered_at": 1_700_000_000_000u64, "deviceId": 42, "deviceApiKey": DEVICE_KEY})
-        .to_string(),
-    )
-    .unwrap();
+    let config = provisioned_config(&api.url, UUID, DEVICE_KEY);
+    std::fs::write(d.dir.join("boot/config.json"), config.to_string()).unwrap();
     d.start();
+    api.wait_for("a report", Duration::from_secs(30), |rs| {
+        rs.iter()
+            .any(|r| r.method == "PATCH" && r.json()[UUID]["api_secret"].is_string())
+    });
+    d.key = last_report(api)["api_secret"].as_str().map(String::from);
     d
-}
-
-fn status(d: &Daemon) -> Value {
-    d.get("/v2/state/status")
-        .map(|(_, v)| v)
-        .unwrap_or(Value::Null)
-}
-
-fn wait_for(d: &Daemon, what: &str, secs: u64, f: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let s = status(d);
-        if f(&s) {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: {s}\nlog:\n{}",
-            d.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// The release running: every container Running with `VERSION=commit`, applied.
@@ -167,13 +146,8 @@ fn an_unhealthy_release_is_rolled_back_and_a_good_one_is_kept() {
         v3("c1", release_services("c1", &old, json!({}), None)),
         "1",
     );
-    let mut d = managed_device(&api);
-    api.wait_for("a report", Duration::from_secs(30), |rs| {
-        rs.iter()
-            .any(|r| r.method == "PATCH" && r.json()[UUID]["api_secret"].is_string())
-    });
-    d.key = last_report(&api)["api_secret"].as_str().map(String::from);
-    let before = wait_for(&d, "c1 runs", 60, |s| runs(s, "c1"));
+    let d = managed_device(&api);
+    let before = d.wait_status("c1 runs", 60, |s| runs(s, "c1"));
     let old_config = e.inspect_container(&web_id(&before)).unwrap().config;
 
     // c2 on trial for 10 s; it turns unhealthy inside the window.
@@ -183,14 +157,14 @@ fn an_unhealthy_release_is_rolled_back_and_a_good_one_is_kept() {
         "2",
     );
     update(&d, false);
-    let s = wait_for(&d, "c2 on trial", 60, |s| s["trial"]["state"] == "running");
+    let s = d.wait_status("c2 on trial", 60, |s| s["trial"]["state"] == "running");
     assert_eq!(s["trial"]["commit"], "c2");
     assert_eq!(s["trial"]["previousCommit"], "c1");
     assert!(s["trial"]["deadline"]
         .as_str()
         .is_some_and(|t| t.ends_with('Z')));
     exec(&web_id(&s), "touch /data/sick");
-    let s = wait_for(&d, "c2 failed, c1 back", 60, |s| {
+    let s = d.wait_status("c2 failed, c1 back", 60, |s| {
         s["trial"]["state"] == "failed" && runs(s, "c1")
     });
     let line = s["lastError"].as_str().unwrap().to_string();
@@ -217,12 +191,12 @@ fn an_unhealthy_release_is_rolled_back_and_a_good_one_is_kept() {
     // Not tried again on the next poll...
     update(&d, false);
     std::thread::sleep(Duration::from_secs(3));
-    let s = status(&d);
+    let s = d.status();
     assert!(runs(&s, "c1") && s["trial"]["state"] == "failed", "{s}");
     // ... but when forced; now healthy, it passes and c1's image goes.
     exec(&web_id(&s), "rm -f /data/sick");
     update(&d, true);
-    wait_for(&d, "c2 passes", 60, |s| {
+    d.wait_status("c2 passes", 60, |s| {
         s["trial"]["state"] == "passed" && runs(s, "c2")
     });
     assert!(d.log_text().contains("Release c2 passed its trial"));
@@ -274,7 +248,7 @@ fn restart_loops_and_start_failures_roll_back_in_local_mode() {
         .0,
         200
     );
-    wait_for(&d, "c1 runs", 60, |s| runs(s, "c1"));
+    d.wait_status("c1 runs", 60, |s| runs(s, "c1"));
 
     // A release whose service exits 1 over and over (no healthcheck: the exits fail it).
     let mut crashing = release_services("c2", BUSYBOX, on_trial("30s"), Some("exit 1"));
@@ -283,7 +257,7 @@ fn restart_loops_and_start_failures_roll_back_in_local_mode() {
         .unwrap()
         .remove("healthcheck");
     assert_eq!(d.post_target(&local("c2", crashing)).0, 200);
-    let s = wait_for(&d, "c2 fails, c1 back", 60, |s| {
+    let s = d.wait_status("c2 fails, c1 back", 60, |s| {
         s["trial"]["state"] == "failed" && runs(s, "c1")
     });
     let reason = s["trial"]["reason"].as_str().unwrap();
@@ -298,7 +272,7 @@ fn restart_loops_and_start_failures_roll_back_in_local_mode() {
     let mut blocked = release_services("c3", BUSYBOX, on_trial("30s"), None);
     blocked["web"]["composition"]["ports"] = json!([format!("{port}:80")]);
     assert_eq!(d.post_target(&local("c3", blocked)).0, 200);
-    let s = wait_for(&d, "c3 fails, c1 back", 60, |s| {
+    let s = d.wait_status("c3 fails, c1 back", 60, |s| {
         s["trial"]["commit"] == "c3" && s["trial"]["state"] == "failed" && runs(s, "c1")
     });
     let reason = s["trial"]["reason"].as_str().unwrap();
@@ -324,12 +298,7 @@ fn a_daemon_cut_during_a_trial_or_a_rollback_converges_to_one_release() {
         "1",
     );
     let mut d = managed_device(&api);
-    api.wait_for("a report", Duration::from_secs(30), |rs| {
-        rs.iter()
-            .any(|r| r.method == "PATCH" && r.json()[UUID]["api_secret"].is_string())
-    });
-    d.key = last_report(&api)["api_secret"].as_str().map(String::from);
-    wait_for(&d, "c1 runs", 60, |s| runs(s, "c1"));
+    d.wait_status("c1 runs", 60, |s| runs(s, "c1"));
 
     // Cut during the trial: after the restart the trial goes on and passes.
     serve(
@@ -338,10 +307,10 @@ fn a_daemon_cut_during_a_trial_or_a_rollback_converges_to_one_release() {
         "2",
     );
     update(&d, false);
-    wait_for(&d, "c2 on trial", 60, |s| s["trial"]["state"] == "running");
+    d.wait_status("c2 on trial", 60, |s| s["trial"]["state"] == "running");
     d.kill9();
     d.start();
-    wait_for(&d, "c2 passes after the cut", 60, |s| {
+    d.wait_status("c2 passes after the cut", 60, |s| {
         s["trial"]["state"] == "passed" && runs(s, "c2")
     });
 
@@ -362,7 +331,7 @@ fn a_daemon_cut_during_a_trial_or_a_rollback_converges_to_one_release() {
     }
     d.kill9();
     d.start();
-    let s = wait_for(&d, "c2 back after the cut", 60, |s| runs(s, "c2"));
+    let s = d.wait_status("c2 back after the cut", 60, |s| runs(s, "c2"));
     assert_eq!(s["trial"]["state"], "failed");
     // Exactly one release: c2's one container, nothing of c3.
     let containers = e.list_containers(true, &["io.balena.supervised"]).unwrap();
@@ -385,7 +354,7 @@ fn a_restart_looping_release_is_replaced_by_a_good_one() {
     };
     assert_eq!(d.post_target(&target("c1", "sleep 0.3; exit 1")).0, 200);
     // The loop shows: raw `restarting` (v19's spelling) or `exited`, and the restart count.
-    let s = wait_for(&d, "a restart loop", 60, |s| {
+    let s = d.wait_status("a restart loop", 60, |s| {
         s["containers"][0]["restartCount"].as_i64() >= Some(2)
     });
     assert!(
@@ -394,7 +363,7 @@ fn a_restart_looping_release_is_replaced_by_a_good_one() {
     );
     let started = Instant::now();
     assert_eq!(d.post_target(&target("c2", SLEEPER)).0, 200);
-    wait_for(&d, "c2 replaces the looping c1", 60, |s| runs(s, "c2"));
+    d.wait_status("c2 replaces the looping c1", 60, |s| runs(s, "c2"));
     assert!(
         started.elapsed() < Duration::from_secs(30),
         "{:?}",
@@ -422,7 +391,7 @@ fn unhealthy_containers_are_restarted_on_docker_with_a_backoff_unless_opted_out(
         "services": {"1": svc(1, "web", json!({})),
             "2": svc(2, "optout", json!({"io.tinyvisor.restart-unhealthy": "false"}))}}}}});
     assert_eq!(d.post_target(&target).0, 200);
-    let s = wait_for(&d, "both healthy", 60, |s| {
+    let s = d.wait_status("both healthy", 60, |s| {
         s["containers"]
             .as_array()
             .is_some_and(|cs| cs.len() == 2 && cs.iter().all(|c| c["health"] == "healthy"))

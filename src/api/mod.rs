@@ -792,6 +792,19 @@ impl Api {
         if let Some(e) = &s.last_error {
             body["lastError"] = json!(e);
         }
+        // Our addition: what a downloaded release waits for (docs/windows.md).
+        if let Some(w) = s.switch_wait.as_ref().filter(|_| s.app_state == "waiting") {
+            body["waitingRelease"] = json!(w.commit);
+            body["waitingFor"] = json!(if w.window.is_some() {
+                "window"
+            } else {
+                "reboot"
+            });
+            if let Some(window) = &w.window {
+                body["window"] = json!(window);
+                body["nextWindow"] = json!(w.opens_at);
+            }
+        }
         // Our addition: the trial of the app shown (docs/trials.md); a failure is the last
         // error while the release it rolled back from is still the target's.
         let trial = s

@@ -7,6 +7,7 @@ pub mod hostapp;
 pub mod image;
 pub mod labels;
 pub mod network;
+pub mod policy;
 pub mod service;
 pub mod target;
 pub mod volume;

@@ -516,7 +516,13 @@ fn parse_release(commit: &str, v: &Value, path: &str) -> Result<TargetRelease> {
             if !valid_name(name) {
                 return err(&p, "invalid service name");
             }
-            services.insert(name.clone(), parse_service(svc, &p)?);
+            let parsed = parse_service(svc, &p)?;
+            super::policy::validate(&parsed.labels, &join(&p, "labels"))?;
+            super::policy::validate(
+                &parsed.composition.labels,
+                &join(&join(&p, "composition"), "labels"),
+            )?;
+            services.insert(name.clone(), parsed);
         }
     }
     // Cross-references: networks, volumes, depends_on, network_mode service:, host ports.

@@ -212,6 +212,27 @@ fn bad_targets_name_the_field() {
             "network \"ghost\" is not defined",
         ),
         (
+            with(
+                &svc(&["labels", "io.tinyvisor.rollback.window"]),
+                json!("soon"),
+            ),
+            "apps.app1.releases.c1.services.main.labels.io.tinyvisor.rollback.window",
+            "expected a duration",
+        ),
+        (
+            with(
+                &svc(&["composition", "labels"]),
+                json!({"io.tinyvisor.update.window": "25:00-26:00"}),
+            ),
+            "apps.app1.releases.c1.services.main.composition.labels.io.tinyvisor.update.window",
+            "expected windows like",
+        ),
+        (
+            with(&svc(&["labels", "io.tinyvisor.update.at"]), json!("noon")),
+            "apps.app1.releases.c1.services.main.labels.io.tinyvisor.update.at",
+            "expected \"reboot\"",
+        ),
+        (
             with(&svc(&["composition", "depends_on"]), json!(["ghost"])),
             "apps.app1.releases.c1.services.main.composition.depends_on[0]",
             "not in the release",

@@ -23,7 +23,7 @@ fn fresh_key(new_key: impl FnOnce() -> std::io::Result<String>) -> Result<String
 }
 
 /// Our schema version (tables with the `tv_` prefix); bumped by additive migrations.
-const TV_SCHEMA_VERSION: i64 = 3;
+const TV_SCHEMA_VERSION: i64 = 4;
 
 /// Knex migration names of v19: recorded in a new database so that the Node supervisor, if it
 /// runs on this file later, sees its schema as current instead of re-creating tables.
@@ -81,6 +81,7 @@ CREATE TABLE IF NOT EXISTS tv_trial (
   appUuid TEXT PRIMARY KEY, `commit` TEXT NOT NULL, windowMs INTEGER NOT NULL, deadlineMs INTEGER,
   state TEXT NOT NULL, reason TEXT, previousCommit TEXT, previousApp TEXT);
 CREATE TABLE IF NOT EXISTS tv_applied (appUuid TEXT PRIMARY KEY, `commit` TEXT NOT NULL, app TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tv_wait (appUuid TEXT PRIMARY KEY, `commit` TEXT NOT NULL, bootId TEXT NOT NULL);
 ";
 
 /// A row of the `image` table is the planner's image record.
@@ -583,6 +584,36 @@ impl Db {
             params![app_uuid, commit, app.to_string()],
         )?;
         Ok(true)
+    }
+
+    // ---- releases waiting to switch at the next boot (docs/windows.md) ----
+
+    /// The boot id under which the device first saw `commit` of an app waiting for a reboot;
+    /// recorded now (with `boot_id`) when it had not seen it.
+    pub fn waiting_since_boot(
+        &self,
+        app_uuid: &str,
+        commit: &str,
+        boot_id: &str,
+    ) -> Result<String> {
+        let seen: Option<(String, String)> = self
+            .conn
+            .query_row(
+                "SELECT `commit`, bootId FROM tv_wait WHERE appUuid = ?1",
+                params![app_uuid],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        match seen {
+            Some((c, boot)) if c == commit => Ok(boot),
+            _ => {
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO tv_wait (appUuid, `commit`, bootId) VALUES (?1, ?2, ?3)",
+                    params![app_uuid, commit, boot_id],
+                )?;
+                Ok(boot_id.to_string())
+            }
+        }
     }
 
     // ---- containers stopped by us (running: false) ----

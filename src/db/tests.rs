@@ -386,3 +386,24 @@ fn trials_and_applied_releases_are_stored() {
         Some(("c1".into(), json!({"a": 1})))
     );
 }
+
+#[test]
+fn a_waiting_release_keeps_the_boot_it_was_first_seen_in() {
+    let db = Db::open_in_memory().unwrap();
+    assert_eq!(
+        db.waiting_since_boot("app", "c2", "boot1").unwrap(),
+        "boot1"
+    );
+    assert_eq!(
+        db.waiting_since_boot("app", "c2", "boot2").unwrap(),
+        "boot1"
+    );
+    let changes = db.total_changes();
+    db.waiting_since_boot("app", "c2", "boot3").unwrap();
+    assert_eq!(db.total_changes(), changes, "no write while it waits");
+    assert_eq!(
+        db.waiting_since_boot("app", "c3", "boot2").unwrap(),
+        "boot2",
+        "a new release"
+    );
+}

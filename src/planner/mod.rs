@@ -8,6 +8,7 @@ mod images;
 pub mod simulate;
 mod step;
 pub mod trial;
+pub mod window;
 
 pub use crate::compose::image::ImageRef;
 pub use step::Step;

@@ -3,16 +3,15 @@
 //! the device goes back to the release it ran before. Pure: the state engine stores the trials
 //! and gives them the current containers; this says what they mean and what to apply.
 
+use crate::compose::policy::parse_duration_ms;
 use crate::compose::service::Service;
 use crate::compose::target::{parse_app_v3, TargetApp, TargetState};
 use crate::compose::Status;
 use serde_json::Value;
 
-pub const WINDOW_LABEL: &str = "io.tinyvisor.rollback.window";
+pub use crate::compose::policy::ROLLBACK_WINDOW as WINDOW_LABEL;
 /// A service restarted this many times during a trial fails it.
 pub const MAX_RESTARTS: i64 = 3;
-/// Trial windows from one second to a week.
-const MAX_WINDOW_MS: i64 = 7 * 24 * 3600 * 1000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TrialState {
@@ -64,32 +63,6 @@ pub struct Trial {
     pub previous: Option<(String, Value)>,
 }
 
-/// Parses `90s`, `5m`, `1h30m` or plain seconds into milliseconds (1 s to a week).
-pub fn parse_window(text: &str) -> Option<i64> {
-    let text = text.trim();
-    if let Ok(secs) = text.parse::<i64>() {
-        return Some(secs.checked_mul(1000)?).filter(|ms| (1000..=MAX_WINDOW_MS).contains(ms));
-    }
-    let mut total: i64 = 0;
-    let mut number = String::new();
-    for c in text.chars() {
-        if c.is_ascii_digit() {
-            number.push(c);
-            continue;
-        }
-        let unit = match c {
-            'h' => 3_600_000,
-            'm' => 60_000,
-            's' => 1000,
-            _ => return None,
-        };
-        let n: i64 = number.parse().ok()?;
-        total = total.checked_add(n.checked_mul(unit)?)?;
-        number.clear();
-    }
-    (number.is_empty() && (1000..=MAX_WINDOW_MS).contains(&total)).then_some(total)
-}
-
 /// The trial window a release asks for: the label on any service, in its own labels or its
 /// composition's (the smallest if several differ). `None`: no trial (v19's behaviour).
 pub fn window_ms(app: &TargetApp) -> Option<i64> {
@@ -101,7 +74,7 @@ pub fn window_ms(app: &TargetApp) -> Option<i64> {
                 .get(WINDOW_LABEL)
                 .or_else(|| s.composition.labels.get(WINDOW_LABEL))
         })
-        .filter_map(|v| parse_window(v))
+        .filter_map(|v| parse_duration_ms(v))
         .min()
 }
 
@@ -262,21 +235,7 @@ mod tests {
     }
 
     #[test]
-    fn windows_parse_with_units_and_bounds() {
-        for (text, ms) in [
-            ("90s", Some(90_000)),
-            ("5m", Some(300_000)),
-            ("1h30m", Some(5_400_000)),
-            ("120", Some(120_000)),
-            ("0s", None),
-            ("8d", None),
-            ("200h", None),
-            ("5x", None),
-            ("m", None),
-            ("", None),
-        ] {
-            assert_eq!(parse_window(text), ms, "{text}");
-        }
+    fn the_window_comes_from_any_service() {
         let t = target("new", json!({WINDOW_LABEL: "90s"}));
         assert_eq!(window_ms(&t.apps["app"]), Some(90_000));
         assert_eq!(window_ms(&target("new", json!({})).apps["app"]), None);

@@ -59,6 +59,8 @@ pub struct StateEngine {
     /// The engine restarts unhealthy containers itself (balenaEngine); else we do.
     pub(super) engine_restarts_unhealthy: bool,
     pub(super) unhealthy: super::events::UnhealthyRestarts,
+    /// The waiting release last logged (docs/windows.md).
+    pub(super) noted_wait: Option<String>,
 }
 
 /// Where v19 keeps `SUPERVISOR_API_REQUEST_TIMEOUT` (DB config).
@@ -116,6 +118,7 @@ pub fn spawn(
                 trials_open: false,
                 engine_restarts_unhealthy: false,
                 unhealthy: Default::default(),
+                noted_wait: None,
             };
             se.run(rx);
         })?;
@@ -127,6 +130,11 @@ enum Outcome {
     /// Steps ran; `all_noop` when nothing but waiting happened.
     Progress {
         all_noop: bool,
+    },
+    /// Everything else is applied; a downloaded release waits for its window (look again in
+    /// `wake_in`) or for the next boot (`None`).
+    Waiting {
+        wake_in: Option<Duration>,
     },
 }
 
@@ -397,8 +405,20 @@ impl StateEngine {
             };
             let started = Instant::now();
             let outcome = self.iterate(t, force);
-            converged = matches!(outcome, Ok(Outcome::Converged));
+            converged = matches!(outcome, Ok(Outcome::Converged | Outcome::Waiting { .. }));
             match outcome {
+                Ok(Outcome::Waiting { wake_in }) => {
+                    // Nothing to do until the window opens (no polling of the clock) or the
+                    // device boots again.
+                    let (wait, _) = schedule.converged();
+                    due = Instant::now() + wake_in.map_or(wait, |w| w.min(wait));
+                    self.set_status(|s| {
+                        s.app_state = "waiting".into();
+                        s.last_error = None;
+                        s.failures = 0;
+                        s.applying_since = None;
+                    });
+                }
                 Ok(Outcome::Converged) => {
                     // A converged apply may try the VPN again at once (v19 resets its limits).
                     self.vpn_tried_at = None;
@@ -508,6 +528,18 @@ impl StateEngine {
         let ctx = self.context(&snapshot, &rows, target, force);
         let steps = plan(&current, &built.apps, &ctx);
         self.publish(&snapshot, &rows, &current);
+        // Releases that switch only in a window or at the next boot: downloads go on, the
+        // switch waits.
+        let held = self.held_switches(target, &current, force);
+        let (steps, withheld) = crate::planner::window::withhold(steps, &held.apps);
+        let wait = held.wait.clone().filter(|_| withheld);
+        self.set_status(|s| s.switch_wait = wait);
+        if steps.is_empty() && withheld {
+            self.note_wait(&held);
+            return Ok(Outcome::Waiting {
+                wake_in: held.wake_in,
+            });
+        }
         if steps.is_empty() {
             self.record_applied_releases(target);
             return Ok(Outcome::Converged);

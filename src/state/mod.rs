@@ -15,6 +15,7 @@ pub mod schedule;
 pub mod snapshot;
 pub mod target;
 pub mod trial;
+pub mod window;
 
 pub use snapshot::EngineSnapshot;
 

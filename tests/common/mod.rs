@@ -255,6 +255,36 @@ impl Daemon {
             .unwrap()
     }
 
+    /// `GET /v2/state/status`, or null when the daemon does not answer.
+    pub fn status(&self) -> serde_json::Value {
+        self.get("/v2/state/status")
+            .map(|(_, v)| v)
+            .unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Waits up to `secs` for a status that satisfies `f`; fails naming `what` with the last
+    /// status and the log.
+    pub fn wait_status(
+        &self,
+        what: &str,
+        secs: u64,
+        f: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            let s = self.status();
+            if f(&s) {
+                return s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: {s}\nlog:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
     /// Waits until the daemon reports `applied` with `expect` containers running, all of
     /// `commit` when given.
     pub fn wait_applied(&self, expect: usize, timeout_s: u64) -> serde_json::Value {
@@ -293,6 +323,12 @@ impl Drop for Daemon {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// config.json of a device already provisioned against `api_url` with `device_key`.
+pub fn provisioned_config(api_url: &str, uuid: &str, device_key: &str) -> serde_json::Value {
+    serde_json::json!({"apiEndpoint": api_url, "uuid": uuid, "deviceType": "generic-amd64",
+        "registered_at": 1_700_000_000_000u64, "deviceId": 42, "deviceApiKey": device_key})
 }
 
 /// Daemon tests own every supervised container on the engine: run them one at a time.
