@@ -334,7 +334,18 @@ fn kill_9_at_random_moments_of_an_update_always_converges() {
                     &version.to_string(),
                     json!({"depends_on": ["alpha"]}),
                 ),
-                service(3, "gamma", &version.to_string(), json!({})),
+                // Every third release is on a short trial (docs/trials.md): cuts land
+                // during trials too, and a healthy release must still win.
+                service(
+                    3,
+                    "gamma",
+                    &version.to_string(),
+                    if version % 3 == 2 {
+                        json!({"labels": {"io.tinyvisor.rollback.window": "2s"}})
+                    } else {
+                        json!({})
+                    },
+                ),
             ],
         )
     };
