@@ -172,6 +172,14 @@ fn main() -> ExitCode {
         info!("no apiEndpoint in config.json: running unmanaged (local mode)");
     }
 
+    // The API first: `/ping` answers while the rest starts (the database, the engine, keys).
+    let early_api = match api::listen(settings.listen_port) {
+        Ok(a) => a,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let engine = Engine::new(&settings.paths.docker_socket);
     match engine.version() {
         Ok(v) => info!(
@@ -285,7 +293,7 @@ fn main() -> ExitCode {
     } else {
         None
     };
-    let server = match api::start(Api {
+    let server = early_api.ready(Api {
         settings: Arc::clone(&settings),
         state_engine: state_engine_tx.clone(),
         status,
@@ -299,13 +307,7 @@ fn main() -> ExitCode {
             ),
         }),
         logs: log_bus,
-    }) {
-        Ok(s) => s,
-        Err(e) => {
-            error!("{e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    });
     if let Some(sig) = signals.forever().next() {
         info!("signal {sig} received, stopping");
     }

@@ -146,17 +146,78 @@ pub struct CloudHandle {
 
 /// Binds the port and starts the server; returns it so the caller can stop it.
 pub fn start(api: Api) -> std::io::Result<Server> {
-    let addr = format!("0.0.0.0:{}", api.settings.listen_port);
+    Ok(listen(api.settings.listen_port)?.ready(api))
+}
+
+/// The API listening before the rest of the daemon has started (the database, the engine,
+/// the cloud link): `/ping` answers at once, `/v1/healthy` says unhealthy, every other
+/// request waits for `ready` to hand over the whole API (10 s at most, then 503) — a client
+/// that pings first and then asks is served as if the daemon had been up.
+pub struct EarlyApi {
+    server: Server,
+    api: Arc<std::sync::OnceLock<Api>>,
+}
+
+impl EarlyApi {
+    /// Every route from now on; returns the server so the caller can stop it.
+    pub fn ready(self, api: Api) -> Server {
+        let _ = self.api.set(api);
+        self.server
+    }
+}
+
+/// Binds the port and answers what can be answered before start-up is over.
+pub fn listen(port: u16) -> std::io::Result<EarlyApi> {
+    let addr = format!("0.0.0.0:{port}");
     let listener = std::net::TcpListener::bind(&addr)
         .map_err(|e| std::io::Error::other(format!("cannot listen on {addr}: {e}")))?;
-    let api = Arc::new(api);
+    let api: Arc<std::sync::OnceLock<Api>> = Arc::new(std::sync::OnceLock::new());
+    let handler = Arc::clone(&api);
     let server = Server::start(
         listener,
         Limits::default(),
-        Arc::new(move |req| api.handle(req)),
+        Arc::new(move |req| match handler.get() {
+            Some(api) => api.handle(req),
+            None if matches!(req.path(), "/ping" | "/v1/healthy") => starting(&req),
+            None => match wait_ready(&handler, Duration::from_secs(10)) {
+                Some(api) => api.handle(req),
+                None => starting(&req),
+            },
+        }),
     )?;
     info!("Supervisor API listening on {addr}");
-    Ok(server)
+    Ok(EarlyApi { server, api })
+}
+
+/// The whole API once start-up hands it over, waiting at most `limit` (start-up takes
+/// milliseconds; this only runs then).
+fn wait_ready(api: &std::sync::OnceLock<Api>, limit: Duration) -> Option<&Api> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(api) = api.get() {
+            return Some(api);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Answers while the daemon starts: alive, not yet healthy, nothing else yet.
+fn starting(req: &Request) -> Response {
+    let response = match (&req.method, req.path()) {
+        (Method::Get | Method::Head, "/ping") => Response::text(200, "OK"),
+        (_, "/v1/healthy") => Response::text(500, "Unhealthy"),
+        _ => failed(503, "Supervisor is starting"),
+    };
+    info!(
+        "{} {} {} - starting",
+        req.method,
+        req.path(),
+        response.status
+    );
+    response
 }
 
 fn json_response(status: u16, body: Value) -> Response {

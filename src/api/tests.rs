@@ -192,3 +192,35 @@ fn a_scoped_log_stream_shows_only_its_apps_services() {
         None
     );
 }
+
+#[test]
+fn while_starting_only_ping_answers_and_the_device_is_not_healthy() {
+    let req = |method, url: &str| Request {
+        method,
+        url: url.to_string(),
+        headers: Vec::new(),
+        body: Vec::new(),
+    };
+    assert_eq!(starting(&req(Method::Get, "/ping")).status, 200);
+    assert_eq!(starting(&req(Method::Get, "/v1/healthy")).status, 500);
+    for (m, url) in [
+        (Method::Get, "/v2/state/status"),
+        (Method::Post, "/v1/update"),
+        (Method::Get, "/v2/local/target-state"),
+    ] {
+        assert_eq!(starting(&req(m, url)).status, 503, "{url}");
+    }
+}
+
+#[test]
+fn a_request_while_starting_waits_for_the_whole_api() {
+    let dir = TempDir::new("early");
+    let slot = std::sync::OnceLock::new();
+    assert!(wait_ready(&slot, Duration::from_millis(20)).is_none());
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| wait_ready(&slot, Duration::from_secs(5)).is_some());
+        std::thread::sleep(Duration::from_millis(30));
+        let _ = slot.set(api(&dir));
+        assert!(waiter.join().unwrap());
+    });
+}
