@@ -56,8 +56,9 @@ pub struct StateEngine {
     pub(super) host_os: super::hostos::HostOs,
     /// A release trial is pending or running: a converged device looks again each second.
     pub(super) trials_open: bool,
-    /// The engine restarts unhealthy containers itself (balenaEngine); else we do.
-    pub(super) engine_restarts_unhealthy: bool,
+    /// The engine restarts unhealthy containers itself (balenaEngine); else we do. Asked of
+    /// the engine when first needed.
+    pub(super) engine_restarts_unhealthy: Option<bool>,
     pub(super) unhealthy: super::events::UnhealthyRestarts,
     /// The waiting release last logged (docs/windows.md).
     pub(super) noted_wait: Option<String>,
@@ -116,7 +117,7 @@ pub fn spawn(
                 firewall_tried: None,
                 host_os: super::hostos::HostOs::new(),
                 trials_open: false,
-                engine_restarts_unhealthy: false,
+                engine_restarts_unhealthy: None,
                 unhealthy: Default::default(),
                 noted_wait: None,
             };
@@ -217,7 +218,6 @@ impl StateEngine {
         if let Err(e) = super::events::spawn(self.engine.clone(), event_tx) {
             warn!("cannot follow the engine's events: {e}");
         }
-        self.engine_restarts_unhealthy = self.engine.version().is_ok_and(|v| v.is_balena_engine());
         let mut converged = false;
         let mut force = false;
         let idle_recheck = Duration::from_millis(self.settings.config_json.poll_interval_ms());

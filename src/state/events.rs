@@ -104,7 +104,7 @@ impl StateEngine {
     /// A container event: the view is refreshed soon; an unhealthy container is restarted
     /// (now or when its backoff allows) where the engine would not do it.
     pub(super) fn container_event(&mut self, ev: &ContainerEvent) {
-        if ev.action.trim() == "health_status: unhealthy" && !self.engine_restarts_unhealthy {
+        if ev.action.trim() == "health_status: unhealthy" && !self.engine_restarts_unhealthy() {
             let entry = self
                 .unhealthy
                 .by_container
@@ -116,6 +116,18 @@ impl StateEngine {
             if let Some(entry) = self.unhealthy.by_container.get_mut(&ev.container_id) {
                 entry.2 = false;
             }
+        }
+    }
+
+    /// Whether the engine restarts unhealthy containers itself (balenaEngine does, Docker does
+    /// not); asked once, when first needed.
+    fn engine_restarts_unhealthy(&mut self) -> bool {
+        if let Some(known) = self.engine_restarts_unhealthy {
+            return known;
+        }
+        match self.engine.version() {
+            Ok(v) => *self.engine_restarts_unhealthy.insert(v.is_balena_engine()),
+            Err(_) => false,
         }
     }
 
@@ -193,6 +205,21 @@ impl StateEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn balena_engine_is_told_from_docker_by_its_platform() {
+        let version = |v: serde_json::Value| -> crate::engine::types::Version {
+            serde_json::from_value(v).unwrap()
+        };
+        let balena = version(
+            serde_json::json!({"Platform": {"Name": "balenaEngine"}, "Version": "20.10.43"}),
+        );
+        let docker =
+            version(serde_json::json!({"Platform": {"Name": "Docker Engine - Community"}}));
+        let debian = version(serde_json::json!({"Version": "20.10.24+dfsg1"}));
+        assert!(balena.is_balena_engine());
+        assert!(!docker.is_balena_engine() && !debian.is_balena_engine());
+    }
 
     #[test]
     fn backoff_doubles_from_ten_seconds_to_five_minutes() {
