@@ -159,27 +159,21 @@ fn main() -> ExitCode {
         Some(Command::Healthcheck(_)) => return healthcheck(&settings),
         None => {}
     }
-    info!(
-        "tinyvisor {} starting: engine {}, config {}, API port {}, device type {} ({})",
-        tinyvisor::VERSION,
-        settings.paths.docker_socket.display(),
-        settings.paths.config_path.display(),
-        settings.listen_port,
-        settings.device_type.slug,
-        settings.device_type.arch,
-    );
-    if settings.config_json.unmanaged() {
-        info!("no apiEndpoint in config.json: running unmanaged (local mode)");
-    }
-
-    // The API first: `/ping` answers while the rest starts (the database, the engine, keys).
-    let early_api = match api::listen(settings.listen_port) {
-        Ok(a) => a,
+    match run_daemon(settings) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");
-            return ExitCode::FAILURE;
+            ExitCode::FAILURE
         }
-    };
+    }
+}
+
+/// The daemon: the API first, then the database, the state engine, the log collector and
+/// the cloud link; then it waits for SIGTERM/SIGINT and stops them.
+fn run_daemon(settings: Settings) -> Result<(), String> {
+    log_start(&settings);
+    // The API first: `/ping` answers while the rest starts (the database, the engine, keys).
+    let early_api = api::listen(settings.listen_port).map_err(|e| e.to_string())?;
     let engine = Engine::new(&settings.paths.docker_socket);
     match engine.version() {
         Ok(v) => info!(
@@ -188,55 +182,22 @@ fn main() -> ExitCode {
         ),
         Err(e) => warn!("engine not reachable yet: {e}"),
     }
-
-    if let Err(e) = ensure_identity(&settings) {
-        error!("{e}");
-        return ExitCode::FAILURE;
-    }
-    let db = match Db::open(&settings.paths.database_path) {
-        Ok(db) => db,
-        Err(e) => {
-            error!(
-                "cannot open the database {}: {e}",
-                settings.paths.database_path.display()
-            );
-            return ExitCode::FAILURE;
-        }
-    };
-    let mut signals = match signal_hook::iterator::Signals::new([
+    ensure_identity(&settings)?;
+    let db = Db::open(&settings.paths.database_path).map_err(|e| {
+        format!(
+            "cannot open the database {}: {e}",
+            settings.paths.database_path.display()
+        )
+    })?;
+    let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
-    ]) {
-        Ok(s) => s,
-        Err(e) => {
-            error!("cannot install signal handlers: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    ])
+    .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let managed = !settings.config_json.unmanaged();
-    let api_secret = match db.global_api_key(tinyvisor::encoding::random_hex_key) {
-        Ok(k) => Some(k),
-        Err(e) => {
-            warn!("cannot read or create the global API key: {e}");
-            None
-        }
-    };
     let settings = Arc::new(settings);
-    // The global key works from the first request; the state engine publishes the rest.
-    let api_keys = api_secret
-        .iter()
-        .map(|k| (k.clone(), tinyvisor::state::apply::KeyScope::GLOBAL))
-        .collect();
-    let status = Arc::new(Mutex::new(Status {
-        api_secret,
-        api_keys: Arc::new(api_keys),
-        ..Status::default()
-    }));
-    let log_bus = Arc::new(logs::LogBus::default());
-    logs::install(Arc::clone(&log_bus));
-    // A managed device keeps its logs for the cloud from the first line on.
-    log_bus.set_shipping(managed);
-    logs::event("Supervisor starting", false);
+    let status = initial_status(&db);
+    let log_bus = start_log_bus(managed);
     // The report thread and the log collector hear about every status the engine publishes.
     let (changes_tx, changes_rx) = crossbeam_channel::bounded(1);
     let (collector_tx, collector_rx) = crossbeam_channel::bounded(1);
@@ -247,49 +208,25 @@ fn main() -> ExitCode {
     let host: Arc<dyn tinyvisor::systemd::HostControl> = Arc::new(
         tinyvisor::systemd::SystemBus::new(&settings.paths.dbus_system_bus_address),
     );
-    let (state_engine_tx, engine_thread) = match apply::spawn(
+    let (state_engine_tx, engine_thread) = apply::spawn(
         Arc::clone(&settings),
         db,
         Arc::clone(&status),
         listeners,
-        Arc::clone(&host),
-    ) {
-        Ok(x) => x,
-        Err(e) => {
-            error!("cannot start the state engine: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let stop_collector = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let collector = logs::collect::Collector {
-        source: Arc::new(logs::collect::EngineLogs {
-            engine: Engine::new(&settings.paths.docker_socket),
-        }),
-        bus: Arc::clone(&log_bus),
-        status: Arc::clone(&status),
-        stop: Arc::clone(&stop_collector),
-    };
-    if let Err(e) = std::thread::Builder::new()
-        .name("logs".into())
-        .stack_size(256 * 1024)
-        .spawn(move || collector.run(collector_rx))
-    {
-        warn!("cannot start the log collector: {e}");
-    }
+        host,
+    )
+    .map_err(|e| format!("cannot start the state engine: {e}"))?;
+    let stop_collector = start_log_collector(&settings, &log_bus, &status, collector_rx);
     let cloud = if managed {
-        match CloudLink::start(
+        let link = CloudLink::start(
             Arc::clone(&settings),
             state_engine_tx.clone(),
             Arc::clone(&status),
             (changes_tx, changes_rx),
             Arc::clone(&log_bus),
-        ) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                error!("cannot start the cloud link: {e}");
-                return ExitCode::FAILURE;
-            }
-        }
+        )
+        .map_err(|e| format!("cannot start the cloud link: {e}"))?;
+        Some(link)
     } else {
         None
     };
@@ -318,6 +255,84 @@ fn main() -> ExitCode {
     // Steps are idempotent: whatever is cut short here is finished after the next start.
     let _ = state_engine_tx.send_timeout(apply::Command::Shutdown, Duration::from_secs(1));
     server.stop();
+    wait_for_state_engine(engine_thread);
+    Ok(())
+}
+
+fn log_start(settings: &Settings) {
+    info!(
+        "tinyvisor {} starting: engine {}, config {}, API port {}, device type {} ({})",
+        tinyvisor::VERSION,
+        settings.paths.docker_socket.display(),
+        settings.paths.config_path.display(),
+        settings.listen_port,
+        settings.device_type.slug,
+        settings.device_type.arch,
+    );
+    if settings.config_json.unmanaged() {
+        info!("no apiEndpoint in config.json: running unmanaged (local mode)");
+    }
+}
+
+/// The status before the state engine publishes one: the global key works from the first
+/// request (the state engine publishes the rest).
+fn initial_status(db: &Db) -> Arc<Mutex<Status>> {
+    let api_secret = match db.global_api_key(tinyvisor::encoding::random_hex_key) {
+        Ok(k) => Some(k),
+        Err(e) => {
+            warn!("cannot read or create the global API key: {e}");
+            None
+        }
+    };
+    let api_keys = api_secret
+        .iter()
+        .map(|k| (k.clone(), tinyvisor::state::apply::KeyScope::GLOBAL))
+        .collect();
+    Arc::new(Mutex::new(Status {
+        api_secret,
+        api_keys: Arc::new(api_keys),
+        ..Status::default()
+    }))
+}
+
+/// The log bus every thread logs to; a managed device keeps its logs for the cloud from the
+/// first line on.
+fn start_log_bus(managed: bool) -> Arc<logs::LogBus> {
+    let log_bus = Arc::new(logs::LogBus::default());
+    logs::install(Arc::clone(&log_bus));
+    log_bus.set_shipping(managed);
+    logs::event("Supervisor starting", false);
+    log_bus
+}
+
+/// Follows the running containers' output onto the bus; returns its stop flag.
+fn start_log_collector(
+    settings: &Settings,
+    log_bus: &Arc<logs::LogBus>,
+    status: &Arc<Mutex<Status>>,
+    changes: crossbeam_channel::Receiver<()>,
+) -> Arc<std::sync::atomic::AtomicBool> {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let collector = logs::collect::Collector {
+        source: Arc::new(logs::collect::EngineLogs {
+            engine: Engine::new(&settings.paths.docker_socket),
+        }),
+        bus: Arc::clone(log_bus),
+        status: Arc::clone(status),
+        stop: Arc::clone(&stop),
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("logs".into())
+        .stack_size(256 * 1024)
+        .spawn(move || collector.run(changes))
+    {
+        warn!("cannot start the log collector: {e}");
+    }
+    stop
+}
+
+/// Waits up to 10 s for the state engine to finish its step.
+fn wait_for_state_engine(engine_thread: std::thread::JoinHandle<()>) {
     let (done_tx, done_rx) = crossbeam_channel::bounded(1);
     std::thread::spawn(move || {
         let _ = engine_thread.join();
@@ -326,7 +341,6 @@ fn main() -> ExitCode {
     if done_rx.recv_timeout(Duration::from_secs(10)).is_err() {
         warn!("state engine still busy after 10 s; exiting anyway");
     }
-    ExitCode::SUCCESS
 }
 
 fn plan(settings: &Settings, cmd: &PlanCmd) -> ExitCode {
