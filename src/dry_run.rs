@@ -160,6 +160,12 @@ fn host_os_plan(settings: &Settings, state: &TargetState) -> Option<HostOsPlan> 
             step: "running",
             summary: format!("host OS release {release} (build {}) is running", host.build),
         },
+        HostStep::NoBuild => HostOsPlan {
+            step: "noBuild",
+            summary: format!(
+                "host OS release {release} is not installed: the running OS names no build (no BALENA_BOARD_REV in its os-release)"
+            ),
+        },
         HostStep::AwaitReboot => HostOsPlan {
             step: "awaitReboot",
             summary: format!("host OS release {release} is installed; waiting for the device to reboot"),

@@ -35,6 +35,10 @@ pub enum HostStep {
     Install { attempt: u32 },
     /// Too many failed installs: nothing until a new release or a day has passed.
     GaveUp,
+    /// The running OS names no build (no board revision in os-release): not a balenaOS host,
+    /// or one too old to say; its OS is never replaced. helios would run the updater anyway
+    /// and count failures; on a host that is not balenaOS that updater must not run at all.
+    NoBuild,
 }
 
 /// Attempts that still count for `target`: those of the same release, made within a day.
@@ -53,7 +57,10 @@ pub fn attempts(target: &HostApp, record: Option<&HostRecord>, now: i64) -> u32 
 /// The next host OS step. Builds are compared as exact strings, as helios does: no version
 /// order, no downgrade check (the updater refuses what it cannot install).
 pub fn decide(target: &HostApp, record: Option<&HostRecord>, facts: &HostFacts) -> HostStep {
-    if facts.current_build == Some(target.build.as_str()) {
+    let Some(build) = facts.current_build else {
+        return HostStep::NoBuild;
+    };
+    if build == target.build {
         return HostStep::Running;
     }
     if facts.installed {
@@ -75,7 +82,9 @@ impl HostStep {
     pub fn report(self) -> (&'static str, &'static str) {
         match self {
             HostStep::Running => ("done", "Running"),
-            HostStep::AwaitReboot | HostStep::GaveUp => ("aborted", "Installing"),
+            HostStep::AwaitReboot | HostStep::GaveUp | HostStep::NoBuild => {
+                ("aborted", "Installing")
+            }
             HostStep::Resume | HostStep::Install { .. } => ("applying changes", "Installing"),
         }
     }
@@ -137,10 +146,10 @@ mod tests {
                 HostStep::Install { attempt: 1 },
             ),
             (
-                "no build known: install",
+                "no build known: never installed",
                 None,
                 facts(None, false, false),
-                HostStep::Install { attempt: 1 },
+                HostStep::NoBuild,
             ),
             (
                 "installed, awaiting reboot",

@@ -218,8 +218,9 @@ impl StateEngine {
         let record = HostRecord {
             release: host.clone(),
             install_attempts: counted,
+            // Kept as stored, so that looking again writes nothing.
             attempted_at: record
-                .filter(|r| r.release.release_uuid == host.release_uuid && counted > 0)
+                .filter(|r| r.release.release_uuid == host.release_uuid)
                 .map_or(now, |r| r.attempted_at),
         };
         if let Err(e) = self.db().save_host_release(&record) {
@@ -250,6 +251,15 @@ impl StateEngine {
                         "Host OS release {release} installed; waiting for the device to reboot"
                     ),
                     false,
+                );
+                None
+            }
+            HostStep::NoBuild => {
+                self.host_os.last_error =
+                    Some("the running OS names no build (BALENA_BOARD_REV in os-release)".into());
+                self.host_os.note(
+                    format!("Host OS release {release} not installed: the running OS names no build (no BALENA_BOARD_REV in its os-release), so it is not a balenaOS this updater can replace"),
+                    true,
                 );
                 None
             }
