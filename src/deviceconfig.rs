@@ -381,7 +381,7 @@ pub fn plan(
 }
 
 /// What a backend should hold for `target`; `None` when the target says nothing about it and
-/// it holds something: it is left alone (see ARCHITECTURE.md — without v19's initial config
+/// it holds something: it is left alone (see docs/decisions.md — without v19's initial config
 /// report to the cloud, a target without them would wipe a device's boot settings).
 pub fn backend_target(
     backend: &dyn Backend,

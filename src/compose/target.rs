@@ -12,7 +12,7 @@ use std::fmt;
 /// Largest target body we accept (the real supervisor allows 10 MB on its API).
 pub const MAX_TARGET_BYTES: usize = 10 * 1024 * 1024;
 
-/// Counts a target may hold, far above real fleets (docs/decisions.md, "Target limits"): a
+/// Counts a target may hold, far above real fleets (docs/security.md, "Targets"): a
 /// target past one is refused naming the limit, before it costs memory or time.
 pub const MAX_APPS: usize = 64;
 pub const MAX_SERVICES: usize = 256;
