@@ -180,7 +180,8 @@ impl StateEngine {
         let installed = breadcrumb(&root, &host.release_uuid).exists();
         let running_build = build.as_deref() == Some(host.build.as_str());
         // Only ask systemd when it matters: an idle device with its OS current makes no call.
-        let updater_running = !running_build
+        let updater_running = build.is_some()
+            && !running_build
             && !installed
             && self.host.service_state(UNIT).is_ok_and(|s| s.running());
         let now = unix_now();
