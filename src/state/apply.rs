@@ -5,7 +5,7 @@ use super::actions::Actions;
 use super::device::{device_context, universe};
 use super::executor::{supervisor_network_ok, Executor, StepError, EXTRA_FIRMWARE_VOLUME};
 use super::power::{self, PowerAction};
-use super::schedule::Schedule;
+
 use super::snapshot::EngineSnapshot;
 use super::target::target_apps;
 use crate::compose::service::ImageDefaults;
@@ -20,7 +20,7 @@ pub use crate::protocol::{
     ServiceRef, Status, TargetNotSet, LOCAL_SOURCE,
 };
 use crate::systemd::HostControl;
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Sender;
 use log::{error, info, warn};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -47,7 +47,7 @@ pub struct StateEngine {
     /// When the VPN was last started or stopped (one attempt an hour).
     pub(super) vpn_tried_at: Option<Instant>,
     /// A reboot or shutdown was asked of the host: no more steps run.
-    shutting_down: bool,
+    pub(super) shutting_down: bool,
     /// `SUPERVISOR_LOG_CONTROL` of the cloud target: logs may go to the cloud.
     log_control: bool,
     /// The firewall settings last installed (or tried).
@@ -126,7 +126,7 @@ pub fn spawn(
     Ok((tx, handle))
 }
 
-enum Outcome {
+pub(super) enum Outcome {
     Converged,
     /// Steps ran; `all_noop` when nothing but waiting happened.
     Progress {
@@ -153,7 +153,7 @@ impl StateEngine {
 
     /// Runs an API action between iterations. The status turns to `applying` until the
     /// iteration that follows has refreshed it (and recreated what the action removed).
-    fn run_action(
+    pub(super) fn run_action(
         &self,
         app_id: i64,
         what: &str,
@@ -174,312 +174,12 @@ impl StateEngine {
         result
     }
 
-    fn run(&mut self, rx: Receiver<Command>) {
-        // Nothing is known to be applied until the first iteration has looked.
-        self.set_status(|s| s.app_state = "applying".into());
-        self.publish_api_keys();
-        let tags = self.stored_tags();
-        self.set_status(|s| s.target_tags = Arc::new(tags));
-        let never_set = self
-            .db()
-            .config_get("targetStateSet")
-            .ok()
-            .flatten()
-            .as_deref()
-            != Some("true");
-        if never_set {
-            let data = self.settings.paths.data_mountpoint.clone();
-            let mut db = self.db.lock().unwrap_or_else(|p| p.into_inner());
-            super::preload::preload(&data, &mut db, &self.engine, LOCAL_SOURCE);
-        }
-        self.local_mode = self.settings.config_json.unmanaged()
-            || self.db().config_get("localMode").ok().flatten().as_deref() == Some("true");
-        if !self.local_mode {
-            // A cut while leaving local mode: finish the cleanup (v19 runs it at every start).
-            let snapshot = self.db().engine_snapshot().ok().flatten();
-            if let Some(before) = snapshot {
-                self.leave_local_mode(&before);
-            }
-        }
-        self.publish_mode();
-        // Cloud targets are stored under the API endpoint, local ones under "local" (v19).
-        let mut target = self.effective_target();
-        let published = target.clone().map(Arc::new);
-        self.set_status(|s| s.target = published);
-        if let Some(t) = target.as_ref().filter(|_| !self.local_mode) {
-            self.follow_log_control(t);
-        }
-        self.apply_firewall(target.as_ref());
-        // Host discoverability as stored (v19 applies it at every start).
-        let discoverable = self.db().config_get("hostDiscoverability").ok().flatten();
-        self.apply_discoverability(discoverable.as_deref().is_none_or(|v| v == "true"));
-        // Our containers' events: a crash, a loop or a failing healthcheck is seen at once.
-        let (event_tx, events) = crossbeam_channel::bounded(16);
-        if let Err(e) = super::events::spawn(self.engine.clone(), event_tx) {
-            warn!("cannot follow the engine's events: {e}");
-        }
-        let mut converged = false;
-        let mut force = false;
-        let idle_recheck = Duration::from_millis(self.settings.config_json.poll_interval_ms());
-        let mut schedule = Schedule::new(idle_recheck);
-        // When the next iteration is due; commands that change nothing (GetTarget) do not move
-        // it, so a client polling the API neither delays nor hurries the loop.
-        let mut due = Instant::now();
-        loop {
-            if !self.shutting_down && self.host_os.due.is_some_and(|d| d <= Instant::now()) {
-                self.host_os.due = self.step_host_os(target.as_ref());
-            }
-            if self.unhealthy.due().is_some_and(|d| d <= Instant::now()) {
-                self.restart_unhealthy_due();
-            }
-            let wake = [self.host_os.due, self.unhealthy.due()]
-                .into_iter()
-                .flatten()
-                .fold(due, Instant::min);
-            let cmd = crossbeam_channel::select! {
-                recv(rx) -> c => match c {
-                    Ok(c) => Some(c),
-                    Err(_) => return,
-                },
-                recv(events) -> ev => {
-                    if let Ok(ev) = ev {
-                        self.container_event(&ev);
-                        // A converged device looks again soon; an apply in progress (or
-                        // backing off) keeps its own pace.
-                        if converged {
-                            due = due.min(Instant::now() + Duration::from_millis(500));
-                        }
-                    }
-                    continue;
-                },
-                recv(self.host_os.done) -> finished => {
-                    if let Ok((release, result)) = finished {
-                        self.host_os_finished(release, result);
-                    }
-                    continue;
-                },
-                default(wake.saturating_duration_since(Instant::now())) => None,
-            };
-            match cmd {
-                Some(Command::Shutdown) => return,
-                Some(Command::RegenerateApiKey { old, reply }) => {
-                    let result = self.regenerate_api_key(old);
-                    if result.is_ok() {
-                        // A service whose key changed is recreated with the new one now,
-                        // rather than holding a dead key until the next poll.
-                        due = Instant::now();
-                    }
-                    let _ = reply.send(result);
-                    continue;
-                }
-                Some(Command::CleanupVolumes { reply }) => {
-                    let _ = reply.send(self.cleanup_volumes(target.as_ref()));
-                    continue;
-                }
-                Some(Command::SetTags { tags, reply }) => {
-                    let _ = reply.send(self.set_tags(tags));
-                    continue;
-                }
-                Some(Command::HostConfig {
-                    patch,
-                    force,
-                    reply,
-                }) => {
-                    let force = force || target.as_ref().is_some_and(super::lock_override);
-                    let _ = reply.send(self.host_config(&patch, force));
-                    continue;
-                }
-                Some(Command::Power {
-                    action,
-                    force,
-                    reply,
-                }) => {
-                    let force = force || target.as_ref().is_some_and(super::lock_override);
-                    let _ = self.power(action, force, |r| {
-                        let _ = reply.send(r);
-                    });
-                    continue;
-                }
-                Some(Command::GetTarget { reply }) => {
-                    let _ = reply.send(target.clone());
-                    if Instant::now() < due {
-                        continue;
-                    }
-                }
-                Some(Command::CurrentConfig { reply }) => {
-                    let _ = reply.send(self.current_config_as_target());
-                    if Instant::now() < due {
-                        continue;
-                    }
-                }
-                Some(Command::AppAction {
-                    app_id,
-                    action,
-                    force,
-                    reply,
-                }) => {
-                    let result = self.run_action(
-                        app_id,
-                        &format!("App action {action:?}"),
-                        |actions, held| {
-                            actions.run_app(app_id, action, force, target.as_ref(), held)
-                        },
-                    );
-                    let _ = reply.send(result);
-                }
-                Some(Command::ServiceAction {
-                    app_id,
-                    which,
-                    action,
-                    force,
-                    reply,
-                }) => {
-                    let result = self.run_action(
-                        app_id,
-                        &format!("Service action {action:?}"),
-                        |actions, held| {
-                            actions.run(app_id, &which, action, force, target.as_ref(), held)
-                        },
-                    );
-                    let _ = reply.send(result);
-                }
-                Some(Command::SetTarget {
-                    state,
-                    source: from,
-                    force: f,
-                    reply,
-                }) => {
-                    if from == LOCAL_SOURCE && !self.local_mode {
-                        let _ = reply.send(Err(TargetNotSet::Refused(
-                            "Target state can only set when device is in local mode".into(),
-                        )));
-                        continue;
-                    }
-                    // Persist before applying, so a power cut resumes towards it.
-                    let saved = self.db().save_target(&state, &from);
-                    match saved {
-                        Ok(_) => {
-                            let state = state.normalised();
-                            if from != LOCAL_SOURCE {
-                                self.follow_local_mode_setting(&state);
-                                self.follow_log_control(&state);
-                            }
-                            target = if from == self.source() {
-                                Some(state)
-                            } else {
-                                self.effective_target()
-                            };
-                            let published = target.clone().map(Arc::new);
-                            self.set_status(|s| s.target = published);
-                            force = f;
-                            if f {
-                                self.retry_failed_trials();
-                            }
-                            schedule.new_target();
-                            self.host_os.due = Some(Instant::now());
-                            // Until an iteration has looked, the new target is not applied.
-                            self.set_status(|s| s.app_state = "applying".into());
-                            let _ = reply.send(Ok(()));
-                        }
-                        Err(e) => {
-                            let _ = reply.send(Err(TargetNotSet::Storage(format!(
-                                "cannot store the target: {e}"
-                            ))));
-                            continue;
-                        }
-                    }
-                }
-                // Woken for the host OS step only: the apps are not due yet.
-                None if Instant::now() < due => continue,
-                None => {}
-            }
-            if self.shutting_down {
-                // Going down: targets are still stored, nothing more is applied.
-                due = Instant::now() + idle_recheck;
-                continue;
-            }
-            let Some(t) = target.as_ref() else {
-                self.set_status(|s| s.app_state = "applied".into());
-                due = Instant::now() + idle_recheck;
-                continue;
-            };
-            let started = Instant::now();
-            let outcome = self.iterate(t, force);
-            converged = matches!(outcome, Ok(Outcome::Converged | Outcome::Waiting { .. }));
-            match outcome {
-                Ok(Outcome::Waiting { wake_in }) => {
-                    // Nothing to do until the window opens (no polling of the clock) or the
-                    // device boots again.
-                    let (wait, _) = schedule.converged();
-                    due = Instant::now() + wake_in.map_or(wait, |w| w.min(wait));
-                    self.set_status(|s| {
-                        s.app_state = "waiting".into();
-                        s.last_error = None;
-                        s.failures = 0;
-                        s.applying_since = None;
-                    });
-                }
-                Ok(Outcome::Converged) => {
-                    // A converged apply may try the VPN again at once (v19 resets its limits).
-                    self.vpn_tried_at = None;
-                    let (wait, news) = schedule.converged();
-                    if news {
-                        info!("Device state applied");
-                    }
-                    force = false;
-                    // A release on trial is watched each second until its window closes.
-                    let wait = if self.trials_open {
-                        wait.min(Duration::from_secs(1))
-                    } else {
-                        wait
-                    };
-                    due = Instant::now() + wait;
-                    self.set_status(|s| {
-                        s.app_state = "applied".into();
-                        s.last_error = None;
-                        s.failures = 0;
-                        s.applying_since = None;
-                    });
-                }
-                Ok(Outcome::Progress { all_noop }) => {
-                    self.set_status(|s| {
-                        s.app_state = "applying".into();
-                        s.applying_since.get_or_insert_with(Instant::now);
-                    });
-                    due = Instant::now() + schedule.progressed(all_noop);
-                }
-                Err(e) => {
-                    let backoff = schedule.failed();
-                    if e.locked {
-                        crate::logs::event(
-                            format!(
-                                "Updates are locked, retrying in {:?}. Reason: {}",
-                                backoff, e.message
-                            ),
-                            false,
-                        );
-                    } else {
-                        crate::logs::event(
-                            format!("Failed to apply state transition steps. {e}"),
-                            true,
-                        );
-                    }
-                    let failures = schedule.failures;
-                    self.set_status(|s| {
-                        s.app_state = "applying".into();
-                        s.last_error = Some(e.to_string());
-                        s.failures = failures;
-                        s.applying_since.get_or_insert_with(Instant::now);
-                    });
-                    due = Instant::now() + backoff;
-                }
-            }
-            log::debug!("iteration took {:?}", started.elapsed());
-        }
-    }
-
     /// One iteration: read the device, plan, execute every step concurrently.
-    fn iterate(&mut self, target: &TargetState, force: bool) -> Result<Outcome, StepError> {
+    pub(super) fn iterate(
+        &mut self,
+        target: &TargetState,
+        force: bool,
+    ) -> Result<Outcome, StepError> {
         let internal = |m: String| StepError {
             step: "read state".into(),
             message: m,
@@ -770,7 +470,7 @@ impl StateEngine {
     /// logs the event; tells `ready` (the API answers then); a second later asks logind. If
     /// the host refuses, the locks taken here are given back and applying goes on (v19 would
     /// stay "shutting down" for good).
-    fn power(
+    pub(super) fn power(
         &mut self,
         action: PowerAction,
         force: bool,
@@ -824,7 +524,7 @@ impl StateEngine {
         power::lock_all_apps(&apps, &self.locks, &self.locks_held, force)
     }
 
-    fn host_config(
+    pub(super) fn host_config(
         &self,
         patch: &crate::hostconfig::Patch,
         force: bool,
@@ -872,7 +572,7 @@ impl StateEngine {
         }
     }
 
-    fn stored_tags(&self) -> BTreeMap<String, String> {
+    pub(super) fn stored_tags(&self) -> BTreeMap<String, String> {
         self.db()
             .config_get("targetTags")
             .ok()
@@ -882,7 +582,7 @@ impl StateEngine {
     }
 
     /// Merges tags into the stored ones and publishes them for the report thread.
-    fn set_tags(&self, tags: BTreeMap<String, String>) -> Result<(), String> {
+    pub(super) fn set_tags(&self, tags: BTreeMap<String, String>) -> Result<(), String> {
         let mut all = self.stored_tags();
         all.extend(tags);
         let text = serde_json::to_string(&all).map_err(|e| e.to_string())?;
@@ -894,7 +594,7 @@ impl StateEngine {
     }
 
     /// Publishes the keys the API accepts.
-    fn publish_api_keys(&self) {
+    pub(super) fn publish_api_keys(&self) {
         let keys = match self.db().api_keys() {
             Ok(k) => k,
             Err(e) => {
@@ -909,7 +609,7 @@ impl StateEngine {
         self.set_status(|s| s.api_keys = Arc::new(keys));
     }
 
-    fn regenerate_api_key(&self, old: Option<String>) -> Result<String, String> {
+    pub(super) fn regenerate_api_key(&self, old: Option<String>) -> Result<String, String> {
         let current = self
             .status
             .lock()
@@ -936,7 +636,7 @@ impl StateEngine {
     /// Removes every engine volume that no container (of any kind) mounts and that is not a
     /// volume of a target app (device-api.md §3.28). The `extra-firmware` volume is kept: it is
     /// the OS's, recreated by the next apply anyway (v19 removed it here).
-    fn cleanup_volumes(&self, target: Option<&TargetState>) -> Result<usize, String> {
+    pub(super) fn cleanup_volumes(&self, target: Option<&TargetState>) -> Result<usize, String> {
         let err = |e: crate::engine::EngineError| e.to_string();
         let referenced: BTreeSet<String> = target
             .iter()
@@ -979,7 +679,7 @@ impl StateEngine {
     }
 
     /// Where the target being applied is stored: `local` in local mode, else the API endpoint.
-    fn source(&self) -> String {
+    pub(super) fn source(&self) -> String {
         if self.local_mode {
             LOCAL_SOURCE.to_string()
         } else {
@@ -988,7 +688,7 @@ impl StateEngine {
     }
 
     /// The stored target of the current mode.
-    fn effective_target(&self) -> Option<TargetState> {
+    pub(super) fn effective_target(&self) -> Option<TargetState> {
         match self.db().load_target(&self.source()) {
             Ok(t) => t.map(|t| t.normalised()),
             Err(e) => {
@@ -998,7 +698,7 @@ impl StateEngine {
         }
     }
 
-    fn publish_mode(&self) {
+    pub(super) fn publish_mode(&self) {
         let local = self.local_mode;
         self.set_status(|s| s.local_mode = local);
         if !self.settings.config_json.unmanaged() {
@@ -1010,7 +710,7 @@ impl StateEngine {
     }
 
     /// `SUPERVISOR_LOG_CONTROL=false` in the cloud target stops sending logs to the cloud.
-    fn follow_log_control(&mut self, cloud: &TargetState) {
+    pub(super) fn follow_log_control(&mut self, cloud: &TargetState) {
         let wanted = cloud.flag("SUPERVISOR_LOG_CONTROL") != Some(false);
         if wanted != self.log_control {
             self.log_control = wanted;
@@ -1019,7 +719,7 @@ impl StateEngine {
     }
 
     /// A cloud target's `SUPERVISOR_LOCAL_MODE` switches local mode on or off (engine.md C.14).
-    fn follow_local_mode_setting(&mut self, cloud: &TargetState) {
+    pub(super) fn follow_local_mode_setting(&mut self, cloud: &TargetState) {
         if self.settings.config_json.unmanaged() {
             return;
         }
@@ -1053,7 +753,7 @@ impl StateEngine {
     }
 
     /// Removes what local mode created and its apps, then forgets the snapshot.
-    fn leave_local_mode(&self, before: &serde_json::Value) {
+    pub(super) fn leave_local_mode(&self, before: &serde_json::Value) {
         super::local_mode::cleanup(&self.engine, before);
         let mut db = self.db();
         if let Err(e) = db.delete_apps(LOCAL_SOURCE) {

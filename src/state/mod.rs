@@ -3,6 +3,7 @@
 
 pub mod actions;
 pub mod apply;
+mod commands;
 pub mod device;
 pub mod device_config;
 pub mod events;
@@ -11,6 +12,7 @@ pub mod hostos;
 pub mod local_mode;
 pub mod power;
 pub mod preload;
+mod run_loop;
 pub mod schedule;
 pub mod snapshot;
 pub mod target;
