@@ -357,120 +357,186 @@ impl Reporter {
     /// Reports until shut down: on every status change (at most once per 10 s), and for
     /// address and metric changes found by its own timers.
     pub fn run(self, changes: Receiver<()>) {
-        let mut last = self.load_cache();
-        let mut reported_tags = self.load_reported_tags();
-        let mut last_sent: Option<Instant> = None;
-        let mut not_before = Instant::now();
-        let mut failures: u32 = 0;
-        let mut device = DeviceFields {
-            api_port: self.settings.listen_port,
-            ..DeviceFields::default()
-        };
-        device.os_version = self.os_version.clone();
-        device.os_variant = self.os_variant.clone();
-        let mut addresses_read = Instant::now() - ADDRESS_INTERVAL;
-        let mut metrics_read: Option<Instant> = None;
-        let mut cpu = None;
-        // Something may have changed that was not sent yet (deferred by the throttle).
-        let mut pending = true;
+        let mut r = ReportLoop::new(&self);
         loop {
-            let now = Instant::now();
-            let next_timer = (addresses_read + ADDRESS_INTERVAL)
-                .min(metrics_read.map_or(now, |t| t + METRICS_INTERVAL));
-            let wake = if pending {
-                not_before.min(next_timer)
-            } else {
-                next_timer
-            };
-            match changes.recv_timeout(wake.saturating_duration_since(now)) {
+            let wake = r.wake_at();
+            match changes.recv_timeout(wake.saturating_duration_since(Instant::now())) {
                 Err(RecvTimeoutError::Disconnected) => return,
-                Ok(()) => pending = true,
+                Ok(()) => r.pending = true,
                 Err(RecvTimeoutError::Timeout) => {}
             }
             if self.shared.stopping() {
                 return;
             }
             let now = Instant::now();
-            if now >= addresses_read + ADDRESS_INTERVAL {
-                device.ip_address = host::ip_addresses();
-                device.mac_address = host::mac_addresses(&self.settings.paths.mac_address_path);
-                addresses_read = now;
-                pending = true;
-            }
             let status = self
                 .status
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone();
-            let hardware = status
-                .target
-                .as_deref()
-                .and_then(|t| t.flag("SUPERVISOR_HARDWARE_METRICS"))
-                != Some(false);
-            // A switch of SUPERVISOR_HARDWARE_METRICS takes effect at once, not at the next read.
-            let switched = hardware != device.metrics.is_some();
-            if switched || metrics_read.is_none_or(|t| now >= t + METRICS_INTERVAL) {
-                device.metrics = hardware.then(|| {
-                    let m = host::metrics(&self.settings.paths.data_mountpoint, cpu);
-                    cpu = host::cpu_times();
-                    m
-                });
-                metrics_read = Some(now);
-                pending = true;
-            }
-            if !pending || now < not_before || !self.shared.provisioned() {
+            r.refresh_host_facts(&self, &status, now);
+            if !r.pending || now < r.not_before || !self.shared.provisioned() {
                 continue;
             }
-            // Tags set through the local API, sent under the same throttle and backoff.
-            let tags = super::tags::unreported(&status.target_tags, &reported_tags);
-            if !tags.is_empty() {
-                match super::tags::send(&self.cloud, &self.settings, &tags) {
-                    Ok(()) => {
-                        reported_tags.extend(tags);
-                        self.save_reported_tags(&reported_tags);
-                        failures = 0;
-                        not_before = now + MIN_REPORT_INTERVAL;
-                    }
-                    Err(e) => {
-                        failures += 1;
-                        let wait = self.wait_after(&e, failures);
-                        warn!("Non-200 response from the API while reporting tags: {e}; retrying in {wait:?}");
-                        not_before = now + wait;
-                    }
-                }
-                continue;
-            }
-            let local_mode = status.local_mode || self.settings.config_json.unmanaged();
-            device.api_secret = status.api_secret.clone();
-            let current = current_state(&status, &device, local_mode, &last);
-            let body = diff(&last, &current);
-            let recent_metrics = last_sent.is_some_and(|t| now < t + METRICS_INTERVAL);
-            if body.is_empty() || (metrics_only(&body) && recent_metrics) {
-                pending = false;
-                continue;
-            }
-            match self.send(&body) {
-                Ok(()) => {
-                    debug!(
-                        "State report sent: {}",
-                        body.keys().cloned().collect::<Vec<_>>().join(", ")
-                    );
-                    last = current;
-                    self.save_cache(&last);
-                    failures = 0;
-                    last_sent = Some(now);
-                    not_before = now + MIN_REPORT_INTERVAL;
-                    // Check again once the throttle allows: more may have changed meanwhile.
-                    pending = true;
-                }
-                Err(e) => {
-                    failures += 1;
-                    let wait = self.wait_after(&e, failures);
-                    warn!("Non-200 response from the API while reporting state: {e}; retrying in {wait:?}");
-                    not_before = now + wait;
-                }
+            // Tags set through the local API go first, under the same throttle and backoff.
+            if !self.send_tags(&mut r, &status, now) {
+                self.send_report(&mut r, &status, now);
             }
         }
+    }
+
+    /// Sends the tags set locally that the cloud has not acknowledged; false when there were
+    /// none.
+    fn send_tags(&self, r: &mut ReportLoop, status: &Status, now: Instant) -> bool {
+        let tags = super::tags::unreported(&status.target_tags, &r.reported_tags);
+        if tags.is_empty() {
+            return false;
+        }
+        match super::tags::send(&self.cloud, &self.settings, &tags) {
+            Ok(()) => {
+                r.reported_tags.extend(tags);
+                self.save_reported_tags(&r.reported_tags);
+                r.sent(now, false);
+            }
+            Err(e) => {
+                let wait = r.failed(self, &e, now);
+                warn!(
+                    "Non-200 response from the API while reporting tags: {e}; retrying in {wait:?}"
+                );
+            }
+        }
+        true
+    }
+
+    /// Sends what changed since the last acknowledged report (metrics-only changes at most
+    /// every `METRICS_INTERVAL`).
+    fn send_report(&self, r: &mut ReportLoop, status: &Status, now: Instant) {
+        let local_mode = status.local_mode || self.settings.config_json.unmanaged();
+        r.device.api_secret = status.api_secret.clone();
+        let current = current_state(status, &r.device, local_mode, &r.last);
+        let body = diff(&r.last, &current);
+        let recent_metrics = r.last_sent.is_some_and(|t| now < t + METRICS_INTERVAL);
+        if body.is_empty() || (metrics_only(&body) && recent_metrics) {
+            r.pending = false;
+            return;
+        }
+        match self.send(&body) {
+            Ok(()) => {
+                debug!(
+                    "State report sent: {}",
+                    body.keys().cloned().collect::<Vec<_>>().join(", ")
+                );
+                r.last = current;
+                self.save_cache(&r.last);
+                r.last_sent = Some(now);
+                // Check again once the throttle allows: more may have changed meanwhile.
+                r.sent(now, true);
+            }
+            Err(e) => {
+                let wait = r.failed(self, &e, now);
+                warn!("Non-200 response from the API while reporting state: {e}; retrying in {wait:?}");
+            }
+        }
+    }
+}
+
+/// What the report thread keeps between wake-ups.
+struct ReportLoop {
+    /// The last report the cloud acknowledged (also kept on disk).
+    last: Map<String, Value>,
+    reported_tags: Map<String, Value>,
+    last_sent: Option<Instant>,
+    /// Nothing is sent before this (the throttle, or a failure's backoff).
+    not_before: Instant,
+    failures: u32,
+    device: DeviceFields,
+    addresses_read: Instant,
+    metrics_read: Option<Instant>,
+    /// CPU times at the last metrics read (busy, total), for the usage between reads.
+    cpu: Option<(u64, u64)>,
+    /// Something may have changed that was not sent yet (deferred by the throttle).
+    pending: bool,
+}
+
+impl ReportLoop {
+    fn new(reporter: &Reporter) -> ReportLoop {
+        ReportLoop {
+            last: reporter.load_cache(),
+            reported_tags: reporter.load_reported_tags(),
+            last_sent: None,
+            not_before: Instant::now(),
+            failures: 0,
+            device: DeviceFields {
+                api_port: reporter.settings.listen_port,
+                os_version: reporter.os_version.clone(),
+                os_variant: reporter.os_variant.clone(),
+                ..DeviceFields::default()
+            },
+            addresses_read: Instant::now() - ADDRESS_INTERVAL,
+            metrics_read: None,
+            cpu: None,
+            pending: true,
+        }
+    }
+
+    /// The next re-read of addresses or metrics, or the throttle's end when something waits.
+    fn wake_at(&self) -> Instant {
+        let now = Instant::now();
+        let next_timer = (self.addresses_read + ADDRESS_INTERVAL)
+            .min(self.metrics_read.map_or(now, |t| t + METRICS_INTERVAL));
+        if self.pending {
+            self.not_before.min(next_timer)
+        } else {
+            next_timer
+        }
+    }
+
+    /// Re-reads the addresses and metrics whose interval has passed (metrics at once when
+    /// SUPERVISOR_HARDWARE_METRICS was switched).
+    fn refresh_host_facts(&mut self, reporter: &Reporter, status: &Status, now: Instant) {
+        if now >= self.addresses_read + ADDRESS_INTERVAL {
+            self.device.ip_address = host::ip_addresses();
+            self.device.mac_address =
+                host::mac_addresses(&reporter.settings.paths.mac_address_path);
+            self.addresses_read = now;
+            self.pending = true;
+        }
+        let hardware = status
+            .target
+            .as_deref()
+            .and_then(|t| t.flag("SUPERVISOR_HARDWARE_METRICS"))
+            != Some(false);
+        let switched = hardware != self.device.metrics.is_some();
+        if switched
+            || self
+                .metrics_read
+                .is_none_or(|t| now >= t + METRICS_INTERVAL)
+        {
+            self.device.metrics = hardware.then(|| {
+                let m = host::metrics(&reporter.settings.paths.data_mountpoint, self.cpu);
+                self.cpu = host::cpu_times();
+                m
+            });
+            self.metrics_read = Some(now);
+            self.pending = true;
+        }
+    }
+
+    /// A call succeeded: the throttle starts again; `pending` says whether to look again.
+    fn sent(&mut self, now: Instant, pending: bool) {
+        self.failures = 0;
+        self.not_before = now + MIN_REPORT_INTERVAL;
+        if pending {
+            self.pending = true;
+        }
+    }
+
+    /// A call failed: backoff (or the cloud's Retry-After). Returns the wait.
+    fn failed(&mut self, reporter: &Reporter, e: &CloudError, now: Instant) -> Duration {
+        self.failures += 1;
+        let wait = reporter.wait_after(e, self.failures);
+        self.not_before = now + wait;
+        wait
     }
 }
 
