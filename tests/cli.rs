@@ -74,17 +74,17 @@ fn bad_config_json_is_one_line_naming_file_and_field() {
     let _ = std::fs::remove_dir_all(d);
 }
 
-#[test]
-fn plan_prints_iterations_as_text_and_json() {
-    let d = scratch();
-    let target = fixture("target-v2-local-initial.json");
-    let out = bin()
-        .args([
-            "--config-path",
-            d.join("config.json").to_str().unwrap(),
-            "--boot-mountpoint",
-            d.to_str().unwrap(),
-        ])
+/// `tinyvisor plan --current empty --target <target>` with the scratch config in `d` and
+/// `extra` flags.
+fn plan_empty(
+    d: &std::path::Path,
+    extra: &[&str],
+    target: &std::path::Path,
+) -> std::process::Output {
+    bin()
+        .args(["--config-path", d.join("config.json").to_str().unwrap()])
+        .args(["--boot-mountpoint", d.to_str().unwrap()])
+        .args(extra)
         .args([
             "plan",
             "--current",
@@ -93,7 +93,14 @@ fn plan_prints_iterations_as_text_and_json() {
             target.to_str().unwrap(),
         ])
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn plan_prints_iterations_as_text_and_json() {
+    let d = scratch();
+    let target = fixture("target-v2-local-initial.json");
+    let out = plan_empty(&d, &[], &target);
     assert!(
         out.status.success(),
         "{}",
@@ -310,19 +317,7 @@ fn plan_shows_the_host_os_step() {
     };
     let plan = |doc: serde_json::Value| {
         std::fs::write(&target, doc.to_string()).unwrap();
-        let out = bin()
-            .args(["--config-path", d.join("config.json").to_str().unwrap()])
-            .args(["--boot-mountpoint", d.to_str().unwrap()])
-            .args(["--root-mountpoint", root.to_str().unwrap()])
-            .args([
-                "plan",
-                "--current",
-                "empty",
-                "--target",
-                target.to_str().unwrap(),
-            ])
-            .output()
-            .unwrap();
+        let out = plan_empty(&d, &["--root-mountpoint", root.to_str().unwrap()], &target);
         assert!(
             out.status.success(),
             "{}",
@@ -375,18 +370,7 @@ fn plan_shows_a_release_trial() {
         .to_string(),
     )
     .unwrap();
-    let out = bin()
-        .args(["--config-path", d.join("config.json").to_str().unwrap()])
-        .args(["--boot-mountpoint", d.to_str().unwrap()])
-        .args([
-            "plan",
-            "--current",
-            "empty",
-            "--target",
-            target.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    let out = plan_empty(&d, &[], &target);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains(

@@ -68,19 +68,7 @@ fn runs(s: &Value, commit: &str) -> bool {
 }
 
 fn running_version(id: &Value) -> String {
-    let Some(id) = id.as_str() else {
-        return String::new();
-    };
-    engine()
-        .inspect_container(id)
-        .map(|i| {
-            i.config
-                .env
-                .iter()
-                .find_map(|v| v.strip_prefix("VERSION=").map(String::from))
-                .unwrap_or_default()
-        })
-        .unwrap_or_default()
+    container_env_var(&engine(), id.as_str().unwrap_or_default(), "VERSION")
 }
 
 fn web_id(s: &Value) -> String {

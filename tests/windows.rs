@@ -45,15 +45,7 @@ fn version(e: &tinyvisor::engine::Engine, s: &Value) -> String {
     let id = s["containers"][0]["containerId"]
         .as_str()
         .unwrap_or_default();
-    e.inspect_container(id)
-        .map(|i| {
-            i.config
-                .env
-                .iter()
-                .find_map(|v| v.strip_prefix("VERSION=").map(String::from))
-                .unwrap_or_default()
-        })
-        .unwrap_or_default()
+    container_env_var(e, id, "VERSION")
 }
 
 fn runs(e: &tinyvisor::engine::Engine, s: &Value, commit: &str) -> bool {

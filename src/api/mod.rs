@@ -150,9 +150,9 @@ pub fn start(api: Api) -> std::io::Result<Server> {
 }
 
 /// The API listening before the rest of the daemon has started (the database, the engine,
-/// the cloud link): `/ping` answers at once, `/v1/healthy` says unhealthy, every other
-/// request waits for `ready` to hand over the whole API (10 s at most, then 503) — a client
-/// that pings first and then asks is served as if the daemon had been up.
+/// the cloud link): `/ping` answers at once; every other request waits for `ready` to hand
+/// over the whole API (10 s at most; then `/v1/healthy` says unhealthy and the rest 503), so a
+/// client that pings first and then asks is served as if the daemon had been up.
 pub struct EarlyApi {
     server: Server,
     api: Arc<std::sync::OnceLock<Api>>,
@@ -178,7 +178,7 @@ pub fn listen(port: u16) -> std::io::Result<EarlyApi> {
         Limits::default(),
         Arc::new(move |req| match handler.get() {
             Some(api) => api.handle(req),
-            None if matches!(req.path(), "/ping" | "/v1/healthy") => starting(&req),
+            None if req.path() == "/ping" => starting(&req),
             None => match wait_ready(&handler, Duration::from_secs(10)) {
                 Some(api) => api.handle(req),
                 None => starting(&req),

@@ -325,6 +325,21 @@ impl Drop for Daemon {
     }
 }
 
+/// The value of environment variable `key` in container `id` (empty when it has none or the
+/// container is gone).
+pub fn container_env_var(e: &Engine, id: &str, key: &str) -> String {
+    let prefix = format!("{key}=");
+    e.inspect_container(id)
+        .ok()
+        .and_then(|i| {
+            i.config
+                .env
+                .iter()
+                .find_map(|v| v.strip_prefix(&prefix).map(String::from))
+        })
+        .unwrap_or_default()
+}
+
 /// config.json of a device already provisioned against `api_url` with `device_key`.
 pub fn provisioned_config(api_url: &str, uuid: &str, device_key: &str) -> serde_json::Value {
     serde_json::json!({"apiEndpoint": api_url, "uuid": uuid, "deviceType": "generic-amd64",
