@@ -1116,6 +1116,14 @@ fn device_tags_are_read_from_the_cloud_and_local_changes_are_sent_to_it() {
         api.calls("PATCH", "/device/v3/tags")[1].json(),
         json!({ UUID: {"rack": "b8"} })
     );
+    // The mock has seen the call; the device counts it as sent once the answer is back and
+    // recorded (a cut before that sends it again, rightly).
+    let recorded = std::path::Path::new("/tmp/balena-supervisor/tags-report-cache");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(recorded).is_ok_and(|t| t.contains("b8")) {
+        assert!(Instant::now() < deadline, "tags never recorded as sent");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     d.kill9();
     d.start();
     std::thread::sleep(Duration::from_secs(3));
