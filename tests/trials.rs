@@ -78,12 +78,20 @@ fn web_id(s: &Value) -> String {
         .to_string()
 }
 
+/// Runs `cmd` in container `id`, again while the container is briefly not running (an
+/// unhealthy one is restarted on Docker), for up to 10 s.
 fn exec(id: &str, cmd: &str) -> String {
-    let out = std::process::Command::new("docker")
-        .args(["exec", id, "sh", "-c", cmd])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = std::process::Command::new("docker")
+            .args(["exec", id, "sh", "-c", cmd])
+            .output()
+            .unwrap();
+        if out.status.success() || Instant::now() > deadline {
+            return String::from_utf8_lossy(&out.stdout).trim().to_string();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 fn serve(api: &MockApi, target: Value, etag: &str) {
@@ -155,6 +163,8 @@ fn an_unhealthy_release_is_rolled_back_and_a_good_one_is_kept() {
     let s = d.wait_status("c2 failed, c1 back", 60, |s| {
         s["trial"]["state"] == "failed" && runs(s, "c1")
     });
+    // The volume is shared: c1 would turn unhealthy too.
+    exec(&web_id(&s), "rm -f /data/sick");
     let line = s["lastError"].as_str().unwrap().to_string();
     assert!(
         line.starts_with("Release c2 failed its trial: web unhealthy after ")
@@ -182,7 +192,6 @@ fn an_unhealthy_release_is_rolled_back_and_a_good_one_is_kept() {
     let s = d.status();
     assert!(runs(&s, "c1") && s["trial"]["state"] == "failed", "{s}");
     // ... but when forced; now healthy, it passes and c1's image goes.
-    exec(&web_id(&s), "rm -f /data/sick");
     update(&d, true);
     d.wait_status("c2 passes", 60, |s| {
         s["trial"]["state"] == "passed" && runs(s, "c2")
