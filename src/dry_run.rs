@@ -67,9 +67,7 @@ pub struct DryRun {
 /// One line per app whose new release waits to switch (docs/windows.md).
 fn wait_plans(settings: &Settings, state: &TargetState, current: &[CurrentApp]) -> Vec<String> {
     use crate::planner::window::{hold, human_duration, policy, Hold};
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
+    let now = crate::logs::now_ms() / 1000;
     let zone = crate::localtime::Zone::of_host(&settings.paths.root_mountpoint);
     let second_of_day = zone.local(now).rem_euclid(86_400) as u32;
     let mut out = Vec::new();

@@ -71,13 +71,6 @@ pub fn needed(cfg: &ConfigJson) -> bool {
         || k.uuid.is_empty()
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 fn config_error(e: crate::config::ConfigError) -> CloudError {
     CloudError::Invalid(e.to_string())
 }
@@ -102,7 +95,9 @@ pub fn provision(cloud: &Cloud, cfg: &ConfigJson, facts: &RegisterFacts) -> Resu
         },
         Plan::Exchange { regenerate } => exchange(cloud, cfg, &k, regenerate)?,
     };
-    let registered_at = cfg.get_int("registered_at").unwrap_or_else(now_ms);
+    let registered_at = cfg
+        .get_int("registered_at")
+        .unwrap_or_else(crate::logs::now_ms);
     cfg.update(&[
         ("registered_at", Some(json!(registered_at))),
         ("deviceId", Some(json!(device_id))),

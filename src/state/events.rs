@@ -15,7 +15,7 @@ use crate::logs::event;
 use crossbeam_channel::Sender;
 use log::warn;
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// A service opts out of unhealthy restarts with this label set to `false`.
 pub const RESTART_UNHEALTHY_LABEL: &str = "io.tinyvisor.restart-unhealthy";
@@ -69,10 +69,7 @@ fn follow(engine: &Engine, tx: &Sender<ContainerEvent>) {
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_secs(60));
         if since.is_none() {
-            since = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .ok()
-                .map(|d| d.as_secs() as i64);
+            since = Some(crate::logs::now_ms() / 1000);
         }
     }
 }

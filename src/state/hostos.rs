@@ -18,7 +18,7 @@ use crossbeam_channel::{Receiver, Sender};
 use log::warn;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// The transient unit the updater runs as (v19 streams this unit's journal to the cloud).
 pub const UNIT: &str = "os-update.service";
@@ -69,9 +69,7 @@ impl HostOs {
 }
 
 fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+    crate::logs::now_ms() / 1000
 }
 
 /// Where the updater's scripts go and where a finished install leaves its breadcrumb, under

@@ -12,13 +12,6 @@ use crate::planner::CurrentApp;
 use crate::protocol::TrialStatus;
 use log::warn;
 use std::collections::BTreeSet;
-use std::time::{SystemTime, UNIX_EPOCH};
-
-fn unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
 
 impl StateEngine {
     /// Brings the stored trials in line with `target`, judges the open ones by the `current`
@@ -30,7 +23,7 @@ impl StateEngine {
     ) -> TargetState {
         let mut trials = self.db().trials().unwrap_or_default();
         self.follow_target_trials(target, &mut trials);
-        let now = unix_ms();
+        let now = crate::logs::now_ms();
         for t in trials.iter_mut().filter(|t| t.state.open()) {
             let services: Vec<_> = current
                 .iter()

@@ -11,7 +11,7 @@ use crate::planner::window::{hold, human_duration, policy, Hold, SwitchPolicy};
 use crate::planner::CurrentApp;
 use crate::protocol::SwitchWait;
 use std::collections::BTreeSet;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// The apps whose switch waits, when to look again, and what the status shows.
 #[derive(Debug, Default)]
@@ -45,9 +45,7 @@ impl StateEngine {
         if force {
             return held;
         }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
+        let now = crate::logs::now_ms() / 1000;
         for (uuid, app) in &target.apps {
             let (Some(policy), Some(rel)) = (policy(app), &app.release) else {
                 continue;
