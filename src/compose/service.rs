@@ -823,14 +823,7 @@ impl Service {
             restart_count: ci.restart_count,
             status,
             exit_error: ci.state.error.clone(),
-            health: ci
-                .state
-                .health
-                .as_ref()
-                .and_then(|h| h.get("Status"))
-                .and_then(|s| s.as_str())
-                .filter(|s| !s.is_empty() && *s != "none")
-                .map(String::from),
+            health: ci.state.health_status().map(String::from),
             depends_on: vec![],
             dependency_conditions: BTreeMap::new(),
             config,

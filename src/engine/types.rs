@@ -90,6 +90,18 @@ pub struct ContainerState {
     pub health: Option<Value>,
 }
 
+impl ContainerState {
+    /// The healthcheck's verdict (`starting`, `healthy`, `unhealthy`); `None` for a container
+    /// without a healthcheck.
+    pub fn health_status(&self) -> Option<&str> {
+        self.health
+            .as_ref()
+            .and_then(|h| h.get("Status"))
+            .and_then(|s| s.as_str())
+            .filter(|s| !s.is_empty() && *s != "none")
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 pub struct ContainerConfig {

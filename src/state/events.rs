@@ -161,13 +161,7 @@ impl StateEngine {
         let Ok(c) = self.engine.inspect_container(id) else {
             return false;
         };
-        let unhealthy = c
-            .state
-            .health
-            .as_ref()
-            .and_then(|h| h.get("Status"))
-            .and_then(|s| s.as_str())
-            == Some("unhealthy");
+        let unhealthy = c.state.health_status() == Some("unhealthy");
         let policy = c
             .host_config
             .pointer("/RestartPolicy/Name")
