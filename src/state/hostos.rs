@@ -156,25 +156,22 @@ impl StateEngine {
                 return None;
             }
         };
+        let build = current_build(&self.settings.paths.host_os_version_path);
         if self.host_os.installing.is_some() {
             let attempts = self.stored_attempts(&host);
-            self.publish_host_os(&host, HostStep::Resume, attempts);
+            self.publish_host_os(&host, HostStep::Resume, attempts, build);
             return None;
         }
         if let Some(at) = self.host_os.retry_at.filter(|at| *at > Instant::now()) {
             let attempts = self.stored_attempts(&host);
-            self.publish_host_os(
-                &host,
-                HostStep::Install {
-                    attempt: attempts + 1,
-                },
-                attempts,
-            );
+            let next = HostStep::Install {
+                attempt: attempts + 1,
+            };
+            self.publish_host_os(&host, next, attempts, build);
             return Some(at);
         }
         self.host_os.retry_at = None;
         let root = self.settings.paths.root_mountpoint.clone();
-        let build = current_build(&self.settings.paths.host_os_version_path);
         let installed = breadcrumb(&root, &host.release_uuid).exists();
         let running_build = build.as_deref() == Some(host.build.as_str());
         // Only ask systemd when it matters: an idle device with its OS current makes no call.
@@ -200,8 +197,12 @@ impl StateEngine {
                 self.note_host_step(&host, other, record.as_ref(), now)
             }
         };
-        let attempts = self.stored_attempts(&host);
-        self.publish_host_os(&host, step, attempts);
+        // An install that started has counted its attempt; everything else keeps the count.
+        let attempts = match step {
+            HostStep::Install { attempt } if self.host_os.installing.is_some() => attempt,
+            _ => counted,
+        };
+        self.publish_host_os(&host, step, attempts, build);
         self.host_os.due = None;
         wake
     }
@@ -364,14 +365,20 @@ impl StateEngine {
         }
     }
 
-    fn publish_host_os(&self, host: &HostApp, step: HostStep, attempts: u32) {
+    fn publish_host_os(
+        &self,
+        host: &HostApp,
+        step: HostStep,
+        attempts: u32,
+        current_build: Option<String>,
+    ) {
         let (update_status, service_status) = step.report();
         let status = HostOsStatus {
             app_uuid: host.app_uuid.clone(),
             release_uuid: host.release_uuid.clone(),
             image: host.image.clone(),
             build: host.build.clone(),
-            current_build: current_build(&self.settings.paths.host_os_version_path),
+            current_build,
             update_status,
             service_status,
             install_attempts: attempts,
