@@ -3,7 +3,7 @@
 //! service's labels or its composition's. A value that does not parse refuses the target,
 //! naming the label, like any other bad field.
 
-use super::target::{err, join, Result, TargetApp};
+use super::target::{err, join, Result, TargetApp, TargetService};
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -152,14 +152,21 @@ pub fn validate(labels: &BTreeMap<String, String>, path: &str) -> Result<()> {
     Ok(())
 }
 
-/// A release label as the release gives it: the first service (by name) that carries it, in its
-/// own labels, else its composition's.
+/// A service's label: its own labels first, else its composition's.
+pub fn service_label<'a>(service: &'a TargetService, key: &str) -> Option<&'a str> {
+    service
+        .labels
+        .get(key)
+        .or_else(|| service.composition.labels.get(key))
+        .map(String::as_str)
+}
+
+/// A release label as the release gives it: the first service (by name) that carries it.
 pub fn release_label<'a>(app: &'a TargetApp, key: &str) -> Option<&'a str> {
     app.release
         .iter()
         .flat_map(|r| r.services.values())
-        .find_map(|s| s.labels.get(key).or_else(|| s.composition.labels.get(key)))
-        .map(String::as_str)
+        .find_map(|s| service_label(s, key))
 }
 
 #[cfg(test)]

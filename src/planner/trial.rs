@@ -3,11 +3,12 @@
 //! the device goes back to the release it ran before. Pure: the state engine stores the trials
 //! and gives them the current containers; this says what they mean and what to apply.
 
-use crate::compose::policy::parse_duration_ms;
+use crate::compose::policy::{parse_duration_ms, service_label};
 use crate::compose::service::Service;
 use crate::compose::target::{parse_app_v3, TargetApp, TargetState};
 use crate::compose::Status;
 use serde_json::Value;
+use std::collections::BTreeSet;
 
 pub use crate::compose::policy::ROLLBACK_WINDOW as WINDOW_LABEL;
 /// A service restarted this many times during a trial fails it.
@@ -69,13 +70,42 @@ pub fn window_ms(app: &TargetApp) -> Option<i64> {
     app.release
         .iter()
         .flat_map(|r| r.services.values())
-        .filter_map(|s| {
-            s.labels
-                .get(WINDOW_LABEL)
-                .or_else(|| s.composition.labels.get(WINDOW_LABEL))
-        })
-        .filter_map(|v| parse_duration_ms(v))
+        .filter_map(|s| service_label(s, WINDOW_LABEL))
+        .filter_map(parse_duration_ms)
         .min()
+}
+
+/// What the open (pending or running) trials ask of the rest of an iteration: which releases
+/// are not yet the ones to go back to, and which images must stay for a rollback.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpenTrials {
+    /// (app uuid, commit) of the releases on trial.
+    pub releases: BTreeSet<(String, String)>,
+    /// Image names of the releases those trials would go back to.
+    pub retained_images: BTreeSet<String>,
+}
+
+impl OpenTrials {
+    pub fn of(trials: &[Trial]) -> OpenTrials {
+        let open = || trials.iter().filter(|t| t.state.open());
+        OpenTrials {
+            releases: open()
+                .map(|t| (t.app_uuid.clone(), t.commit.clone()))
+                .collect(),
+            retained_images: open()
+                .filter_map(|t| {
+                    let (_, app) = t.previous.as_ref()?;
+                    parse_app_v3(&t.app_uuid, app).ok()?.release
+                })
+                .flat_map(|rel| rel.services.into_values().map(|s| s.image))
+                .collect(),
+        }
+    }
+
+    /// A trial is pending or running: a converged device keeps looking.
+    pub fn any(&self) -> bool {
+        !self.releases.is_empty()
+    }
 }
 
 /// The line a failed trial is logged and shown with.
@@ -301,6 +331,27 @@ mod tests {
         );
         let done = trial(TrialState::Failed, Some(100_000));
         assert_eq!(judge(&done, &[web], &["web"], 100_000), Verdict::Unchanged);
+    }
+
+    #[test]
+    fn open_trials_keep_their_previous_releases_images() {
+        let open = OpenTrials::of(&[
+            trial(TrialState::Running, Some(1)),
+            Trial {
+                app_uuid: "other".into(),
+                ..trial(TrialState::Passed, Some(1))
+            },
+        ]);
+        assert_eq!(
+            open.releases,
+            BTreeSet::from([("app".to_string(), "new".to_string())])
+        );
+        assert_eq!(
+            open.retained_images,
+            BTreeSet::from(["web:old".to_string(), "db:1".to_string()])
+        );
+        assert!(open.any());
+        assert!(!OpenTrials::of(&[trial(TrialState::Failed, Some(1))]).any());
     }
 
     #[test]

@@ -54,8 +54,8 @@ pub struct StateEngine {
     pub(super) firewall_tried: Option<crate::firewall::Settings>,
     /// The host OS update of the target: install in flight, retry time.
     pub(super) host_os: super::hostos::HostOs,
-    /// A release trial is pending or running: a converged device looks again each second.
-    pub(super) trials_open: bool,
+    /// What this iteration's open trials ask of the rest of it (docs/trials.md).
+    pub(super) open_trials: crate::planner::trial::OpenTrials,
     /// The engine restarts unhealthy containers itself (balenaEngine); else we do. Asked of
     /// the engine when first needed.
     pub(super) engine_restarts_unhealthy: Option<bool>,
@@ -116,7 +116,7 @@ pub fn spawn(
                 log_control: true,
                 firewall_tried: None,
                 host_os: super::hostos::HostOs::new(),
-                trials_open: false,
+                open_trials: Default::default(),
                 engine_restarts_unhealthy: None,
                 unhealthy: Default::default(),
                 noted_wait: None,
@@ -461,7 +461,7 @@ impl StateEngine {
             dangling_images: !local && dangling_images,
             reboot_breadcrumb,
             boot_time: self.boot_time,
-            retained_images: self.trial_retained_images(),
+            retained_images: self.open_trials.retained_images.clone(),
         }
     }
 

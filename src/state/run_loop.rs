@@ -219,7 +219,7 @@ impl StateEngine {
         }
         l.force = false;
         // A release on trial is watched each second until its window closes.
-        let wait = if self.trials_open {
+        let wait = if self.open_trials.any() {
             wait.min(Duration::from_secs(1))
         } else {
             wait

@@ -11,7 +11,6 @@ use crate::planner::trial::{self, judge, Trial, TrialState, Verdict};
 use crate::planner::CurrentApp;
 use crate::protocol::TrialStatus;
 use log::warn;
-use std::collections::BTreeSet;
 
 impl StateEngine {
     /// Brings the stored trials in line with `target`, judges the open ones by the `current`
@@ -68,7 +67,7 @@ impl StateEngine {
             self.store_trial(t);
         }
         self.publish_trials(target, &trials);
-        self.trials_open = trials.iter().any(|t| t.state.open());
+        self.open_trials = trial::OpenTrials::of(&trials);
         trial::effective_target(target, &trials)
     }
 
@@ -152,44 +151,18 @@ impl StateEngine {
     }
 
     /// After convergence: the releases that now run for good are recorded as the ones to go
-    /// back to (not those still on trial).
+    /// back to (not those still on trial, as this iteration's trials said).
     pub(super) fn record_applied_releases(&self, applied: &TargetState) {
-        let open: BTreeSet<(String, String)> = self
-            .db()
-            .trials()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|t| t.state.open())
-            .map(|t| (t.app_uuid, t.commit))
-            .collect();
         for (uuid, app) in &applied.apps {
             let Some(rel) = &app.release else { continue };
-            if !open.contains(&(uuid.clone(), rel.commit.clone())) {
+            if !self
+                .open_trials
+                .releases
+                .contains(&(uuid.clone(), rel.commit.clone()))
+            {
                 self.keep_applied(uuid, &rel.commit, &app_to_v3(app));
             }
         }
-    }
-
-    /// Images of the releases open trials would go back to: kept until the trial is over.
-    pub(super) fn trial_retained_images(&self) -> BTreeSet<String> {
-        self.db()
-            .trials()
-            .unwrap_or_default()
-            .iter()
-            .filter(|t| t.state.open())
-            .filter_map(|t| t.previous.as_ref())
-            .filter_map(|(_, app)| app.get("releases")?.as_object().cloned())
-            .flat_map(|rels| {
-                rels.values()
-                    .filter_map(|r| r.get("services")?.as_object().cloned())
-                    .flat_map(|svcs| {
-                        svcs.values()
-                            .filter_map(|s| s.get("image")?.as_str().map(String::from))
-                            .collect::<Vec<_>>()
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .collect()
     }
 
     fn publish_trials(&self, target: &TargetState, trials: &[Trial]) {
