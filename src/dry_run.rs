@@ -66,22 +66,19 @@ pub struct DryRun {
 
 /// One line per app whose new release waits to switch (docs/windows.md).
 fn wait_plans(settings: &Settings, state: &TargetState, current: &[CurrentApp]) -> Vec<String> {
-    use crate::planner::window::{hold, human_duration, policy, Hold};
+    use crate::planner::window::{hold, human_duration, pending_switch, Hold};
     let now = crate::logs::now_ms() / 1000;
     let zone = crate::localtime::Zone::of_host(&settings.paths.root_mountpoint);
     let second_of_day = zone.local(now).rem_euclid(86_400) as u32;
     let mut out = Vec::new();
     for (uuid, app) in &state.apps {
-        let (Some(p), Some(rel)) = (policy(app), &app.release) else {
-            continue;
-        };
         let running = current
             .iter()
             .find(|a| &a.app_uuid == uuid)
-            .and_then(|a| a.services.iter().find_map(|s| s.commit.clone()));
-        if running.is_none() || running.as_deref() == Some(rel.commit.as_str()) {
+            .and_then(|a| a.services.iter().find_map(|s| s.commit.as_deref()));
+        let Some((p, commit)) = pending_switch(app, running) else {
             continue;
-        }
+        };
         let when = match hold(&p, second_of_day, false) {
             Hold::Switch => "switches now (its window is open)".to_string(),
             Hold::UntilWindow { window, in_secs } => format!(
@@ -90,10 +87,7 @@ fn wait_plans(settings: &Settings, state: &TargetState, current: &[CurrentApp]) 
             ),
             Hold::UntilReboot => "is downloaded now and switches at the next boot".to_string(),
         };
-        out.push(format!(
-            "wait: release {} of {} {when}",
-            rel.commit, app.name
-        ));
+        out.push(format!("wait: release {} of {} {when}", commit, app.name));
     }
     out
 }

@@ -27,6 +27,19 @@ pub fn policy(app: &TargetApp) -> Option<SwitchPolicy> {
     Some(SwitchPolicy::Windows(windows))
 }
 
+/// The switch policy of an app's new release and its commit: `None` when the release asks for
+/// none, when nothing of the app runs yet (a first install) or when `running` is that release.
+pub fn pending_switch<'a>(
+    app: &'a TargetApp,
+    running: Option<&str>,
+) -> Option<(SwitchPolicy, &'a str)> {
+    let commit = app.release.as_ref()?.commit.as_str();
+    if running.is_none_or(|r| r == commit) {
+        return None;
+    }
+    Some((policy(app)?, commit))
+}
+
 /// Whether a release may switch now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Hold {
@@ -147,6 +160,22 @@ mod tests {
                 json!({UPDATE_WINDOW: "02:00-04:30", UPDATE_AT: "reboot"})
             )),
             Some(SwitchPolicy::AtReboot)
+        );
+    }
+
+    #[test]
+    fn only_a_new_release_of_a_running_app_waits() {
+        let waits = app(json!({UPDATE_AT: "reboot"}));
+        assert_eq!(
+            pending_switch(&waits, Some("c1")),
+            Some((SwitchPolicy::AtReboot, "c2"))
+        );
+        assert_eq!(pending_switch(&waits, None), None, "first install");
+        assert_eq!(pending_switch(&waits, Some("c2")), None, "already running");
+        assert_eq!(
+            pending_switch(&app(json!({})), Some("c1")),
+            None,
+            "no policy"
         );
     }
 

@@ -7,7 +7,7 @@ use crate::compose::target::TargetState;
 use crate::encoding::rfc3339_from_seconds;
 use crate::localtime::Zone;
 use crate::logs::event;
-use crate::planner::window::{hold, human_duration, policy, Hold, SwitchPolicy};
+use crate::planner::window::{hold, human_duration, pending_switch, Hold, SwitchPolicy};
 use crate::planner::CurrentApp;
 use crate::protocol::SwitchWait;
 use std::collections::BTreeSet;
@@ -47,20 +47,16 @@ impl StateEngine {
         }
         let now = crate::logs::now_ms() / 1000;
         for (uuid, app) in &target.apps {
-            let (Some(policy), Some(rel)) = (policy(app), &app.release) else {
-                continue;
-            };
             let running = current
                 .iter()
                 .find(|a| &a.app_uuid == uuid)
-                .and_then(|a| a.commit.clone());
-            // A first install, or the release already applied: nothing to hold.
-            if running.is_none() || running.as_deref() == Some(rel.commit.as_str()) {
+                .and_then(|a| a.commit.as_deref());
+            let Some((policy, commit)) = pending_switch(app, running) else {
                 continue;
-            }
+            };
             let booted_since = matches!(policy, SwitchPolicy::AtReboot) && {
                 let boot = boot_id();
-                let seen = self.db().waiting_since_boot(uuid, &rel.commit, &boot);
+                let seen = self.db().waiting_since_boot(uuid, commit, &boot);
                 seen.is_ok_and(|seen| seen != boot)
             };
             let second_of_day = match policy {
@@ -74,27 +70,24 @@ impl StateEngine {
                 Hold::Switch => continue,
                 Hold::UntilWindow { window, in_secs } => (
                     SwitchWait {
-                        commit: rel.commit.clone(),
+                        commit: commit.to_string(),
                         window: Some(window.to_string()),
                         opens_at: Some(rfc3339_from_seconds(now + i64::from(in_secs))),
                     },
                     format!(
                         "Release {} downloaded; switching in window {window} (in {})",
-                        rel.commit,
+                        commit,
                         human_duration(in_secs)
                     ),
                     Some(Duration::from_secs(in_secs.into())),
                 ),
                 Hold::UntilReboot => (
                     SwitchWait {
-                        commit: rel.commit.clone(),
+                        commit: commit.to_string(),
                         window: None,
                         opens_at: None,
                     },
-                    format!(
-                        "Release {} downloaded; switching at the next boot",
-                        rel.commit
-                    ),
+                    format!("Release {} downloaded; switching at the next boot", commit),
                     None,
                 ),
             };
