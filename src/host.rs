@@ -160,22 +160,32 @@ pub fn memory_mb(meminfo: &str) -> Option<(u64, u64)> {
     Some((used / 1024, total / 1024))
 }
 
-/// Used and total MB of the file system holding `path`.
-pub fn storage_mb(path: &Path) -> Option<(u64, u64)> {
+fn statvfs(path: &Path) -> Option<libc::statvfs> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
     // SAFETY: statvfs writes into the zeroed struct we own; the path is NUL-terminated.
-    let st = unsafe {
+    unsafe {
         let mut st: libc::statvfs = std::mem::zeroed();
         if libc::statvfs(c.as_ptr(), &mut st) != 0 {
             return None;
         }
-        st
-    };
+        Some(st)
+    }
+}
+
+/// Used and total MB of the file system holding `path`.
+pub fn storage_mb(path: &Path) -> Option<(u64, u64)> {
+    let st = statvfs(path)?;
     let block = st.f_frsize as u64;
     let total = st.f_blocks as u64 * block;
     let free = st.f_bfree as u64 * block;
     Some((total.saturating_sub(free) / 1_048_576, total / 1_048_576))
+}
+
+/// Bytes free for ordinary files on the file system holding `path`.
+pub fn available_bytes(path: &Path) -> Option<u64> {
+    let st = statvfs(path)?;
+    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
 /// The block device mounted at `mount` (from /proc/self/mounts), e.g. `/dev/mmcblk0p6`.

@@ -507,6 +507,56 @@ pub fn write_request<W: Write>(
     extra_headers: &[(&str, String)],
     body: Option<&[u8]>,
 ) -> io::Result<()> {
+    let mut head = request_head(method, path, extra_headers)?;
+    match body {
+        Some(b) => {
+            head.push_str("Content-Type: application/json\r\n");
+            head.push_str(&format!("Content-Length: {}\r\n\r\n", b.len()));
+            w.write_all(head.as_bytes())?;
+            w.write_all(b)?;
+        }
+        None => {
+            if method == "POST" || method == "PUT" {
+                head.push_str("Content-Length: 0\r\n");
+            }
+            head.push_str("\r\n");
+            w.write_all(head.as_bytes())?;
+        }
+    }
+    w.flush()
+}
+
+/// Writes the head of a request whose body follows in chunks ([`write_chunk`], then
+/// [`write_last_chunk`]): for bodies too large to hold, such as an image archive.
+pub fn write_chunked_request_head<W: Write>(
+    w: &mut W,
+    method: &str,
+    path: &str,
+    extra_headers: &[(&str, String)],
+) -> io::Result<()> {
+    let mut head = request_head(method, path, extra_headers)?;
+    head.push_str("Transfer-Encoding: chunked\r\n\r\n");
+    w.write_all(head.as_bytes())
+}
+
+/// One chunk of a chunked body (nothing for empty data: an empty chunk ends the body).
+pub fn write_chunk<W: Write>(w: &mut W, data: &[u8]) -> io::Result<()> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    w.write_all(format!("{:x}\r\n", data.len()).as_bytes())?;
+    w.write_all(data)?;
+    w.write_all(b"\r\n")
+}
+
+/// The last chunk, which ends a chunked body.
+pub fn write_last_chunk<W: Write>(w: &mut W) -> io::Result<()> {
+    w.write_all(b"0\r\n\r\n")?;
+    w.flush()
+}
+
+/// Request line, Host, User-Agent and `extra_headers`, each line checked; no blank line yet.
+fn request_head(method: &str, path: &str, extra_headers: &[(&str, String)]) -> io::Result<String> {
     if path.bytes().any(|b| b <= b' ' || b == 0x7f) || !path.starts_with('/') {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -529,22 +579,7 @@ pub fn write_request<W: Write>(
         head.push_str(v);
         head.push_str("\r\n");
     }
-    match body {
-        Some(b) => {
-            head.push_str("Content-Type: application/json\r\n");
-            head.push_str(&format!("Content-Length: {}\r\n\r\n", b.len()));
-            w.write_all(head.as_bytes())?;
-            w.write_all(b)?;
-        }
-        None => {
-            if method == "POST" || method == "PUT" {
-                head.push_str("Content-Length: 0\r\n");
-            }
-            head.push_str("\r\n");
-            w.write_all(head.as_bytes())?;
-        }
-    }
-    w.flush()
+    Ok(head)
 }
 
 #[cfg(test)]

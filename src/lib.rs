@@ -4,6 +4,7 @@
 pub mod api;
 pub mod balena_api;
 pub mod bootconfig;
+pub mod bundle;
 pub mod cloud;
 pub mod compose;
 pub mod config;

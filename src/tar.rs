@@ -151,6 +151,11 @@ impl Header {
         self.0[156]
     }
 
+    /// An end-of-archive block (all zeros).
+    fn is_end(&self) -> bool {
+        self.0.iter().all(|b| *b == 0)
+    }
+
     fn checksum_ok(&self) -> io::Result<bool> {
         Ok(checksum(&self.0) == self.octal(148, 8, "checksum")?)
     }
@@ -178,6 +183,16 @@ struct Reader<R> {
 impl<R: Read> Reader<R> {
     /// The next header; `None` at the end-of-archive block (or a clean end of stream).
     fn header(&mut self) -> io::Result<Option<Header>> {
+        match self.block()? {
+            None => Ok(None),
+            Some(header) if header.is_end() => Ok(None),
+            Some(header) => Ok(Some(header)),
+        }
+    }
+
+    /// The next header block as it is (the end-of-archive block included); `None` at a
+    /// clean end of the stream.
+    fn block(&mut self) -> io::Result<Option<Header>> {
         let mut block = [0u8; BLOCK];
         let mut got = 0;
         while got < BLOCK {
@@ -187,11 +202,8 @@ impl<R: Read> Reader<R> {
                 n => got += n,
             }
         }
-        if block.iter().all(|b| *b == 0) {
-            return Ok(None);
-        }
         let header = Header(block);
-        if !header.checksum_ok()? {
+        if !header.is_end() && !header.checksum_ok()? {
             return Err(invalid("tar header checksum mismatch"));
         }
         Ok(Some(header))
@@ -241,6 +253,119 @@ impl<R: Read> Reader<R> {
         file.flush()?;
         self.skip_exact(Self::padding(size))
     }
+}
+
+/// One entry of an archive read as a stream (offline bundles): its name and size. Only
+/// regular files are entries; anything else in the archive is an error.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub name: String,
+    pub size: u64,
+}
+
+/// Reads an archive of plain files one entry at a time, handing out each entry's data as a
+/// bounded reader, so nothing is held whole in memory.
+pub struct Entries<R> {
+    reader: Reader<R>,
+    /// Data and padding of the current entry not yet read.
+    data_left: u64,
+    pad_left: u64,
+}
+
+impl<R: Read> Entries<R> {
+    pub fn new(inner: R) -> Self {
+        Entries {
+            reader: Reader { inner },
+            data_left: 0,
+            pad_left: 0,
+        }
+    }
+
+    /// The next entry (the rest of the current one is skipped); `None` at the end of the
+    /// archive. A stream that ends without the end-of-archive blocks is an error: a cut file.
+    pub fn next_entry(&mut self) -> io::Result<Option<Entry>> {
+        self.reader.skip_exact(self.data_left + self.pad_left)?;
+        (self.data_left, self.pad_left) = (0, 0);
+        let Some(header) = self.reader.block()? else {
+            return Err(invalid("archive ends without its end blocks"));
+        };
+        if header.is_end() {
+            return Ok(None);
+        }
+        if !matches!(header.kind(), b'0' | 0) {
+            return Err(invalid(format!(
+                "unexpected entry type {:?} for {:?}",
+                header.kind() as char,
+                header.name()
+            )));
+        }
+        let size = header.size()?;
+        (self.data_left, self.pad_left) = (size, Reader::<R>::padding(size));
+        Ok(Some(Entry {
+            name: header.name(),
+            size,
+        }))
+    }
+
+    /// The whole data of the current entry, which must not be larger than `limit`.
+    pub fn read_data(&mut self, limit: u64) -> io::Result<Vec<u8>> {
+        if self.data_left > limit {
+            return Err(invalid(format!("entry larger than {limit} bytes")));
+        }
+        let mut out = vec![0; self.data_left as usize];
+        self.read_exact(&mut out)?;
+        Ok(out)
+    }
+}
+
+/// The current entry's data; reads 0 at its end.
+impl<R: Read> Read for Entries<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = buf.len().min(usize::try_from(self.data_left).unwrap_or(usize::MAX));
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.reader.inner.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(invalid("archive ends inside an entry"));
+        }
+        self.data_left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// Writes the ustar header of a regular file `name` (< 100 bytes) of `size` bytes.
+pub fn write_header(out: &mut impl Write, name: &str, size: u64) -> io::Result<()> {
+    if name.len() >= 100 || name.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("tar entry name must be 1-99 bytes: {name:?}"),
+        ));
+    }
+    let mut h = [0u8; BLOCK];
+    h[..name.len()].copy_from_slice(name.as_bytes());
+    h[100..107].copy_from_slice(b"0000644");
+    h[108..115].copy_from_slice(b"0000000");
+    h[116..123].copy_from_slice(b"0000000");
+    h[124..135].copy_from_slice(format!("{size:011o}").as_bytes());
+    h[136..147].copy_from_slice(b"00000000000");
+    h[156] = b'0';
+    h[257..263].copy_from_slice(b"ustar\0");
+    h[263..265].copy_from_slice(b"00");
+    let sum = checksum(&h);
+    h[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+    out.write_all(&h)
+}
+
+/// Pads an entry of `size` bytes to the block size.
+pub fn write_padding(out: &mut impl Write, size: u64) -> io::Result<()> {
+    let pad = Reader::<&[u8]>::padding(size) as usize;
+    out.write_all(&[0u8; BLOCK][..pad])
+}
+
+/// The two zero blocks that end an archive.
+pub fn write_end(out: &mut impl Write) -> io::Result<()> {
+    out.write_all(&[0u8; 2 * BLOCK])
 }
 
 #[cfg(test)]
@@ -319,6 +444,69 @@ mod tests {
         assert_eq!(std::fs::read_to_string(deep).unwrap(), "long");
         assert!(!dir.path().join("link").exists());
         assert!(!dir.path().join("file").exists() && !dir.path().join("other").exists());
+    }
+
+    fn written(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (name, data) in files {
+            write_header(&mut out, name, data.len() as u64).unwrap();
+            out.extend_from_slice(data);
+            write_padding(&mut out, data.len() as u64).unwrap();
+        }
+        write_end(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn written_archives_read_back_entry_by_entry() {
+        let big = vec![9u8; 3000];
+        let archive = written(&[("manifest.json", b"{}"), ("images/0.tar", &big)]);
+        let mut entries = Entries::new(&archive[..]);
+        let first = entries.next_entry().unwrap().unwrap();
+        assert_eq!(first.name, "manifest.json");
+        assert_eq!(entries.read_data(10).unwrap(), b"{}");
+        let second = entries.next_entry().unwrap().unwrap();
+        assert_eq!((second.name.as_str(), second.size), ("images/0.tar", 3000));
+        let mut data = Vec::new();
+        entries.read_to_end(&mut data).unwrap();
+        assert_eq!(data, big);
+        assert_eq!(entries.next_entry().unwrap(), None);
+        // Unread data is skipped; the whole archive is read by `tar` too.
+        let mut entries = Entries::new(&archive[..]);
+        entries.next_entry().unwrap();
+        assert_eq!(entries.next_entry().unwrap().unwrap().size, 3000);
+        assert!(entries.next_entry().unwrap().is_none());
+    }
+
+    #[test]
+    fn streamed_entries_refuse_cuts_big_data_and_odd_types() {
+        let archive = written(&[("a", &[1u8; 700]), ("b", b"x")]);
+        for cut in [100, 600, 1024 + 512, archive.len() - 1024] {
+            let mut entries = Entries::new(&archive[..cut]);
+            let mut failed = false;
+            for _ in 0..3 {
+                match entries.next_entry() {
+                    Ok(Some(_)) => {
+                        if io::copy(&mut entries, &mut io::sink()).is_err() {
+                            failed = true;
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(_) => {
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            assert!(failed, "cut at {cut} is an error");
+        }
+        let mut entries = Entries::new(&archive[..]);
+        entries.next_entry().unwrap();
+        assert!(entries.read_data(699).is_err());
+        let odd = [entry("dir/", b'5', b"", 0o755), end()].concat();
+        assert!(Entries::new(&odd[..]).next_entry().is_err());
+        assert!(write_header(&mut Vec::new(), &"n".repeat(100), 1).is_err());
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use crate::cloud::{poll, CloudShared, PollRequest};
 use crate::compose::target::TargetState;
-use crate::compose::target::{parse_device_target, parse_v2_local, MAX_TARGET_BYTES};
+use crate::compose::target::{parse_local_or_device, MAX_TARGET_BYTES};
 use crate::config::Settings;
 use crate::logs::LogBus;
 use crate::protocol::{
@@ -524,12 +524,7 @@ impl Api {
             Ok(v) => v,
             Err(r) => return r,
         };
-        let parsed = if doc.get("local").is_some() {
-            parse_v2_local(&doc)
-        } else {
-            parse_device_target(&doc)
-        };
-        let state = match parsed {
+        let state = match parse_local_or_device(&doc) {
             Ok(s) => s,
             Err(e) => return failed(400, e.to_string()),
         };

@@ -962,11 +962,9 @@ fn start_stream(
                         None => continue,
                     };
                     if n == 0 {
-                        return out.write_all(b"0\r\n\r\n");
+                        return http::write_last_chunk(&mut out);
                     }
-                    out.write_all(format!("{n:x}\r\n").as_bytes())?;
-                    out.write_all(&buf[..n])?;
-                    out.write_all(b"\r\n")?;
+                    http::write_chunk(&mut out, &buf[..n])?;
                     out.flush()?;
                 }
             })();

@@ -355,6 +355,16 @@ pub fn parse_device_target(v: &Value) -> Result<TargetState> {
     Ok(TargetState { name, config, apps })
 }
 
+/// A target handed to the device directly (the local API, offline bundles): the v2
+/// local-mode format (`{"local": ...}`) or a v3 device object.
+pub fn parse_local_or_device(doc: &Value) -> Result<TargetState> {
+    if doc.get("local").is_some() {
+        parse_v2_local(doc)
+    } else {
+        parse_device_target(doc)
+    }
+}
+
 /// Parses a whole v3 target document `{<uuid>: {...}}`, checking it is for `uuid`.
 pub fn parse_v3(doc: &Value, uuid: &str) -> Result<TargetState> {
     let m = obj(doc, "")?;

@@ -39,6 +39,8 @@ enum Kind {
     Port,
     Bool,
     Object,
+    /// A list of Ed25519 public keys, each the base64 of its 32 bytes.
+    KeyList,
 }
 
 /// The fields the supervisor reads, with the types it accepts (cloud-api.md §1.1).
@@ -63,6 +65,8 @@ const FIELDS: &[(&str, Kind)] = &[
     ("initialDeviceName", Kind::Str),
     ("developmentMode", Kind::Bool),
     ("os", Kind::Object),
+    // tinyvisor's own: who may sign offline bundles (docs/bundles.md).
+    ("tinyvisorBundleKeys", Kind::KeyList),
 ];
 
 /// Reads an integer given as a JSON number or a decimal string.
@@ -109,6 +113,9 @@ fn check(kind: Kind, v: &Value) -> Result<(), String> {
         Kind::Port => as_int(v).is_some_and(|n| (1..=65535).contains(&n)),
         Kind::Bool => as_bool(v).is_some(),
         Kind::Object => v.is_object(),
+        Kind::KeyList => v.as_array().is_some_and(|keys| {
+            keys.len() <= 64 && keys.iter().all(|k| public_key(k).is_some())
+        }),
     };
     if ok {
         return Ok(());
@@ -119,6 +126,7 @@ fn check(kind: Kind, v: &Value) -> Result<(), String> {
         Kind::Port => "a port number (1-65535)",
         Kind::Bool => "a boolean (true/false, \"true\"/\"false\", \"1\"/\"0\", \"on\"/\"off\")",
         Kind::Object => "an object",
+        Kind::KeyList => "a list of at most 64 Ed25519 public keys (base64 of 32 bytes each)",
     };
     let mut shown = v.to_string();
     if shown.len() > 60 {
@@ -126,6 +134,11 @@ fn check(kind: Kind, v: &Value) -> Result<(), String> {
         shown.push('…');
     }
     Err(format!("expected {want}, got {shown}"))
+}
+
+/// An Ed25519 public key written as the base64 of its 32 bytes.
+fn public_key(v: &Value) -> Option<Vec<u8>> {
+    crate::encoding::base64_decode(v.as_str()?.trim()).filter(|k| k.len() == 32)
 }
 
 /// Parses and validates config.json bytes.
@@ -200,6 +213,17 @@ impl ConfigJson {
 
     pub fn get_bool(&self, key: &str) -> Option<bool> {
         self.with(|m| m.get(key).and_then(as_bool))
+    }
+
+    /// The public keys whose signatures offline bundles may carry (`tinyvisorBundleKeys`,
+    /// checked when the file is read).
+    pub fn bundle_keys(&self) -> Vec<Vec<u8>> {
+        self.with(|m| {
+            m.get("tinyvisorBundleKeys")
+                .and_then(Value::as_array)
+                .map(|keys| keys.iter().filter_map(public_key).collect())
+                .unwrap_or_default()
+        })
     }
 
     /// Cloud API base URL without a trailing slash; empty means unmanaged.
@@ -288,6 +312,24 @@ mod tests {
         assert_eq!(as_int(&m["listenPort"]), Some(48485));
         assert_eq!(as_bool(&m["persistentLogging"]), Some(true));
         assert_eq!(m["extra"], json!({"x":1}));
+    }
+
+    #[test]
+    fn bundle_keys_are_checked_and_decoded() {
+        let key = crate::encoding::base64(&[7u8; 32]);
+        let text = format!(r#"{{"tinyvisorBundleKeys":["{key}"]}}"#);
+        let m = parse(Path::new("c"), text.as_bytes()).unwrap();
+        assert_eq!(m["tinyvisorBundleKeys"][0], json!(key));
+        for bad in [
+            r#""AAAA""#,
+            r#"["AAAA"]"#,
+            r#"["not base64!"]"#,
+            r#"[7]"#,
+            &format!(r#"["{}"]"#, crate::encoding::base64(&[1u8; 33])),
+        ] {
+            let e = err_of(&format!(r#"{{"tinyvisorBundleKeys":{bad}}}"#));
+            assert_eq!(e.field.as_deref(), Some("tinyvisorBundleKeys"), "{bad}");
+        }
     }
 
     #[test]

@@ -27,6 +27,66 @@ pub struct Engine {
     timeout: Duration,
 }
 
+/// Reads the answer to a request sent on `stream`. Non-2xx answers become typed errors.
+fn read_answer(stream: UnixStream, to_head: bool, what: &str) -> Result<Response> {
+    let mut reader = BufReader::with_capacity(8 * 1024, stream);
+    let head = http::read_head(&mut reader).map_err(|e| EngineError::from_io(e, what))?;
+    let framing = http::framing(&head, to_head).map_err(|e| EngineError::from_io(e, what))?;
+    let mut body = Body::new(reader, framing);
+    if head.status >= 300 && head.status != 304 {
+        let raw = body.read_to_end_limited(MAX_ERROR_BODY).unwrap_or_default();
+        return Err(EngineError::from_status(
+            head.status,
+            error_message(&head, &raw),
+        ));
+    }
+    Ok(Response { head, body })
+}
+
+/// An image archive being sent to `POST /images/load`: [`ImageLoad::write`] its bytes, then
+/// [`ImageLoad::finish`]. Dropped unfinished, the connection closes before the body's end,
+/// the engine's read of the archive fails and nothing is loaded.
+pub struct ImageLoad {
+    stream: UnixStream,
+    /// How long the engine may take to load what it was sent (it answers only when done).
+    load_timeout: Duration,
+}
+
+impl ImageLoad {
+    pub fn write(&mut self, data: &[u8]) -> Result<()> {
+        http::write_chunk(&mut self.stream, data)
+            .map_err(|e| EngineError::from_io(e, "POST /images/load"))
+    }
+
+    /// Ends the archive and waits for the engine: the references it loaded (`name:tag`, or
+    /// the image id for an image saved without a name).
+    pub fn finish(mut self) -> Result<Vec<String>> {
+        let what = "POST /images/load";
+        http::write_last_chunk(&mut self.stream).map_err(|e| EngineError::from_io(e, what))?;
+        self.stream
+            .set_read_timeout(Some(self.load_timeout))
+            .map_err(EngineError::Io)?;
+        let resp = read_answer(self.stream, false, what)?;
+        let mut loaded = Vec::new();
+        for line in JsonStream::<LoadProgress, _>::new(resp.body, "image load") {
+            let line = line?;
+            if let Some(error) = line.error {
+                return Err(EngineError::Stream {
+                    message: format!("image load failed: {error}"),
+                });
+            }
+            let text = line.stream.trim();
+            if let Some(name) = text
+                .strip_prefix("Loaded image ID: ")
+                .or_else(|| text.strip_prefix("Loaded image: "))
+            {
+                loaded.push(name.to_string());
+            }
+        }
+        Ok(loaded)
+    }
+}
+
 /// An answer whose body has not been read yet.
 pub struct Response {
     pub head: ResponseHead,
@@ -172,19 +232,7 @@ impl Engine {
         let mut stream = self.connect(read_timeout)?;
         http::write_request(&mut stream, method, &full_path, headers, body)
             .map_err(|e| EngineError::from_io(e, &what))?;
-        let mut reader = BufReader::with_capacity(8 * 1024, stream);
-        let head = http::read_head(&mut reader).map_err(|e| EngineError::from_io(e, &what))?;
-        let framing =
-            http::framing(&head, method == "HEAD").map_err(|e| EngineError::from_io(e, &what))?;
-        let mut body = Body::new(reader, framing);
-        if head.status >= 300 && head.status != 304 {
-            let raw = body.read_to_end_limited(MAX_ERROR_BODY).unwrap_or_default();
-            return Err(EngineError::from_status(
-                head.status,
-                error_message(&head, &raw),
-            ));
-        }
-        Ok(Response { head, body })
+        read_answer(stream, method == "HEAD", &what)
     }
 
     fn call(&self, method: &str, path: &str, body: Option<&[u8]>) -> Result<Response> {
@@ -447,6 +495,27 @@ impl Engine {
             Some(Duration::from_secs(600)),
         )?;
         Ok(PullStream::new(resp.body, reference))
+    }
+
+    /// The archive `docker save` writes for one image (`GET /images/get?names=<name>`),
+    /// to be read as it comes.
+    pub fn export_image(&self, name: &str) -> Result<BodyReader> {
+        let q = Query::new().add("names", name);
+        let resp = self.call("GET", &format!("/images/get{}", q.as_str()), None)?;
+        Ok(resp.body)
+    }
+
+    /// Starts loading an image archive (`POST /images/load?quiet=1`), sent in chunks.
+    pub fn load_images(&self) -> Result<ImageLoad> {
+        let path = format!("/v{}/images/load?quiet=1", self.api_version);
+        let mut stream = self.connect(Some(self.timeout))?;
+        let headers = [("Content-Type", "application/x-tar".to_string())];
+        http::write_chunked_request_head(&mut stream, "POST", &path, &headers)
+            .map_err(|e| EngineError::from_io(e, "POST /images/load"))?;
+        Ok(ImageLoad {
+            stream,
+            load_timeout: Duration::from_secs(1800),
+        })
     }
 
     /// Tags `source` as `repo:tag`.

@@ -362,6 +362,14 @@ pub struct PullProgress {
     pub error: Option<String>,
 }
 
+/// One line of `POST /images/load` output.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct LoadProgress {
+    pub stream: String,
+    pub error: Option<String>,
+}
+
 /// Engines send `null` for empty lists and maps; treat it as empty.
 fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
 where
