@@ -539,6 +539,19 @@ pub fn write_chunked_request_head<W: Write>(
     w.write_all(head.as_bytes())
 }
 
+/// Writes the head of a request whose framing the caller gives in `extra_headers` (a
+/// Content-Length for a body it then writes itself, from a file for instance).
+pub fn write_request_head<W: Write>(
+    w: &mut W,
+    method: &str,
+    path: &str,
+    extra_headers: &[(&str, String)],
+) -> io::Result<()> {
+    let mut head = request_head(method, path, extra_headers)?;
+    head.push_str("\r\n");
+    w.write_all(head.as_bytes())
+}
+
 /// One chunk of a chunked body (nothing for empty data: an empty chunk ends the body).
 pub fn write_chunk<W: Write>(w: &mut W, data: &[u8]) -> io::Result<()> {
     if data.is_empty() {

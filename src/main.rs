@@ -67,6 +67,7 @@ struct Cli {
 enum Command {
     Plan(PlanCmd),
     Apply(ApplyCmd),
+    Bundle(BundleCmd),
     Firewall(FirewallCmd),
     Healthcheck(HealthcheckCmd),
 }
@@ -106,6 +107,59 @@ struct ApplyCmd {
     /// override update locks held by the apps
     #[argh(switch)]
     force: bool,
+}
+
+#[derive(FromArgs)]
+/// signed offline bundles: make a signing key, create a bundle, apply one (docs/bundles.md)
+#[argh(subcommand, name = "bundle")]
+struct BundleCmd {
+    #[argh(subcommand)]
+    action: BundleAction,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum BundleAction {
+    Keygen(BundleKeygenCmd),
+    Create(BundleCreateCmd),
+    Apply(BundleApplyCmd),
+}
+
+#[derive(FromArgs)]
+/// make an Ed25519 key pair: <out>.key (keep it secret) and <out>.pub (for config.json
+/// tinyvisorBundleKeys)
+#[argh(subcommand, name = "keygen")]
+struct BundleKeygenCmd {
+    /// path and base name of the two files
+    #[argh(option, short = 'o')]
+    out: PathBuf,
+}
+
+#[derive(FromArgs)]
+/// write a bundle of a target and the images its services use, read from the engine
+#[argh(subcommand, name = "create")]
+struct BundleCreateCmd {
+    /// target state file: a v3 document, its device object, or the v2 local-mode format
+    #[argh(option)]
+    target: PathBuf,
+    /// the private key (from bundle keygen)
+    #[argh(option)]
+    key: PathBuf,
+    /// the bundle file to write
+    #[argh(option, short = 'o')]
+    out: PathBuf,
+}
+
+#[derive(FromArgs)]
+/// hand a bundle to the running daemon (POST /v2/local/bundle) and wait until it is applied
+#[argh(subcommand, name = "apply")]
+struct BundleApplyCmd {
+    /// the bundle file
+    #[argh(positional)]
+    bundle: PathBuf,
+    /// the device's API key (default: BALENA_SUPERVISOR_API_KEY, else the database's)
+    #[argh(option)]
+    api_key: Option<String>,
 }
 
 #[derive(FromArgs)]
@@ -155,6 +209,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Plan(cmd)) => return plan(&settings, &cmd),
         Some(Command::Apply(cmd)) => return apply(&settings, &cmd),
+        Some(Command::Bundle(cmd)) => return bundle(&settings, cmd.action),
         Some(Command::Firewall(cmd)) => return firewall(&settings, &cmd),
         Some(Command::Healthcheck(_)) => return healthcheck(&settings),
         None => {}
@@ -448,6 +503,77 @@ fn apply(settings: &Settings, cmd: &ApplyCmd) -> ExitCode {
         Err(e) => {
             eprintln!(
                 "tinyvisor: cannot reach the daemon on port {}: {e}",
+                settings.listen_port
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn bundle(settings: &Settings, action: BundleAction) -> ExitCode {
+    use tinyvisor::bundle::{cli, create};
+    let result = match action {
+        BundleAction::Keygen(cmd) => cli::keygen(&cmd.out).map(|public| {
+            println!("{public}");
+            eprintln!(
+                "wrote {0}.key and {0}.pub; devices that accept this key list it in config.json: \"tinyvisorBundleKeys\": [\"{public}\"]",
+                cmd.out.display()
+            );
+        }),
+        BundleAction::Create(cmd) => bundle_create(settings, &cmd).map(|c: create::Created| {
+            println!(
+                "wrote {} ({} bytes, {} image(s)), bundle {}",
+                cmd.out.display(),
+                c.bytes,
+                c.images,
+                c.digest
+            );
+        }),
+        BundleAction::Apply(cmd) => return bundle_apply(settings, &cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tinyvisor: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn bundle_create(
+    settings: &Settings,
+    cmd: &BundleCreateCmd,
+) -> Result<tinyvisor::bundle::create::Created, String> {
+    let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+    let target: serde_json::Value = serde_json::from_slice(&read(&cmd.target)?)
+        .map_err(|e| format!("{}: invalid JSON: {e}", cmd.target.display()))?;
+    let key = String::from_utf8_lossy(&read(&cmd.key)?).into_owned();
+    let engine = Engine::new(&settings.paths.docker_socket);
+    let created = tinyvisor::encoding::rfc3339_from_seconds(tinyvisor::logs::now_ms() / 1000);
+    tinyvisor::bundle::create::create(&engine, target, &key, &cmd.out, &created)
+}
+
+fn bundle_apply(settings: &Settings, cmd: &BundleApplyCmd) -> ExitCode {
+    let key = cmd
+        .api_key
+        .clone()
+        .or_else(|| std::env::var("BALENA_SUPERVISOR_API_KEY").ok())
+        .or_else(|| {
+            let db = Db::open(&settings.paths.database_path).ok()?;
+            db.global_api_key(|| Err(std::io::Error::other("none yet"))).ok()
+        });
+    match tinyvisor::bundle::cli::apply(settings.listen_port, &cmd.bundle, key.as_deref()) {
+        Ok((200, text)) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Ok((status, text)) => {
+            eprintln!("tinyvisor: the daemon refused the bundle ({status}): {text}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!(
+                "tinyvisor: cannot hand the bundle to the daemon on port {}: {e}",
                 settings.listen_port
             );
             ExitCode::FAILURE

@@ -31,6 +31,39 @@ impl std::fmt::Display for TargetNotSet {
     }
 }
 
+/// Why an offline bundle was not applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BundleError {
+    /// The bundle's fault (signature, digests, target, size, a cut file): a 4xx.
+    Refused(String),
+    /// Another bundle is being imported.
+    Busy,
+    /// Ours: the engine, the disk or the database failed (a 5xx, worth trying again).
+    Failed(String),
+}
+
+impl std::fmt::Display for BundleError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BundleError::Refused(m) | BundleError::Failed(m) => f.write_str(m),
+            BundleError::Busy => f.write_str("another bundle is being imported"),
+        }
+    }
+}
+
+/// An applied bundle: its name (the manifest's digest) and the releases it set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BundleApplied {
+    pub digest: String,
+    /// Commit per app uuid.
+    pub releases: BTreeMap<String, String>,
+    /// Images loaded into the engine (the others were there already).
+    pub loaded: usize,
+}
+
+/// The body of an upload, read as it arrives.
+pub type Upload = Box<dyn std::io::Read + Send>;
+
 /// Requests to the state engine.
 pub enum Command {
     /// Store and apply a new target (validated by the sender).
@@ -95,6 +128,14 @@ pub enum Command {
         force: bool,
         reply: Sender<Result<(), ActionError>>,
     },
+    /// Import an offline bundle read from `body` (`POST /v2/local/bundle`, `tinyvisor bundle
+    /// apply`); the reply comes once it is applied or refused.
+    ImportBundle {
+        body: Upload,
+        reply: Sender<Result<BundleApplied, BundleError>>,
+    },
+    /// Look for new bundles in `$DATA_MOUNTPOINT/bundles/` (`POST /v1/update`).
+    ScanBundles,
     Shutdown,
 }
 
@@ -141,6 +182,10 @@ pub struct Status {
     pub trials: Vec<TrialStatus>,
     /// A downloaded release waiting to switch (`app_state` is `waiting`; docs/windows.md).
     pub switch_wait: Option<SwitchWait>,
+    /// How many offline bundles set the target since start: the poll thread then fetches
+    /// the cloud's target in full, so the cloud's answer decides (docs/bundles.md).
+    #[serde(skip)]
+    pub bundles_applied: u64,
 }
 
 /// What a waiting release waits for.

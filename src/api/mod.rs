@@ -8,6 +8,7 @@ use crate::compose::target::{parse_local_or_device, MAX_TARGET_BYTES};
 use crate::config::Settings;
 use crate::logs::LogBus;
 use crate::protocol::{
+    BundleError,
     ActionError, AppAction, Command, KeyScope, PowerAction, ServiceAction, ServiceRef, Status,
     TargetNotSet,
 };
@@ -25,6 +26,10 @@ use server::{Limits, Method, Request, Response, Server};
 
 /// How long a request waits for the state engine.
 const ENGINE_TIMEOUT: Duration = Duration::from_secs(30);
+/// `POST /v2/local/bundle` (its body is streamed to the state engine's import).
+const BUNDLE_PATH: &str = "/v2/local/bundle";
+/// How long an upload waits for its bundle to be imported: hundreds of MB on an SD card.
+const BUNDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// What a request answers when the state engine does not take or answer it.
 const NOT_ANSWERING: &str = "state engine is not answering";
 
@@ -175,7 +180,10 @@ pub fn listen(port: u16) -> std::io::Result<EarlyApi> {
     let handler = Arc::clone(&api);
     let server = Server::start(
         listener,
-        Limits::default(),
+        Limits {
+            uploads: &[BUNDLE_PATH],
+            ..Limits::default()
+        },
         Arc::new(move |req| match handler.get() {
             Some(api) => api.handle(req),
             None if req.path() == "/ping" => starting(&req),
@@ -331,6 +339,7 @@ impl Api {
             ),
             (Method::Get, "/v2/local/target-state") => self.get_target(),
             (Method::Post, "/v2/local/target-state") => self.post_target(req),
+            (Method::Post, BUNDLE_PATH) => self.post_bundle(req, scope),
             (Method::Get, "/v2/state/status") => self.state_status(scope),
             (Method::Get | Method::Head, "/v1/healthy") => self.healthy(),
             (Method::Get, "/v2/applications/state") => self.applications_state(scope),
@@ -411,6 +420,8 @@ impl Api {
             Err(r) => return r,
         };
         let force = truthy(doc.get("force"));
+        // Bundles copied into the data partition are looked for at every update request.
+        let _ = self.state_engine.try_send(Command::ScanBundles);
         if !force && !poll::instant_updates(self.current_target().as_deref()) {
             return Response::text(202, "Accepted");
         }
@@ -538,6 +549,30 @@ impl Api {
             Some(Ok(())) => json_response(200, json!({"status": "success", "message": "OK"})),
             Some(Err(TargetNotSet::Refused(e))) => failed(400, e),
             Some(Err(TargetNotSet::Storage(e))) => failed(503, e),
+            None => failed(503, NOT_ANSWERING),
+        }
+    }
+
+    /// `POST /v2/local/bundle`: an offline bundle as the body, read as it arrives; answers
+    /// once the bundle is applied or refused (docs/bundles.md). Device-wide: the global key.
+    fn post_bundle(&self, req: &Request, scope: &KeyScope) -> Response {
+        if !scope.global {
+            return failed(401, "Unauthorized: bundles need the device's API key");
+        }
+        let Some(body) = req.upload.as_ref().and_then(server::UploadBody::take) else {
+            return failed(400, "the bundle is sent as the request body");
+        };
+        let import = |reply| Command::ImportBundle { body, reply };
+        match self.ask(import, BUNDLE_TIMEOUT) {
+            Some(Ok(applied)) => json_response(
+                200,
+                json!({"status": "success", "bundle": applied.digest,
+                       "releases": applied.releases, "imagesLoaded": applied.loaded}),
+            ),
+            Some(Err(BundleError::Refused(m))) => failed(400, m),
+            Some(Err(e @ (BundleError::Busy | BundleError::Failed(_)))) => {
+                failed(503, e.to_string())
+            }
             None => failed(503, NOT_ANSWERING),
         }
     }

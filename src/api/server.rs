@@ -56,7 +56,7 @@ impl std::fmt::Display for Method {
     }
 }
 
-/// A request with its whole body read.
+/// A request with its whole body read (or, for an upload, its body to read).
 #[derive(Debug, Clone)]
 pub struct Request {
     pub method: Method,
@@ -64,7 +64,33 @@ pub struct Request {
     pub url: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// The body of an upload ([`Limits::uploads`]), read as it arrives; `body` is empty.
+    pub upload: Option<UploadBody>,
 }
+
+/// An upload's body: taken once by the handler. Reads fail after [`UPLOAD_SILENCE`] without
+/// data, and at a body that ends before its framing says.
+#[derive(Clone)]
+pub struct UploadBody(Arc<std::sync::Mutex<Option<Box<dyn Read + Send>>>>);
+
+impl UploadBody {
+    fn new(body: impl Read + Send + 'static) -> UploadBody {
+        UploadBody(Arc::new(std::sync::Mutex::new(Some(Box::new(body)))))
+    }
+
+    pub fn take(&self) -> Option<Box<dyn Read + Send>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+impl std::fmt::Debug for UploadBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UploadBody")
+    }
+}
+
+/// How long an upload may send nothing before its read fails.
+const UPLOAD_SILENCE: Duration = Duration::from_secs(60);
 
 impl Request {
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -195,6 +221,11 @@ pub struct Limits {
     pub write_timeout: Duration,
     pub max_body: usize,
     pub max_streams: usize,
+    /// Paths whose POST bodies are not read by the server but handed to the handler as a
+    /// stream ([`Request::upload`]), served one at a time on their own thread.
+    pub uploads: &'static [&'static str],
+    /// Largest upload body.
+    pub max_upload: u64,
 }
 
 impl Default for Limits {
@@ -208,6 +239,8 @@ impl Default for Limits {
             write_timeout: Duration::from_secs(15),
             max_body: crate::compose::target::MAX_TARGET_BYTES,
             max_streams: 4,
+            uploads: &[],
+            max_upload: 64 << 30,
         }
     }
 }
@@ -328,6 +361,8 @@ struct Progress {
     /// Offset (in the body) of the next chunk-size line, and the chunk data so far.
     chunk_next: usize,
     chunk_data: u64,
+    /// The request is an upload: whole once its head is.
+    upload: bool,
 }
 
 fn invalid_body(message: impl Into<String>) -> io::Error {
@@ -407,7 +442,8 @@ fn head_end(buf: &[u8], p: &mut Progress) -> Option<usize> {
 
 /// Whether `buf` holds a whole request (head and body), under the server's limits. `p` carries
 /// what earlier calls found, so the poll thread can ask after every read.
-fn examine(buf: &[u8], max_body: usize, p: &mut Progress) -> Examined {
+fn examine(buf: &[u8], limits: &Limits, p: &mut Progress) -> Examined {
+    let max_body = limits.max_body;
     let incomplete = Examined::Incomplete {
         continue_now: false,
     };
@@ -447,6 +483,18 @@ fn examine(buf: &[u8], max_body: usize, p: &mut Progress) -> Examined {
             .header("expect")
             .is_some_and(|e| e.eq_ignore_ascii_case("100-continue"));
         p.head = Some((buf.len() - rest.len(), framing, expects_continue));
+        p.upload = head.method == "POST"
+            && limits
+                .uploads
+                .contains(&head.target.split('?').next().unwrap_or_default());
+    }
+    if p.upload {
+        return match p.head {
+            Some((_, Framing::Length(n), _)) if n > limits.max_upload => {
+                Examined::Refuse(400, "upload too large".into())
+            }
+            _ => Examined::Whole,
+        };
     }
     let Some((head_len, framing, expects_continue)) = p.head else {
         return incomplete;
@@ -685,7 +733,10 @@ impl<'a> Conns<'a> {
     fn read_more(&mut self, mut conn: Conn) {
         let cap = http::MAX_HEAD + self.limits.max_body + 2 * http::MAX_LINE;
         let mut chunk = [0u8; 16 * 1024];
-        loop {
+        // At most this much per call: the rest is read when poll says so again. An upload
+        // is handed over once its head is here, with at most this much of its body.
+        let mut budget: usize = 64 * 1024;
+        while budget > 0 {
             match (&conn.stream).read(&mut chunk) {
                 Ok(0) => return self.closed(conn.peer),
                 Ok(n) => {
@@ -693,6 +744,7 @@ impl<'a> Conns<'a> {
                         conn.since = Instant::now();
                     }
                     conn.buf.extend_from_slice(&chunk[..n]);
+                    budget = budget.saturating_sub(n);
                     if conn.buf.len() > cap {
                         break;
                     }
@@ -711,7 +763,7 @@ impl<'a> Conns<'a> {
         if conn.buf.is_empty() {
             return self.waiting.push(conn);
         }
-        match examine(&conn.buf, self.limits.max_body, &mut conn.progress) {
+        match examine(&conn.buf, self.limits, &mut conn.progress) {
             Examined::Whole => {
                 let _ = conn.stream.set_nonblocking(false);
                 match self.ready.try_send(conn) {
@@ -857,6 +909,10 @@ fn serve_request(
     limits: &Limits,
     streams: &Arc<AtomicUsize>,
 ) -> Option<Conn> {
+    if conn.progress.upload {
+        start_upload(conn, handler, limits, streams);
+        return None;
+    }
     let mut out = conn.stream;
     let _ = out.set_write_timeout(Some(limits.write_timeout));
     // The poll thread checked the request is whole and well-formed: this only decodes it.
@@ -887,6 +943,7 @@ fn serve_request(
         url: head.target,
         headers: head.headers,
         body,
+        upload: None,
     });
     match response.body {
         ResponseBody::Bytes(bytes) => {
@@ -930,6 +987,96 @@ fn serve_request(
             None
         }
     }
+}
+
+/// Serves an upload on its own thread (one at a time, counted with the streamed answers):
+/// the handler reads the body from the connection as it arrives, then its answer is sent
+/// and the connection closed.
+fn start_upload(
+    conn: Conn,
+    handler: &Arc<Handler>,
+    limits: &Limits,
+    streams: &Arc<AtomicUsize>,
+) {
+    static UPLOADING: AtomicBool = AtomicBool::new(false);
+    let mut out = conn.stream;
+    if UPLOADING.swap(true, Ordering::AcqRel) {
+        return refuse(&mut out, 503, "another upload is in progress");
+    }
+    if streams.fetch_add(1, Ordering::AcqRel) >= limits.max_streams {
+        streams.fetch_sub(1, Ordering::AcqRel);
+        UPLOADING.store(false, Ordering::Release);
+        return refuse(&mut out, 503, "too many open streams");
+    }
+    let (handler, counter) = (Arc::clone(handler), Arc::clone(streams));
+    let write_timeout = limits.write_timeout;
+    let spawned = std::thread::Builder::new()
+        .name("api-upload".into())
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            let _ = serve_upload(out, conn.buf, &handler, write_timeout);
+            counter.fetch_sub(1, Ordering::AcqRel);
+            UPLOADING.store(false, Ordering::Release);
+        });
+    if let Err(e) = spawned {
+        streams.fetch_sub(1, Ordering::AcqRel);
+        UPLOADING.store(false, Ordering::Release);
+        log::warn!("cannot start an upload: {e}");
+    }
+}
+
+fn serve_upload(
+    mut out: TcpStream,
+    buf: Vec<u8>,
+    handler: &Arc<Handler>,
+    write_timeout: Duration,
+) -> io::Result<()> {
+    let mut rest: &[u8] = &buf;
+    let head = http::read_request_head(&mut rest)?
+        .ok_or_else(|| invalid_body("no request"))?;
+    let framing = head.framing()?;
+    let already = io::Cursor::new(rest.to_vec());
+    drop(buf);
+    out.set_nonblocking(false)?;
+    out.set_read_timeout(Some(UPLOAD_SILENCE))?;
+    out.set_write_timeout(Some(write_timeout))?;
+    if head
+        .header("expect")
+        .is_some_and(|e| e.eq_ignore_ascii_case("100-continue"))
+    {
+        out.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+    }
+    let socket = io::BufReader::with_capacity(64 * 1024, already.chain(out.try_clone()?));
+    let response = handler(Request {
+        method: Method::parse(&head.method),
+        url: head.target,
+        headers: head.headers,
+        body: Vec::new(),
+        upload: Some(UploadBody::new(Body::new(socket, framing))),
+    });
+    let (status, headers, bytes) = match response.body {
+        ResponseBody::Bytes(bytes) => (response.status, response.headers, bytes),
+        ResponseBody::Stream(_) => (500, json_type(), failed_body("no streamed answer here")),
+    };
+    write_head(&mut out, status, &headers, Some(bytes.len()), false)?;
+    out.write_all(&bytes)?;
+    // A refused upload may still be sending: read and discard a while (as for a refused
+    // request), so the client gets the answer rather than a reset.
+    out.shutdown(Shutdown::Write)?;
+    let until = Instant::now() + LINGER;
+    out.set_read_timeout(Some(Duration::from_millis(500)))?;
+    let mut sink = [0u8; 16 * 1024];
+    let mut left = LINGER_BYTES;
+    while Instant::now() < until && left > 0 {
+        match out.read(&mut sink) {
+            Ok(0) => break,
+            Ok(n) => left = left.saturating_sub(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut => {}
+            Err(_) => break,
+        }
+    }
+    Ok(())
 }
 
 /// Streams an answer on its own thread so the worker is free again.

@@ -37,6 +37,7 @@ fn call(api: &Api, method: Method, url: &str) -> Response {
         url: url.to_string(),
         headers: Vec::new(),
         body: b"{}".to_vec(),
+        upload: None,
     })
 }
 
@@ -99,6 +100,7 @@ fn cross_site_requests_are_refused_and_api_clients_pass() {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             body: b"{}".to_vec(),
+            upload: None,
         })
         .status
     };
@@ -147,6 +149,7 @@ fn cross_site_requests_are_refused_and_api_clients_pass() {
             url: "/ping".into(),
             headers: vec![("Content-Type".into(), "text/plain".into())],
             body: Vec::new(),
+            upload: None,
         })
         .status,
         200
@@ -200,6 +203,7 @@ fn while_starting_only_ping_answers_and_the_device_is_not_healthy() {
         url: url.to_string(),
         headers: Vec::new(),
         body: Vec::new(),
+        upload: None,
     };
     assert_eq!(starting(&req(Method::Get, "/ping")).status, 200);
     assert_eq!(starting(&req(Method::Get, "/v1/healthy")).status, 500);

@@ -16,6 +16,7 @@ use serde_json::Value;
 use std::collections::BTreeSet;
 use std::io::Read;
 
+pub mod cli;
 pub mod create;
 
 /// The entries every bundle starts with, in this order.

@@ -127,6 +127,7 @@ impl CloudLink {
             Arc::clone(&shared),
             facts,
             settings.paths.database_path.clone(),
+            Arc::clone(&status),
         );
         let shipper = log_stream::Shipper {
             cloud: cloud.clone(),

@@ -7,10 +7,10 @@ use super::{CloudShared, PollRequest};
 use crate::balena_api::client::{Auth, Cloud, CloudError};
 use crate::compose::target::{parse_v3, TargetState};
 use crate::config::Settings;
-use crate::protocol::Command;
+use crate::protocol::{Command, Status};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use log::{error, info, warn};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long the engine may take to store a target.
@@ -70,6 +70,10 @@ pub struct Poller {
     last: Option<TargetState>,
     /// The target stored before this start, for its settings until the first fetch.
     stored: Option<TargetState>,
+    /// The state engine's status: how many offline bundles set the target.
+    status: Arc<Mutex<Status>>,
+    /// The bundle count at the last fetch.
+    bundles_seen: u64,
 }
 
 impl Poller {
@@ -80,6 +84,7 @@ impl Poller {
         shared: Arc<CloudShared>,
         facts: RegisterFacts,
         db_path: std::path::PathBuf,
+        status: Arc<Mutex<Status>>,
     ) -> Poller {
         Poller {
             cloud,
@@ -91,6 +96,8 @@ impl Poller {
             etag: None,
             last: None,
             stored: None,
+            status,
+            bundles_seen: 0,
         }
     }
 
@@ -236,6 +243,17 @@ impl Poller {
             .config_json
             .get_str("deviceApiKey")
             .unwrap_or_default();
+        // A bundle set the target since the last fetch: the cloud's whole answer decides (a
+        // 304 would only say that the cloud's target has not changed; docs/bundles.md).
+        let bundles = self
+            .status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .bundles_applied;
+        if bundles != self.bundles_seen {
+            self.bundles_seen = bundles;
+            self.etag = None;
+        }
         let etag = self.etag.clone();
         let headers: Vec<(&str, &str)> = etag
             .as_deref()

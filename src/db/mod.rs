@@ -23,7 +23,7 @@ fn fresh_key(new_key: impl FnOnce() -> std::io::Result<String>) -> Result<String
 }
 
 /// Our schema version (tables with the `tv_` prefix); bumped by additive migrations.
-const TV_SCHEMA_VERSION: i64 = 4;
+const TV_SCHEMA_VERSION: i64 = 5;
 
 /// Knex migration names of v19: recorded in a new database so that the Node supervisor, if it
 /// runs on this file later, sees its schema as current instead of re-creating tables.
@@ -82,6 +82,7 @@ CREATE TABLE IF NOT EXISTS tv_trial (
   state TEXT NOT NULL, reason TEXT, previousCommit TEXT, previousApp TEXT);
 CREATE TABLE IF NOT EXISTS tv_applied (appUuid TEXT PRIMARY KEY, `commit` TEXT NOT NULL, app TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tv_wait (appUuid TEXT PRIMARY KEY, `commit` TEXT NOT NULL, bootId TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tv_bundle (digest TEXT PRIMARY KEY, outcome TEXT NOT NULL, source TEXT NOT NULL, at INTEGER NOT NULL);
 ";
 
 /// A row of the `image` table is the planner's image record.
@@ -614,6 +615,25 @@ impl Db {
                 Ok(boot_id.to_string())
             }
         }
+    }
+
+    // ---- offline bundles (docs/bundles.md) ----
+
+    /// Bundles (by manifest digest) that were applied or superseded: a directory scan
+    /// leaves them alone.
+    pub fn bundles_done(&self) -> Result<std::collections::BTreeSet<String>> {
+        let mut stmt = self.conn.prepare("SELECT digest FROM tv_bundle")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        rows.collect()
+    }
+
+    /// Records a bundle as `applied` or `superseded`, with where it came from.
+    pub fn record_bundle(&self, digest: &str, outcome: &str, source: &str, at_ms: i64) -> Result<()> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO tv_bundle (digest, outcome, source, at) VALUES (?1, ?2, ?3, ?4)",
+            params![digest, outcome, source, at_ms],
+        )?;
+        Ok(())
     }
 
     // ---- containers stopped by us (running: false) ----

@@ -62,6 +62,8 @@ pub struct StateEngine {
     pub(super) unhealthy: super::events::UnhealthyRestarts,
     /// The waiting release last logged (docs/windows.md).
     pub(super) noted_wait: Option<String>,
+    /// Offline bundle imports (docs/bundles.md).
+    pub(super) bundles: super::bundle::Bundles,
 }
 
 /// Where v19 keeps `SUPERVISOR_API_REQUEST_TIMEOUT` (DB config).
@@ -120,6 +122,7 @@ pub fn spawn(
                 engine_restarts_unhealthy: None,
                 unhealthy: Default::default(),
                 noted_wait: None,
+                bundles: super::bundle::Bundles::new(),
             };
             se.run(rx);
         })?;

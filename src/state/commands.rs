@@ -98,6 +98,14 @@ impl StateEngine {
                 let _ = reply.send(result);
                 Next::Iterate
             }
+            Command::ImportBundle { body, reply } => {
+                self.import_bundle(body, reply);
+                Next::Wait
+            }
+            Command::ScanBundles => {
+                self.scan_bundles();
+                Next::Wait
+            }
             Command::SetTarget {
                 state,
                 source,
@@ -117,18 +125,38 @@ impl StateEngine {
         reply: &Sender<Result<(), TargetNotSet>>,
         l: &mut LoopState,
     ) -> Next {
+        if let Some(digest) = self.bundles.in_force.take() {
+            super::bundle::note_target_after_bundle(&digest, &state, l.target.as_ref());
+        }
+        let stored = self.store_target(state, source, force, l);
+        let next = if stored.is_ok() {
+            Next::Iterate
+        } else {
+            Next::Wait
+        };
+        let _ = reply.send(stored);
+        next
+    }
+
+    /// Stores a target of `source` and makes it the one applied if `source` is the current
+    /// mode's.
+    pub(super) fn store_target(
+        &mut self,
+        state: TargetState,
+        source: &str,
+        force: bool,
+        l: &mut LoopState,
+    ) -> Result<(), TargetNotSet> {
         if source == LOCAL_SOURCE && !self.local_mode {
-            let _ = reply.send(Err(TargetNotSet::Refused(
+            return Err(TargetNotSet::Refused(
                 "Target state can only set when device is in local mode".into(),
-            )));
-            return Next::Wait;
+            ));
         }
         let saved = self.db().save_target(&state, source);
         if let Err(e) = saved {
-            let _ = reply.send(Err(TargetNotSet::Storage(format!(
+            return Err(TargetNotSet::Storage(format!(
                 "cannot store the target: {e}"
-            ))));
-            return Next::Wait;
+            )));
         }
         let state = state.normalised();
         if source != LOCAL_SOURCE {
@@ -150,8 +178,7 @@ impl StateEngine {
         self.host_os.due = Some(Instant::now());
         // Until an iteration has looked, the new target is not applied.
         self.set_status(|s| s.app_state = "applying".into());
-        let _ = reply.send(Ok(()));
-        Next::Iterate
+        Ok(())
     }
 }
 

@@ -3,6 +3,8 @@
 
 pub mod actions;
 pub mod apply;
+mod bundle;
+mod bundle_import;
 mod commands;
 pub mod device;
 pub mod device_config;

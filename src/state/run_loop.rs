@@ -1,5 +1,5 @@
 //! The state engine's loop: restore what the database holds, then wait for a command, an
-//! engine event, a finished host OS install or the next due time; handle it; iterate when
+//! engine event, a finished host OS install or bundle import, or the next due time; handle it; iterate when
 //! due. The commands are handled in `commands.rs`, the schedule's rules are `schedule.rs`.
 
 use super::apply::{Outcome, StateEngine};
@@ -52,6 +52,9 @@ impl StateEngine {
             due: Instant::now(),
             idle,
         };
+        // Bundles: what an import cut short left is removed, then the directory is read.
+        self.clean_interrupted_import();
+        self.scan_bundles();
         loop {
             self.run_due_side_jobs(&l);
             match self.next_wake(&rx, &events, &mut l) {
@@ -145,6 +148,7 @@ impl StateEngine {
             .flatten()
             .fold(l.due, Instant::min);
         let done = self.host_os.done.clone();
+        let bundle_done = self.bundles.done.clone();
         crossbeam_channel::select! {
             recv(rx) -> c => c.map_or(Wake::Closed, Wake::Command),
             recv(events) -> ev => {
@@ -161,6 +165,12 @@ impl StateEngine {
             recv(done) -> finished => {
                 if let Ok((release, result)) = finished {
                     self.host_os_finished(release, result);
+                }
+                Wake::Handled
+            },
+            recv(bundle_done) -> finished => {
+                if let Ok(finished) = finished {
+                    self.bundle_finished(finished, l);
                 }
                 Wake::Handled
             },

@@ -46,6 +46,19 @@ fn serve(limits: Limits) -> Server {
             }
             Response::stream("application/x-ndjson", R(rx))
         }
+        "/upload" => {
+            let mut body = req.upload.and_then(|u| u.take()).unwrap();
+            let mut buf = [0u8; 4096];
+            let mut n = 0usize;
+            loop {
+                match body.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(k) => n += k,
+                    Err(e) => return Response::text(400, e.to_string()),
+                }
+            }
+            Response::text(200, n.to_string())
+        }
         _ => Response::text(200, format!("{} {}", req.method, req.url)),
     });
     Server::start(listener, limits, handler).unwrap()
@@ -449,13 +462,13 @@ fn a_request_trickling_in_is_scanned_once_and_served_whole() {
     let raw = b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\nX: y\r\n\r\n3\r\nabc\r\n2;ext\r\nde\r\n0\r\nTrailer: t\r\n\r\n";
     for split in 1..raw.len() {
         let mut p = Progress::default();
-        let first = examine(&raw[..split], 1024, &mut p);
+        let first = examine(&raw[..split], &small_limits(), &mut p);
         assert!(
             matches!(first, Examined::Incomplete { .. }),
             "{split}: {first:?}"
         );
         assert_eq!(
-            examine(raw, 1024, &mut p),
+            examine(raw, &small_limits(), &mut p),
             Examined::Whole,
             "split at {split}"
         );
@@ -463,13 +476,13 @@ fn a_request_trickling_in_is_scanned_once_and_served_whole() {
     let mut p = Progress::default();
     let bad = b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcdef\r\n";
     assert!(matches!(
-        examine(bad, 1024, &mut p),
+        examine(bad, &small_limits(), &mut p),
         Examined::Refuse(400, _)
     ));
     let mut p = Progress::default();
     let big = b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n800\r\n";
     assert!(matches!(
-        examine(big, 1024, &mut p),
+        examine(big, &small_limits(), &mut p),
         Examined::Refuse(400, _)
     ));
 
@@ -493,11 +506,70 @@ fn a_head_trickled_byte_by_byte_costs_linear_time() {
     let started = Instant::now();
     let mut p = Progress::default();
     for end in 1..raw.len() {
-        let _ = examine(&raw[..end], 1024, &mut p);
+        let _ = examine(&raw[..end], &small_limits(), &mut p);
     }
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "{:?}",
         started.elapsed()
     );
+}
+
+fn upload_limits() -> Limits {
+    Limits {
+        uploads: &["/upload"],
+        ..Limits::default()
+    }
+}
+
+#[test]
+fn uploads_are_streamed_to_the_handler_while_other_requests_are_served() {
+    let s = serve(upload_limits());
+    // Larger than any whole body the server would take.
+    let size = 24 << 20;
+    let mut c = connect(&s);
+    c.write_all(format!("POST /upload HTTP/1.1\r\nContent-Length: {size}\r\n\r\n").as_bytes())
+        .unwrap();
+    let block = vec![7u8; 1 << 20];
+    for i in 0..24 {
+        c.write_all(&block).unwrap();
+        if i == 12 {
+            // Mid-upload: the API answers, and a second upload is refused.
+            let mut other = connect(&s);
+            other.write_all(b"GET /x HTTP/1.1\r\n\r\n").unwrap();
+            assert_eq!(answer(&mut BufReader::new(other)).0, 200);
+            let mut second = connect(&s);
+            second
+                .write_all(b"POST /upload HTTP/1.1\r\nContent-Length: 1\r\n\r\nx")
+                .unwrap();
+            assert_eq!(answer(&mut BufReader::new(second)).0, 503);
+        }
+    }
+    let (status, _, body) = answer(&mut BufReader::new(c));
+    assert_eq!((status, body), (200, size.to_string().into_bytes()));
+
+    // Chunked, and a body cut short (the handler sees a read error).
+    let mut c = connect(&s);
+    c.write_all(b"POST /upload HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+        .unwrap();
+    assert_eq!(answer(&mut BufReader::new(c)).2, b"5");
+    let mut c = connect(&s);
+    c.write_all(b"POST /upload HTTP/1.1\r\nContent-Length: 10\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    c.write_all(b"abc").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(answer(&mut BufReader::new(c)).0, 400);
+    // Not an upload path: the whole-body limit holds.
+    let mut c = connect(&s);
+    c.write_all(format!("POST /echo HTTP/1.1\r\nContent-Length: {size}\r\n\r\n").as_bytes())
+        .unwrap();
+    assert_eq!(answer(&mut BufReader::new(c)).0, 400);
+}
+
+fn small_limits() -> Limits {
+    Limits {
+        max_body: 1024,
+        ..Limits::default()
+    }
 }
