@@ -174,18 +174,21 @@ fn statvfs(path: &Path) -> Option<libc::statvfs> {
 }
 
 /// Used and total MB of the file system holding `path`.
+// statvfs's field types are narrower on 32-bit targets: the conversions are not useless there.
+#[allow(clippy::useless_conversion)]
 pub fn storage_mb(path: &Path) -> Option<(u64, u64)> {
     let st = statvfs(path)?;
-    let block = st.f_frsize as u64;
-    let total = st.f_blocks as u64 * block;
-    let free = st.f_bfree as u64 * block;
+    let block = u64::from(st.f_frsize);
+    let total = u64::from(st.f_blocks) * block;
+    let free = u64::from(st.f_bfree) * block;
     Some((total.saturating_sub(free) / 1_048_576, total / 1_048_576))
 }
 
 /// Bytes free for ordinary files on the file system holding `path`.
+#[allow(clippy::useless_conversion)]
 pub fn available_bytes(path: &Path) -> Option<u64> {
     let st = statvfs(path)?;
-    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+    Some(u64::from(st.f_bavail).saturating_mul(u64::from(st.f_frsize)))
 }
 
 /// The block device mounted at `mount` (from /proc/self/mounts), e.g. `/dev/mmcblk0p6`.

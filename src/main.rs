@@ -560,7 +560,8 @@ fn bundle_apply(settings: &Settings, cmd: &BundleApplyCmd) -> ExitCode {
         .or_else(|| std::env::var("BALENA_SUPERVISOR_API_KEY").ok())
         .or_else(|| {
             let db = Db::open(&settings.paths.database_path).ok()?;
-            db.global_api_key(|| Err(std::io::Error::other("none yet"))).ok()
+            db.global_api_key(|| Err(std::io::Error::other("none yet")))
+                .ok()
         });
     match tinyvisor::bundle::cli::apply(settings.listen_port, &cmd.bundle, key.as_deref()) {
         Ok((200, text)) => {

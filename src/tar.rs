@@ -321,7 +321,9 @@ impl<R: Read> Entries<R> {
 /// The current entry's data; reads 0 at its end.
 impl<R: Read> Read for Entries<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let want = buf.len().min(usize::try_from(self.data_left).unwrap_or(usize::MAX));
+        let want = buf
+            .len()
+            .min(usize::try_from(self.data_left).unwrap_or(usize::MAX));
         if want == 0 {
             return Ok(0);
         }

@@ -8,9 +8,8 @@ use crate::compose::target::{parse_local_or_device, MAX_TARGET_BYTES};
 use crate::config::Settings;
 use crate::logs::LogBus;
 use crate::protocol::{
-    BundleError,
-    ActionError, AppAction, Command, KeyScope, PowerAction, ServiceAction, ServiceRef, Status,
-    TargetNotSet,
+    ActionError, AppAction, BundleError, Command, KeyScope, PowerAction, ServiceAction, ServiceRef,
+    Status, TargetNotSet,
 };
 use crossbeam_channel::Sender;
 use log::info;

@@ -992,12 +992,7 @@ fn serve_request(
 /// Serves an upload on its own thread (one at a time, counted with the streamed answers):
 /// the handler reads the body from the connection as it arrives, then its answer is sent
 /// and the connection closed.
-fn start_upload(
-    conn: Conn,
-    handler: &Arc<Handler>,
-    limits: &Limits,
-    streams: &Arc<AtomicUsize>,
-) {
+fn start_upload(conn: Conn, handler: &Arc<Handler>, limits: &Limits, streams: &Arc<AtomicUsize>) {
     static UPLOADING: AtomicBool = AtomicBool::new(false);
     let mut out = conn.stream;
     if UPLOADING.swap(true, Ordering::AcqRel) {
@@ -1032,8 +1027,7 @@ fn serve_upload(
     write_timeout: Duration,
 ) -> io::Result<()> {
     let mut rest: &[u8] = &buf;
-    let head = http::read_request_head(&mut rest)?
-        .ok_or_else(|| invalid_body("no request"))?;
+    let head = http::read_request_head(&mut rest)?.ok_or_else(|| invalid_body("no request"))?;
     let framing = head.framing()?;
     let already = io::Cursor::new(rest.to_vec());
     drop(buf);
@@ -1072,7 +1066,9 @@ fn serve_upload(
             Ok(0) => break,
             Ok(n) => left = left.saturating_sub(n),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut => {}
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut => {
+            }
             Err(_) => break,
         }
     }

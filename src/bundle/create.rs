@@ -69,8 +69,14 @@ pub fn create(
         };
         let manifest_raw = serde_json::to_vec_pretty(&manifest).map_err(|e| e.to_string())?;
         let sig = super::sign(private_key, &manifest_raw)?;
-        let bytes = assemble(&part_path, &manifest_raw, &sig, &manifest.images, &mut spool)
-            .map_err(|e| format!("{}: {e}", part_path.display()))?;
+        let bytes = assemble(
+            &part_path,
+            &manifest_raw,
+            &sig,
+            &manifest.images,
+            &mut spool,
+        )
+        .map_err(|e| format!("{}: {e}", part_path.display()))?;
         std::fs::rename(&part_path, out).map_err(|e| format!("{}: {e}", out.display()))?;
         let mut digest = Digest::new();
         digest.update(&manifest_raw);

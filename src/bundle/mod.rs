@@ -177,7 +177,10 @@ pub fn read_head<R: Read>(entries: &mut Entries<R>, trusted: &[Vec<u8>]) -> Resu
 /// The next entry, which must be `name`, read whole (at most `limit` bytes).
 fn entry<R: Read>(entries: &mut Entries<R>, name: &str, limit: u64) -> Result<Vec<u8>, String> {
     let not_bundle = |e: String| format!("not a bundle: {e}");
-    match entries.next_entry().map_err(|e| not_bundle(e.to_string()))? {
+    match entries
+        .next_entry()
+        .map_err(|e| not_bundle(e.to_string()))?
+    {
         Some(found) if found.name == name => entries
             .read_data(limit)
             .map_err(|e| not_bundle(format!("{name}: {e}"))),
@@ -208,7 +211,11 @@ fn check_manifest(m: &Manifest) -> Result<(), String> {
         if !is_hex(&image.sha256, 64) {
             return Err(format!("{at}.sha256 must be 64 lowercase hex digits"));
         }
-        if !image.id.strip_prefix("sha256:").is_some_and(|h| is_hex(h, 64)) {
+        if !image
+            .id
+            .strip_prefix("sha256:")
+            .is_some_and(|h| is_hex(h, 64))
+        {
             return Err(format!("{at}.id must be an image id (sha256:<64 hex>)"));
         }
         if image.name.is_empty() || image.name.len() > 512 || !names.insert(&image.name) {

@@ -113,9 +113,9 @@ fn check(kind: Kind, v: &Value) -> Result<(), String> {
         Kind::Port => as_int(v).is_some_and(|n| (1..=65535).contains(&n)),
         Kind::Bool => as_bool(v).is_some(),
         Kind::Object => v.is_object(),
-        Kind::KeyList => v.as_array().is_some_and(|keys| {
-            keys.len() <= 64 && keys.iter().all(|k| public_key(k).is_some())
-        }),
+        Kind::KeyList => v
+            .as_array()
+            .is_some_and(|keys| keys.len() <= 64 && keys.iter().all(|k| public_key(k).is_some())),
     };
     if ok {
         return Ok(());

@@ -628,7 +628,13 @@ impl Db {
     }
 
     /// Records a bundle as `applied` or `superseded`, with where it came from.
-    pub fn record_bundle(&self, digest: &str, outcome: &str, source: &str, at_ms: i64) -> Result<()> {
+    pub fn record_bundle(
+        &self,
+        digest: &str,
+        outcome: &str,
+        source: &str,
+        at_ms: i64,
+    ) -> Result<()> {
         self.conn.execute(
             "INSERT OR REPLACE INTO tv_bundle (digest, outcome, source, at) VALUES (?1, ?2, ?3, ?4)",
             params![digest, outcome, source, at_ms],

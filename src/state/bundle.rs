@@ -109,7 +109,11 @@ impl StateEngine {
         self.start_bundle_job(move || scan(&importer, files, &done), None);
     }
 
-    fn start_bundle_job(&mut self, job: impl FnOnce() -> Finished + Send + 'static, reply: Option<Reply>) {
+    fn start_bundle_job(
+        &mut self,
+        job: impl FnOnce() -> Finished + Send + 'static,
+        reply: Option<Reply>,
+    ) {
         let tx = self.bundles.done_tx.clone();
         let spawned = std::thread::Builder::new()
             .name("bundle-import".into())
@@ -134,7 +138,10 @@ impl StateEngine {
         let reply = self.bundles.running.take().flatten();
         let now = crate::logs::now_ms();
         for digest in &finished.superseded {
-            if let Err(e) = self.db().record_bundle(digest, "superseded", &finished.source, now) {
+            if let Err(e) = self
+                .db()
+                .record_bundle(digest, "superseded", &finished.source, now)
+            {
                 warn!("cannot record bundle {digest}: {e}");
             }
         }
@@ -152,10 +159,9 @@ impl StateEngine {
                 ),
                 false,
             ),
-            Err(e) => crate::logs::event(
-                format!("Bundle {} not applied: {e}", finished.source),
-                true,
-            ),
+            Err(e) => {
+                crate::logs::event(format!("Bundle {} not applied: {e}", finished.source), true)
+            }
         }
         if let Some(reply) = reply {
             let _ = reply.send(outcome);
@@ -184,9 +190,9 @@ impl StateEngine {
                 TargetNotSet::Refused(m) => BundleError::Refused(m),
                 TargetNotSet::Storage(m) => BundleError::Failed(m),
             })?;
-        let recorded = self
-            .db()
-            .record_bundle(&head.digest, "applied", source, crate::logs::now_ms());
+        let recorded =
+            self.db()
+                .record_bundle(&head.digest, "applied", source, crate::logs::now_ms());
         if let Err(e) = recorded {
             // Applied all the same; a later scan would apply it again, which changes nothing.
             warn!("cannot record bundle {}: {e}", head.digest);
@@ -230,7 +236,9 @@ impl StateEngine {
                     commit: rel.commit.clone(),
                     docker_image_id: Some(id.to_string()),
                 })
-                .map_err(|e| BundleError::Failed(format!("cannot record image {}: {e}", svc.image)))?;
+                .map_err(|e| {
+                    BundleError::Failed(format!("cannot record image {}: {e}", svc.image))
+                })?;
             }
         }
         Ok(())
@@ -248,7 +256,8 @@ impl StateEngine {
             .and_then(|v| serde_json::from_value(v.get("ids")?.clone()).ok())
             .unwrap_or_default();
         info!("A bundle import was cut short: removing the images it was loading");
-        self.importer().remove_loaded(ids.iter().map(String::as_str));
+        self.importer()
+            .remove_loaded(ids.iter().map(String::as_str));
         let _ = std::fs::remove_file(&journal);
     }
 }
@@ -280,15 +289,17 @@ fn scan(importer: &Importer, files: Vec<PathBuf>, done: &BTreeSet<String>) -> Fi
         let head = std::fs::File::open(&path)
             .map_err(|e| e.to_string())
             .and_then(|f| {
-                crate::bundle::read_head(&mut Entries::new(std::io::BufReader::new(f)), &importer.trusted)
+                crate::bundle::read_head(
+                    &mut Entries::new(std::io::BufReader::new(f)),
+                    &importer.trusted,
+                )
             });
         match head {
             Ok(head) if done.contains(&head.digest) => {}
             Ok(head) => fresh.push((path, head)),
-            Err(e) => crate::logs::event(
-                format!("Bundle {} not applied: {e}", path.display()),
-                true,
-            ),
+            Err(e) => {
+                crate::logs::event(format!("Bundle {} not applied: {e}", path.display()), true)
+            }
         }
     }
     fresh.sort_by(|a, b| a.1.manifest.created.cmp(&b.1.manifest.created));
@@ -310,7 +321,11 @@ fn scan(importer: &Importer, files: Vec<PathBuf>, done: &BTreeSet<String>) -> Fi
 }
 
 /// Logs what the first target after a bundle does to it (the cloud decides).
-pub(super) fn note_target_after_bundle(digest: &str, next: &TargetState, current: Option<&TargetState>) {
+pub(super) fn note_target_after_bundle(
+    digest: &str,
+    next: &TargetState,
+    current: Option<&TargetState>,
+) {
     let commits = |t: &TargetState| -> Vec<(String, Option<String>)> {
         t.apps
             .iter()
@@ -318,10 +333,16 @@ pub(super) fn note_target_after_bundle(digest: &str, next: &TargetState, current
             .collect()
     };
     if current.is_some_and(|c| commits(c) == commits(next)) {
-        info!("The new target has the releases of bundle {}: nothing changes", short(digest));
+        info!(
+            "The new target has the releases of bundle {}: nothing changes",
+            short(digest)
+        );
     } else {
         crate::logs::event(
-            format!("The new target replaces the releases of bundle {}", short(digest)),
+            format!(
+                "The new target replaces the releases of bundle {}",
+                short(digest)
+            ),
             false,
         );
     }

@@ -67,6 +67,30 @@ fn cut(e: std::io::Error) -> BundleError {
     BundleError::Refused(format!("the bundle is cut short or damaged: {e}"))
 }
 
+/// Reads an archive the engine has already, checking its digest.
+fn check_only<R: Read>(image: &ImageEntry, entries: &mut Entries<R>) -> Result<(), BundleError> {
+    let mut digest = Digest::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = entries.read(&mut buf).map_err(cut)?;
+        if n == 0 {
+            return digest_matches(image, digest);
+        }
+        digest.update(&buf[..n]);
+    }
+}
+
+fn digest_matches(image: &ImageEntry, digest: Digest) -> Result<(), BundleError> {
+    let got = digest.hex();
+    if got == image.sha256 {
+        return Ok(());
+    }
+    Err(BundleError::Refused(format!(
+        "image {}: its archive's SHA-256 is {got}, the signed manifest says {}",
+        image.name, image.sha256
+    )))
+}
+
 impl Importer {
     /// Reads, checks and loads a whole bundle from `input`.
     pub fn import(&self, input: impl Read) -> Result<Imported, BundleError> {
@@ -131,7 +155,10 @@ impl Importer {
                 || on.references.contains(&name)
                 || on.references.contains(&format!("{name}:latest"))
                 || on.ids.contains(&name)
-                || self.recorded.get(&name).is_some_and(|id| on.ids.contains(id));
+                || self
+                    .recorded
+                    .get(&name)
+                    .is_some_and(|id| on.ids.contains(id));
             if !present {
                 return Err(BundleError::Refused(format!(
                     "image {name} is neither in the bundle nor on the engine"
@@ -202,6 +229,9 @@ impl Importer {
                 }
             }
             if on.ids.contains(&image.id) {
+                // On the engine already: not loaded, but checked all the same, so that a
+                // damaged bundle is refused whatever the device has.
+                check_only(image, entries)?;
                 continue;
             }
             self.load_one(image, entries)?;
@@ -223,10 +253,7 @@ impl Importer {
         entries: &mut Entries<R>,
     ) -> Result<(), BundleError> {
         let name = &image.name;
-        let mut load = self
-            .engine
-            .load_images()
-            .map_err(|e| load_error(name, e))?;
+        let mut load = self.engine.load_images().map_err(|e| load_error(name, e))?;
         let mut digest = Digest::new();
         let mut buf = vec![0u8; 64 * 1024];
         let held = HELD_BACK.min(image.size);
@@ -241,14 +268,8 @@ impl Importer {
         let tail = &mut buf[..held as usize];
         entries.read_exact(tail).map_err(cut)?;
         digest.update(tail);
-        let got = digest.hex();
-        if got != image.sha256 {
-            // Dropping `load` closes the connection before the archive's end.
-            return Err(BundleError::Refused(format!(
-                "image {name}: its archive's SHA-256 is {got}, the signed manifest says {}",
-                image.sha256
-            )));
-        }
+        // Dropping `load` on a mismatch closes the connection before the archive's end.
+        digest_matches(image, digest)?;
         load.write(tail).map_err(|e| load_error(name, e))?;
         let references = load.finish().map_err(|e| load_error(name, e))?;
         if let Err(e) = self.engine.inspect_image(&image.id) {
