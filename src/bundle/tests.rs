@@ -77,7 +77,11 @@ fn signatures_are_checked_against_the_trusted_keys() {
     let e = head(&bundle(&raw, b"{}", &[]), std::slice::from_ref(&public)).unwrap_err();
     assert!(e.contains("not a signature entry"), "{e}");
     // The signature entry missing, or the entries in another order.
-    let e = head(&bundle(&raw, &sig, &[])[..1024], std::slice::from_ref(&public)).unwrap_err();
+    let e = head(
+        &bundle(&raw, &sig, &[])[..1024],
+        std::slice::from_ref(&public),
+    )
+    .unwrap_err();
     assert!(e.contains("not a bundle"), "{e}");
     let mut swapped = Vec::new();
     for (name, data) in [(SIGNATURE, &sig), (MANIFEST, &raw)] {
