@@ -534,9 +534,9 @@ pub fn write_chunked_request_head<W: Write>(
     path: &str,
     extra_headers: &[(&str, String)],
 ) -> io::Result<()> {
-    let mut head = request_head(method, path, extra_headers)?;
-    head.push_str("Transfer-Encoding: chunked\r\n\r\n");
-    w.write_all(head.as_bytes())
+    let mut headers = extra_headers.to_vec();
+    headers.push(("Transfer-Encoding", "chunked".into()));
+    write_request_head(w, method, path, &headers)
 }
 
 /// Writes the head of a request whose framing the caller gives in `extra_headers` (a

@@ -12,7 +12,6 @@ use super::bundle_import::{Imported, Importer};
 use super::run_loop::LoopState;
 use crate::bundle::Head;
 use crate::compose::target::TargetState;
-use crate::compose::ImageRef;
 use crate::protocol::{BundleApplied, BundleError, TargetNotSet, Upload};
 use crate::tar::Entries;
 use crossbeam_channel::{Receiver, Sender};
@@ -225,18 +224,8 @@ impl StateEngine {
                 let Some(id) = ids.get(svc.image.as_str()) else {
                     continue;
                 };
-                db.upsert_image(&ImageRef {
-                    name: super::preload::normalise_image_name(&svc.image),
-                    app_id: app.id,
-                    app_uuid: app.uuid.clone(),
-                    service_id: svc.id,
-                    service_name: name.clone(),
-                    image_id: svc.image_id,
-                    release_id: rel.id,
-                    commit: rel.commit.clone(),
-                    docker_image_id: Some(id.to_string()),
-                })
-                .map_err(|e| {
+                let row = super::preload::image_row(app, rel, name, Some(id.to_string()));
+                db.upsert_image(&row).map_err(|e| {
                     BundleError::Failed(format!("cannot record image {}: {e}", svc.image))
                 })?;
             }

@@ -157,7 +157,7 @@ impl Importer {
                 || on.ids.contains(&name)
                 || self
                     .recorded
-                    .get(&name)
+                    .get(&super::preload::normalise_image_name(&name))
                     .is_some_and(|id| on.ids.contains(id));
             if !present {
                 return Err(BundleError::Refused(format!(

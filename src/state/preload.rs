@@ -2,7 +2,7 @@
 //! target shipped in `$DATA_MOUNTPOINT/apps.json` (images preloaded into the engine) is
 //! stored and applied without downloads, then the file is retired so it is used only once.
 
-use crate::compose::target::parse_device_target;
+use crate::compose::target::{parse_device_target, TargetApp, TargetRelease};
 use crate::compose::ImageRef;
 use crate::db::Db;
 use crate::engine::Engine;
@@ -12,6 +12,28 @@ use serde_json::{json, Value};
 use std::path::Path;
 
 /// `repo` → `repo:latest`; references with a tag or digest are kept.
+/// The `image` row of service `name` of a target release, on the engine as `docker_image_id`
+/// (a preloaded or bundled image, which no pull recorded).
+pub(super) fn image_row(
+    app: &TargetApp,
+    rel: &TargetRelease,
+    name: &str,
+    docker_image_id: Option<String>,
+) -> ImageRef {
+    let svc = &rel.services[name];
+    ImageRef {
+        name: normalise_image_name(&svc.image),
+        app_id: app.id,
+        app_uuid: app.uuid.clone(),
+        service_id: svc.id,
+        service_name: name.to_string(),
+        image_id: svc.image_id,
+        release_id: rel.id,
+        commit: rel.commit.clone(),
+        docker_image_id,
+    }
+}
+
 pub fn normalise_image_name(name: &str) -> String {
     let last = name.rsplit('/').next().unwrap_or(name);
     if name.contains('@') || last.contains(':') {
@@ -71,18 +93,8 @@ fn try_preload(path: &Path, db: &mut Db, engine: &Engine, source: &str) -> Resul
         let Some(rel) = &app.release else { continue };
         for (name, svc) in &rel.services {
             let docker_image_id = engine.inspect_image(&svc.image).ok().map(|i| i.id);
-            db.upsert_image(&ImageRef {
-                name: normalise_image_name(&svc.image),
-                app_id: app.id,
-                app_uuid: app.uuid.clone(),
-                service_id: svc.id,
-                service_name: name.clone(),
-                image_id: svc.image_id,
-                release_id: rel.id,
-                commit: rel.commit.clone(),
-                docker_image_id,
-            })
-            .map_err(|e| e.to_string())?;
+            db.upsert_image(&image_row(app, rel, name, docker_image_id))
+                .map_err(|e| e.to_string())?;
         }
     }
     if doc.get("pinDevice").and_then(Value::as_bool) == Some(true) {
