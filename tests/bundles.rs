@@ -226,24 +226,85 @@ fn manifest_of(bytes: &[u8]) -> Manifest {
     serde_json::from_slice(&bytes[at..at + size]).unwrap()
 }
 
+/// A test's scratch: the engine to itself, a work directory, a signing key made by `bundle
+/// keygen` and images of its own. Dropped last (declare it first): the engine is reset, the
+/// images and the directory removed.
+struct Scratch {
+    _serial: std::sync::MutexGuard<'static, ()>,
+    work: PathBuf,
+    key: PathBuf,
+    public: String,
+    /// (reference, id) of each image.
+    images: Vec<(String, String)>,
+}
+
+impl Scratch {
+    fn new(name: &str, images: usize) -> Scratch {
+        let serial = serial();
+        reset_engine(&engine());
+        let work = std::env::temp_dir().join(unique(name));
+        std::fs::create_dir_all(&work).unwrap();
+        let (key, public) = keygen(&work, "signing");
+        let images = (0..images)
+            .map(|i| unique_image(&format!("i{i}")))
+            .collect();
+        Scratch {
+            _serial: serial,
+            work,
+            key,
+            public,
+            images,
+        }
+    }
+
+    fn image(&self, i: usize) -> &str {
+        &self.images[i].0
+    }
+
+    fn id(&self, i: usize) -> &str {
+        &self.images[i].1
+    }
+
+    /// `tinyvisor bundle create` of `doc` into `<work>/<name>.tvb`.
+    fn create(&self, name: &str, doc: &Value) -> PathBuf {
+        create(&self.work, name, doc, &self.key)
+    }
+
+    /// Removes the test's images from the engine (the bundles carry them).
+    fn remove_images(&self) {
+        for (reference, id) in &self.images {
+            docker(&["rmi", reference]);
+            assert!(!image_present(id));
+        }
+    }
+
+    /// A local-mode daemon trusting the key, running release c0 (busybox).
+    fn daemon_running_c0(&self) -> (Daemon, Vec<String>) {
+        let d = daemon_trusting(&self.public);
+        assert_eq!(d.post_target(&target("c0", &[BUSYBOX])).0, 200);
+        let running = container_ids(&d.wait_status("c0 runs", 60, |s| runs(s, "c0", 1)));
+        (d, running)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let e = engine();
+        reset_engine(&e);
+        for (_, id) in &self.images {
+            let _ = e.remove_image(id, true);
+        }
+        let _ = std::fs::remove_dir_all(&self.work);
+    }
+}
+
 #[test]
 fn a_bundle_brings_a_release_whose_images_the_device_lacks() {
-    let _serial = serial();
-    let e = engine();
-    reset_engine(&e);
-    let work = std::env::temp_dir().join(unique("bundles"));
-    std::fs::create_dir_all(&work).unwrap();
-    let (key, public) = keygen(&work, "signing");
-    let (image_a, id_a) = unique_image("a");
-    let (image_b, id_b) = unique_image("b");
-    let first = create(&work, "c1", &target("c1", &[&image_a, BUSYBOX]), &key);
-    let second = create(&work, "c2", &target("c2", &[&image_b]), &key);
-    docker(&["rmi", &image_a, &image_b]);
-    assert!(!image_present(&id_a) && !image_present(&id_b));
-
-    let mut d = daemon_trusting(&public);
-    assert_eq!(d.post_target(&target("c0", &[BUSYBOX])).0, 200);
-    d.wait_status("c0 runs", 60, |s| runs(s, "c0", 1));
+    let t = Scratch::new("bundles", 2);
+    let first = t.create("c1", &target("c1", &[t.image(0), BUSYBOX]));
+    let second = t.create("c2", &target("c2", &[t.image(1)]));
+    t.remove_images();
+    let (mut d, _) = t.daemon_running_c0();
 
     // The CLI streams it to the daemon and returns once it is applied.
     let port = d.port.to_string();
@@ -259,7 +320,7 @@ fn a_bundle_brings_a_release_whose_images_the_device_lacks() {
     assert_eq!(answer["releases"], json!({"4646": "c1"}));
     assert_eq!(answer["imagesLoaded"], 1, "busybox was there already");
     d.wait_status("c1 from the bundle runs", 60, |s| runs(s, "c1", 2));
-    assert!(image_present(&id_a));
+    assert!(image_present(t.id(0)));
     let (_, stored) = d.get("/v2/local/target-state").unwrap();
     assert_eq!(stored["state"]["local"]["apps"]["4646"]["commit"], "c1");
 
@@ -271,7 +332,7 @@ fn a_bundle_brings_a_release_whose_images_the_device_lacks() {
     assert_eq!(d.request("POST", "/v1/update", Some("{}")).unwrap().0, 204);
     let s = d.wait_status("c2 from the directory runs", 60, |s| runs(s, "c2", 1));
     let c2_container = container_ids(&s);
-    assert!(image_present(&id_b));
+    assert!(image_present(t.id(1)));
     // c1 was applied already: not applied again, on the update or after a restart.
     assert_eq!(d.request("POST", "/v1/update", Some("{}")).unwrap().0, 204);
     d.stop();
@@ -283,43 +344,17 @@ fn a_bundle_brings_a_release_whose_images_the_device_lacks() {
     assert_eq!(log.matches("Applied bundle").count(), 2, "{log}");
     assert!(log.contains("(upload): app 4646 release c1"), "{log}");
     assert!(log.contains("c2.tvb): app 4646 release c2"), "{log}");
-    drop(d);
-    reset_engine(&e);
-    let _ = e.remove_image(&id_a, true);
-    let _ = e.remove_image(&id_b, true);
-    let _ = std::fs::remove_dir_all(work);
 }
 
 #[test]
 fn bad_bundles_are_refused_and_change_nothing() {
-    let _serial = serial();
-    let e = engine();
-    reset_engine(&e);
-    let work = std::env::temp_dir().join(unique("badbundles"));
-    std::fs::create_dir_all(&work).unwrap();
-    let (key, public) = keygen(&work, "signing");
-    let (other_key, _) = keygen(&work, "other");
-    let (image_a, id_a) = unique_image("a");
-    let (image_b, id_b) = unique_image("b");
-    let good = std::fs::read(create(
-        &work,
-        "c1",
-        &target("c1", &[&image_a, &image_b]),
-        &key,
-    ))
-    .unwrap();
-    let by_other = std::fs::read(create(
-        &work,
-        "other",
-        &target("c1", &[&image_a, &image_b]),
-        &other_key,
-    ))
-    .unwrap();
-    docker(&["rmi", &image_a, &image_b]);
-
-    let d = daemon_trusting(&public);
-    assert_eq!(d.post_target(&target("c0", &[BUSYBOX])).0, 200);
-    let before = container_ids(&d.wait_status("c0 runs", 60, |s| runs(s, "c0", 1)));
+    let t = Scratch::new("badbundles", 2);
+    let (other_key, _) = keygen(&t.work, "other");
+    let doc = target("c1", &[t.image(0), t.image(1)]);
+    let good = std::fs::read(t.create("c1", &doc)).unwrap();
+    let by_other = std::fs::read(create(&t.work, "other", &doc, &other_key)).unwrap();
+    t.remove_images();
+    let (d, before) = t.daemon_running_c0();
 
     let files = entries(&good);
     let (_, b_at, b_size) = files[3].clone();
@@ -331,7 +366,7 @@ fn bad_bundles_are_refused_and_change_nothing() {
     let with = |f: &dyn Fn(&mut Manifest)| {
         let mut m = manifest.clone();
         f(&mut m);
-        signed(&key, &m, &[&archive(0), &archive(1)])
+        signed(&t.key, &m, &[&archive(0), &archive(1)])
     };
     let mut tampered_manifest = good.clone();
     let (_, m_at, _) = files[0];
@@ -377,14 +412,7 @@ fn bad_bundles_are_refused_and_change_nothing() {
         ),
         (
             "larger than the free space",
-            signed(
-                &key,
-                &Manifest {
-                    images: vec![huge, manifest.images[1].clone()],
-                    ..manifest.clone()
-                },
-                &[&archive(0), &archive(1)],
-            ),
+            with(&|m| m.images[0] = huge.clone()),
             "MB free on the engine's data root",
         ),
     ];
@@ -395,7 +423,7 @@ fn bad_bundles_are_refused_and_change_nothing() {
         // Nothing changed: no image of the bundle (the first archive of the damaged ones
         // was loaded, then removed), the same containers, the same target.
         assert!(
-            !image_present(&id_a) && !image_present(&id_b),
+            !image_present(t.id(0)) && !image_present(t.id(1)),
             "{what}: images left\n{}",
             d.log_text()
         );
@@ -405,34 +433,19 @@ fn bad_bundles_are_refused_and_change_nothing() {
         let (_, stored) = d.get("/v2/local/target-state").unwrap();
         assert_eq!(stored["state"]["local"]["apps"]["4646"]["commit"], "c0");
     }
-    // Scoped and missing keys do not apply to a local-mode device; the whole bundle does.
+    // The whole bundle, unchanged, is applied.
     let (status, message) = upload(&d, &good);
     assert_eq!(status, 200, "{message}\n{}", d.log_text());
     d.wait_status("c1 runs", 60, |s| runs(s, "c1", 2));
-    drop(d);
-    reset_engine(&e);
-    let _ = e.remove_image(&id_a, true);
-    let _ = e.remove_image(&id_b, true);
-    let _ = std::fs::remove_dir_all(work);
 }
 
 #[test]
 fn an_import_cut_by_kill_9_leaves_nothing_half_applied() {
-    let _serial = serial();
-    let e = engine();
-    reset_engine(&e);
-    let work = std::env::temp_dir().join(unique("killbundle"));
-    std::fs::create_dir_all(&work).unwrap();
-    let (key, public) = keygen(&work, "signing");
-    let (image_a, id_a) = unique_image("a");
-    let (image_b, id_b) = unique_image("b");
-    let file = create(&work, "c1", &target("c1", &[&image_a, &image_b]), &key);
+    let t = Scratch::new("killbundle", 2);
+    let file = t.create("c1", &target("c1", &[t.image(0), t.image(1)]));
     let good = std::fs::read(&file).unwrap();
-    docker(&["rmi", &image_a, &image_b]);
-
-    let mut d = daemon_trusting(&public);
-    assert_eq!(d.post_target(&target("c0", &[BUSYBOX])).0, 200);
-    let before = container_ids(&d.wait_status("c0 runs", 60, |s| runs(s, "c0", 1)));
+    t.remove_images();
+    let (mut d, before) = t.daemon_running_c0();
 
     // Upload everything up to the middle of the second archive, wait for the first image
     // to be loaded, then kill the daemon.
@@ -442,18 +455,18 @@ fn an_import_cut_by_kill_9_leaves_nothing_half_applied() {
     tinyvisor::http::write_request_head(&mut stream, "POST", "/v2/local/bundle", &headers).unwrap();
     stream.write_all(&good[..b_at + b_size / 2]).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !image_present(&id_a) {
+    while !image_present(t.id(0)) {
         assert!(Instant::now() < deadline, "A not loaded: {}", d.log_text());
         std::thread::sleep(Duration::from_millis(50));
     }
     d.kill9();
     drop(stream);
-    assert!(image_present(&id_a) && !image_present(&id_b));
+    assert!(image_present(t.id(0)) && !image_present(t.id(1)));
 
     // After the restart: what the import loaded is gone, the old release runs untouched.
     d.start();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while image_present(&id_a) {
+    while image_present(t.id(0)) {
         assert!(Instant::now() < deadline, "A left: {}", d.log_text());
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -467,11 +480,6 @@ fn an_import_cut_by_kill_9_leaves_nothing_half_applied() {
     d.kill9();
     d.start();
     d.wait_status("c1 runs", 60, |s| runs(s, "c1", 2));
-    drop(d);
-    reset_engine(&e);
-    let _ = e.remove_image(&id_a, true);
-    let _ = e.remove_image(&id_b, true);
-    let _ = std::fs::remove_dir_all(work);
 }
 
 const UUID: &str = "0123456789abcdef0123456789abcdef";
@@ -490,16 +498,10 @@ fn v3(commit: &str, image: &str) -> Value {
 
 #[test]
 fn a_managed_device_keeps_a_bundle_until_the_cloud_answers() {
-    let _serial = serial();
-    let e = engine();
-    reset_engine(&e);
-    let work = std::env::temp_dir().join(unique("cloudbundle"));
-    std::fs::create_dir_all(&work).unwrap();
-    let (key, public) = keygen(&work, "signing");
-    let (image_a, id_a) = unique_image("a");
-    let c1 = create(&work, "c1", &v3("c1", &image_a), &key);
-    let c2 = create(&work, "c2", &v3("c2", BUSYBOX), &key);
-    docker(&["rmi", &image_a]);
+    let t = Scratch::new("cloudbundle", 1);
+    let c1 = t.create("c1", &v3("c1", t.image(0)));
+    let c2 = t.create("c2", &v3("c2", BUSYBOX));
+    t.remove_images();
 
     let api = MockApi::start();
     api.set(|b| {
@@ -509,7 +511,7 @@ fn a_managed_device_keeps_a_bundle_until_the_cloud_answers() {
     let _ = std::fs::remove_file("/tmp/balena-supervisor/state-report-cache");
     let mut d = Daemon::create();
     let mut config = provisioned_config(&api.url, UUID, DEVICE_KEY);
-    config["tinyvisorBundleKeys"] = json!([public]);
+    config["tinyvisorBundleKeys"] = json!([t.public]);
     std::fs::write(d.dir.join("boot/config.json"), config.to_string()).unwrap();
     d.start();
     api.wait_for("a report", Duration::from_secs(30), |rs| {
@@ -554,7 +556,7 @@ fn a_managed_device_keeps_a_bundle_until_the_cloud_answers() {
     // since the last fetch, yet it is fetched in full).
     api.set(|b| {
         b.target_status = 200;
-        b.target = Some(v3("c1", &image_a));
+        b.target = Some(v3("c1", t.image(0)));
     });
     assert_eq!(
         d.request("POST", "/v1/update", Some("{\"force\":true}"))
@@ -589,8 +591,4 @@ fn a_managed_device_keeps_a_bundle_until_the_cloud_answers() {
     assert!(d
         .log_text()
         .contains("The new target replaces the releases of bundle"));
-    drop(d);
-    reset_engine(&e);
-    let _ = e.remove_image(&id_a, true);
-    let _ = std::fs::remove_dir_all(work);
 }
