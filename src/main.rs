@@ -187,7 +187,7 @@ fn main() -> ExitCode {
         println!("tinyvisor {}", tinyvisor::VERSION);
         return ExitCode::SUCCESS;
     }
-    let _ = simplelog::SimpleLogger::init(cli.log_level, simplelog::Config::default());
+    tinyvisor::logs::console::init(cli.log_level);
 
     let overrides = Overrides {
         docker_socket: cli.docker_socket,

@@ -3,6 +3,7 @@
 //! the cloud shipper takes in batches, local listeners get a copy.
 
 pub mod collect;
+pub mod console;
 
 use crossbeam_channel::{Receiver, Sender};
 use serde_json::{json, Value};
