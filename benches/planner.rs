@@ -110,7 +110,12 @@ fn main() {
         "{:>5} {:>12} {:>12} {:>10} {:>12} {:>6}",
         "apps", "case", "time/plan", "allocs", "alloc bytes", "steps"
     );
-    for n in [1usize, 10, 100] {
+    // PLANNER_APPS=1000 (say) measures that size only, for a profiler.
+    let sizes: Vec<usize> = match std::env::var("PLANNER_APPS") {
+        Ok(n) => vec![n.parse().expect("PLANNER_APPS is a number")],
+        Err(_) => vec![1, 10, 100, 1000],
+    };
+    for n in sizes {
         let (targets, images) = apps(n, "one");
         let current = as_current(&targets);
         let (changed, _) = apps(n, "two");
@@ -121,7 +126,7 @@ fn main() {
             ..Default::default()
         };
         for (case, target) in [("unchanged", &targets), ("all-changed", &changed)] {
-            let reps = if n == 100 { 20 } else { 200 };
+            let reps = (2000 / n as u32).clamp(3, 200);
             let steps = plan(&current, target, &ctx).len();
             let (a0, b0) = (
                 ALLOCS.load(Ordering::Relaxed),

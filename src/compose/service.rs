@@ -1000,6 +1000,11 @@ fn as_set<T: Ord + Clone>(v: &[T]) -> BTreeSet<T> {
     v.iter().cloned().collect()
 }
 
+/// The same elements, in any order (lists in the same order, the common case, need no sets).
+fn same_set<T: Ord + Clone>(a: &[T], b: &[T]) -> bool {
+    a == b || as_set(a) == as_set(b)
+}
+
 /// The config fields in which `current` differs from `target` (empty = same container
 /// config), per engine.md C.4.5. `container_ids` maps service names to container ids for
 /// `service:<x>` network modes.
@@ -1013,7 +1018,7 @@ pub fn config_differences(
         ($($f:ident),*) => { $( if current.$f != target.$f { d.push(stringify!($f)); } )* };
     }
     macro_rules! set_eq {
-        ($($f:ident),*) => { $( if as_set(&current.$f) != as_set(&target.$f) { d.push(stringify!($f)); } )* };
+        ($($f:ident),*) => { $( if !same_set(&current.$f, &target.$f) { d.push(stringify!($f)); } )* };
     }
     eq!(
         image,
@@ -1073,8 +1078,7 @@ pub fn config_differences(
             t.aliases.iter().all(|a| c.aliases.contains(a))
                 && (t.ipv4_address.is_none() || t.ipv4_address == c.ipv4_address)
                 && (t.ipv6_address.is_none() || t.ipv6_address == c.ipv6_address)
-                && (t.link_local_ips.is_empty()
-                    || as_set(&t.link_local_ips) == as_set(&c.link_local_ips))
+                && (t.link_local_ips.is_empty() || same_set(&t.link_local_ips, &c.link_local_ips))
         })
     });
     if !networks_ok {
