@@ -1009,9 +1009,13 @@ fn start_upload(conn: Conn, handler: &Arc<Handler>, limits: &Limits, streams: &A
         .name("api-upload".into())
         .stack_size(256 * 1024)
         .spawn(move || {
-            let _ = serve_upload(out, conn.buf, &handler, write_timeout);
+            let answered = serve_upload(out, conn.buf, &handler, write_timeout);
+            // Answered: the next upload may begin while this connection lingers.
             counter.fetch_sub(1, Ordering::AcqRel);
             UPLOADING.store(false, Ordering::Release);
+            if let Ok(out) = answered {
+                linger(out);
+            }
         });
     if let Err(e) = spawned {
         streams.fetch_sub(1, Ordering::AcqRel);
@@ -1020,12 +1024,13 @@ fn start_upload(conn: Conn, handler: &Arc<Handler>, limits: &Limits, streams: &A
     }
 }
 
+/// Hands the upload to the handler and sends its answer; returns the connection.
 fn serve_upload(
     mut out: TcpStream,
     buf: Vec<u8>,
     handler: &Arc<Handler>,
     write_timeout: Duration,
-) -> io::Result<()> {
+) -> io::Result<TcpStream> {
     let mut rest: &[u8] = &buf;
     let head = http::read_request_head(&mut rest)?.ok_or_else(|| invalid_body("no request"))?;
     let framing = head.framing()?;
@@ -1054,25 +1059,31 @@ fn serve_upload(
     };
     write_head(&mut out, status, &headers, Some(bytes.len()), false)?;
     out.write_all(&bytes)?;
-    // A refused upload may still be sending: read and discard a while (as for a refused
-    // request), so the client gets the answer rather than a reset.
     out.shutdown(Shutdown::Write)?;
+    Ok(out)
+}
+
+/// A refused upload may still be sending: read and discard a while (as for a refused
+/// request), so the client gets the answer rather than a reset.
+fn linger(mut out: TcpStream) {
     let until = Instant::now() + LINGER;
-    out.set_read_timeout(Some(Duration::from_millis(500)))?;
+    let _ = out.set_read_timeout(Some(Duration::from_millis(500)));
     let mut sink = [0u8; 16 * 1024];
     let mut left = LINGER_BYTES;
     while Instant::now() < until && left > 0 {
         match out.read(&mut sink) {
             Ok(0) => break,
             Ok(n) => left = left.saturating_sub(n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e)
-                if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut => {
-            }
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::Interrupted
+                        | io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                ) => {}
             Err(_) => break,
         }
     }
-    Ok(())
 }
 
 /// Streams an answer on its own thread so the worker is free again.
