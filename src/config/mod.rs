@@ -159,7 +159,7 @@ pub struct Settings {
     pub listen_port: u16,
     pub config_json: ConfigJson,
     pub device_type: DeviceType,
-    /// Custom root CAs for the balena API, registry token and delta calls.
+    /// Custom root CAs for the balena API, registry token and delta calls (managed devices).
     pub custom_ca: Vec<ca::CustomCa>,
     /// Between failed host OS install attempts (helios's fixed local retry interval, 30 s;
     /// `TINYVISOR_HOSTOS_RETRY_MS`).
@@ -224,11 +224,17 @@ impl Settings {
             .or(env_port)
             .unwrap_or_else(|| config_json.listen_port());
         let device_type = DeviceType::read(&paths.boot_mountpoint, &config_json);
-        let custom_ca = ca::collect(
-            env,
-            &paths.root_mountpoint,
-            config_json.get_str("balenaRootCA"),
-        );
+        // Only a managed device talks TLS: an unmanaged one does not hold CA files in memory
+        // (a whole CA bundle named by NODE_EXTRA_CA_CERTS is ~0.5 MiB of it).
+        let custom_ca = if config_json.unmanaged() {
+            Vec::new()
+        } else {
+            ca::collect(
+                env,
+                &paths.root_mountpoint,
+                config_json.get_str("balenaRootCA"),
+            )
+        };
         let hostos_retry = hostos_retry(env).map_err(SettingsError::Env)?;
         Ok(Settings {
             paths,
