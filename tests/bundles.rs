@@ -499,8 +499,16 @@ fn v3(commit: &str, image: &str) -> Value {
 #[test]
 fn a_managed_device_keeps_a_bundle_until_the_cloud_answers() {
     let t = Scratch::new("cloudbundle", 1);
-    let c1 = t.create("c1", &v3("c1", t.image(0)));
+    // As the cloud names images: by registry digest. A load does not restore that name; the
+    // image row the import writes is how the device finds it.
+    let pushed = format!("{}/{}", registry(), t.image(0));
+    docker(&["tag", t.image(0), &pushed]);
+    docker(&["push", "-q", &pushed]);
+    let by_digest = docker(&["inspect", "-f", "{{index .RepoDigests 0}}", &pushed]);
+    assert!(by_digest.contains("@sha256:"), "{by_digest}");
+    let c1 = t.create("c1", &v3("c1", &by_digest));
     let c2 = t.create("c2", &v3("c2", BUSYBOX));
+    docker(&["rmi", &pushed]);
     t.remove_images();
 
     let api = MockApi::start();
@@ -542,6 +550,11 @@ fn a_managed_device_keeps_a_bundle_until_the_cloud_answers() {
     assert!(ok, "{out}");
     let s = d.wait_status("c1 from the bundle runs", 60, |s| runs(s, "c1", 1));
     let c1_containers = container_ids(&s);
+    assert!(
+        !d.log_text().contains("Downloading image"),
+        "the bundle's image was pulled instead: {}",
+        d.log_text()
+    );
     // A failed fetch changes nothing.
     assert_eq!(
         d.request("POST", "/v1/update", Some("{\"force\":true}"))
@@ -556,7 +569,7 @@ fn a_managed_device_keeps_a_bundle_until_the_cloud_answers() {
     // since the last fetch, yet it is fetched in full).
     api.set(|b| {
         b.target_status = 200;
-        b.target = Some(v3("c1", t.image(0)));
+        b.target = Some(v3("c1", &by_digest));
     });
     assert_eq!(
         d.request("POST", "/v1/update", Some("{\"force\":true}"))
