@@ -4,7 +4,7 @@
 use super::actions::Actions;
 use super::device::{device_context, universe};
 use super::executor::{supervisor_network_ok, Executor, StepError, EXTRA_FIRMWARE_VOLUME};
-use super::power::{self, PowerAction};
+use super::power::PowerAction;
 
 use super::snapshot::EngineSnapshot;
 use super::target::target_apps;
@@ -21,7 +21,7 @@ pub use crate::protocol::{
 };
 use crate::systemd::HostControl;
 use crossbeam_channel::Sender;
-use log::{error, info, warn};
+use log::{info, warn};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -30,7 +30,7 @@ pub struct StateEngine {
     pub(super) settings: Arc<Settings>,
     pub(super) engine: Engine,
     db: Mutex<Db>,
-    locks: Locks,
+    pub(super) locks: Locks,
     pub(super) status: Arc<Mutex<Status>>,
     /// Told (without blocking) whenever the status is published: the report thread, the
     /// log collector.
@@ -40,7 +40,7 @@ pub struct StateEngine {
     /// Unmanaged, or `SUPERVISOR_LOCAL_MODE` on (kept in the DB as v19's `localMode`).
     pub(super) local_mode: bool,
     progress: Mutex<BTreeMap<String, u8>>,
-    locks_held: BTreeSet<i64>,
+    pub(super) locks_held: BTreeSet<i64>,
     boot_time: i64,
     /// The host's systemd and logind.
     pub(super) host: Arc<dyn HostControl>,
@@ -49,7 +49,7 @@ pub struct StateEngine {
     /// A reboot or shutdown was asked of the host: no more steps run.
     pub(super) shutting_down: bool,
     /// `SUPERVISOR_LOG_CONTROL` of the cloud target: logs may go to the cloud.
-    log_control: bool,
+    pub(super) log_control: bool,
     /// The firewall settings last installed (or tried).
     pub(super) firewall_tried: Option<crate::firewall::Settings>,
     /// The host OS update of the target: install in flight, retry time.
@@ -465,305 +465,6 @@ impl StateEngine {
             reboot_breadcrumb,
             boot_time: self.boot_time,
             retained_images: self.open_trials.retained_images.clone(),
-        }
-    }
-
-    /// Reboots or powers off the host (device-config.md §4.4): refused during a host OS update
-    /// unless forced; takes every current app's locks (those the loop holds stay as they are);
-    /// logs the event; tells `ready` (the API answers then); a second later asks logind. If
-    /// the host refuses, the locks taken here are given back and applying goes on (v19 would
-    /// stay "shutting down" for good).
-    pub(super) fn power(
-        &mut self,
-        action: PowerAction,
-        force: bool,
-        ready: impl FnOnce(Result<(), ActionError>),
-    ) -> Result<(), ActionError> {
-        let prepared =
-            if !force && power::host_os_update_pending(&self.settings.paths.state_mountpoint) {
-                Err(ActionError::Locked(power::HOST_OS_UPDATE.into()))
-            } else {
-                self.lock_every_app(force)
-            };
-        let taken = match prepared {
-            Ok(t) => t,
-            Err(e) => {
-                warn!("{} refused: {e:?}", action.event());
-                ready(Err(e.clone()));
-                return Err(e);
-            }
-        };
-        crate::logs::event(action.event(), false);
-        ready(Ok(()));
-        std::thread::sleep(Duration::from_secs(1));
-        match action.call(self.host.as_ref()) {
-            Ok(()) => {
-                self.shutting_down = true;
-                Ok(())
-            }
-            Err(message) => {
-                crate::logs::event(message.clone(), true);
-                for app_id in taken {
-                    let _ = self.locks.release(app_id);
-                }
-                Err(ActionError::Failed(message))
-            }
-        }
-    }
-
-    /// Takes the update locks of every app on the engine that the loop does not hold already;
-    /// returns the apps locked here.
-    fn lock_every_app(&self, force: bool) -> Result<Vec<i64>, ActionError> {
-        let snapshot =
-            EngineSnapshot::read(&self.engine).map_err(|e| ActionError::Failed(e.to_string()))?;
-        let apps: Vec<(i64, Vec<String>)> = snapshot
-            .current_apps()
-            .iter()
-            .map(|a| {
-                let names = a.services.iter().map(|s| s.service_name.clone()).collect();
-                (a.app_id, names)
-            })
-            .collect();
-        power::lock_all_apps(&apps, &self.locks, &self.locks_held, force)
-    }
-
-    pub(super) fn host_config(
-        &self,
-        patch: &crate::hostconfig::Patch,
-        force: bool,
-    ) -> Result<(), ActionError> {
-        let taken = self.lock_every_app(force)?;
-        let result = crate::hostconfig::apply(
-            patch,
-            &self.settings.paths.boot_mountpoint,
-            &self.settings.config_json,
-        );
-        match &result {
-            Ok(applied) => {
-                if let Some(h) = &applied.hostname {
-                    info!("Hostname set to {h} (config.json)");
-                }
-                if applied.proxy_changed {
-                    info!("Proxy settings changed");
-                    crate::hostconfig::restart_proxy_units(self.host.as_ref());
-                }
-            }
-            Err(e) => warn!("Host config not applied: {e}"),
-        }
-        for app_id in taken {
-            let _ = self.locks.release(app_id);
-        }
-        result.map(drop).map_err(ActionError::Failed)
-    }
-
-    /// The scoped key of a service with the supervisor-api feature, made on first use.
-    fn service_api_key(&self, app_id: i64, service: &str) -> Option<String> {
-        let made = self
-            .db()
-            .service_api_key(app_id, service, crate::encoding::random_hex_key);
-        match made {
-            Ok((key, created)) => {
-                if created {
-                    self.publish_api_keys();
-                }
-                Some(key)
-            }
-            Err(e) => {
-                warn!("cannot read or create the API key of {service}: {e}");
-                None
-            }
-        }
-    }
-
-    pub(super) fn stored_tags(&self) -> BTreeMap<String, String> {
-        self.db()
-            .config_get("targetTags")
-            .ok()
-            .flatten()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default()
-    }
-
-    /// Merges tags into the stored ones and publishes them for the report thread.
-    pub(super) fn set_tags(&self, tags: BTreeMap<String, String>) -> Result<(), String> {
-        let mut all = self.stored_tags();
-        all.extend(tags);
-        let text = serde_json::to_string(&all).map_err(|e| e.to_string())?;
-        self.db()
-            .config_set("targetTags", Some(&text))
-            .map_err(|e| e.to_string())?;
-        self.set_status(|s| s.target_tags = Arc::new(all));
-        Ok(())
-    }
-
-    /// Publishes the keys the API accepts.
-    pub(super) fn publish_api_keys(&self) {
-        let keys = match self.db().api_keys() {
-            Ok(k) => k,
-            Err(e) => {
-                warn!("cannot read the API keys: {e}");
-                return;
-            }
-        };
-        let keys: BTreeMap<String, KeyScope> = keys
-            .into_iter()
-            .map(|(k, scopes)| (k, KeyScope::from_json(&scopes)))
-            .collect();
-        self.set_status(|s| s.api_keys = Arc::new(keys));
-    }
-
-    pub(super) fn regenerate_api_key(&self, old: Option<String>) -> Result<String, String> {
-        let current = self
-            .status
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .api_secret
-            .clone();
-        let old = old.or(current).ok_or("no API key to replace")?;
-        let new = crate::encoding::random_hex_key().map_err(|e| e.to_string())?;
-        let global = self
-            .db()
-            .replace_api_key(&old, &new)
-            .map_err(|e| e.to_string())?
-            .ok_or("unknown API key")?;
-        if global {
-            // The report thread sends the new one to the cloud as `api_secret`.
-            let key = new.clone();
-            self.set_status(|s| s.api_secret = Some(key));
-        }
-        // The old key stops working at once.
-        self.publish_api_keys();
-        Ok(new)
-    }
-
-    /// Removes every engine volume that no container (of any kind) mounts and that is not a
-    /// volume of a target app (device-api.md §3.28). The `extra-firmware` volume is kept: it is
-    /// the OS's, recreated by the next apply anyway (v19 removed it here).
-    pub(super) fn cleanup_volumes(&self, target: Option<&TargetState>) -> Result<usize, String> {
-        let err = |e: crate::engine::EngineError| e.to_string();
-        let referenced: BTreeSet<String> = target
-            .iter()
-            .flat_map(|t| t.apps.values())
-            .flat_map(|a| {
-                a.release
-                    .iter()
-                    .flat_map(move |r| r.volumes.keys().map(move |v| format!("{}_{v}", a.id)))
-            })
-            .collect();
-        let mut mounted = BTreeSet::new();
-        for c in self.engine.list_containers(true, &[]).map_err(err)? {
-            let inspect = match self.engine.inspect_container(&c.id) {
-                Ok(i) => i,
-                Err(e) if e.is_not_found() => continue,
-                Err(e) => return Err(e.to_string()),
-            };
-            for m in inspect.mounts.as_array().into_iter().flatten() {
-                if let Some(name) = m.get("Name").and_then(serde_json::Value::as_str) {
-                    mounted.insert(name.to_string());
-                }
-            }
-        }
-        let mut removed = 0;
-        for v in self.engine.list_volumes(&[]).map_err(err)? {
-            if referenced.contains(&v.name)
-                || mounted.contains(&v.name)
-                || v.name == EXTRA_FIRMWARE_VOLUME
-            {
-                continue;
-            }
-            match self.engine.remove_volume(&v.name, false) {
-                Ok(()) => removed += 1,
-                Err(e) if e.is_not_found() => {}
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-        info!("Removed {removed} unused volumes");
-        Ok(removed)
-    }
-
-    /// Where the target being applied is stored: `local` in local mode, else the API endpoint.
-    pub(super) fn source(&self) -> String {
-        if self.local_mode {
-            LOCAL_SOURCE.to_string()
-        } else {
-            self.settings.config_json.api_endpoint()
-        }
-    }
-
-    /// The stored target of the current mode.
-    pub(super) fn effective_target(&self) -> Option<TargetState> {
-        match self.db().load_target(&self.source()) {
-            Ok(t) => t.map(|t| t.normalised()),
-            Err(e) => {
-                error!("cannot read the stored target: {e}");
-                None
-            }
-        }
-    }
-
-    pub(super) fn publish_mode(&self) {
-        let local = self.local_mode;
-        self.set_status(|s| s.local_mode = local);
-        if !self.settings.config_json.unmanaged() {
-            // Logs go to the cloud only outside local mode, and unless the target says not to.
-            if let Some(bus) = crate::logs::bus() {
-                bus.set_shipping(!local && self.log_control);
-            }
-        }
-    }
-
-    /// `SUPERVISOR_LOG_CONTROL=false` in the cloud target stops sending logs to the cloud.
-    pub(super) fn follow_log_control(&mut self, cloud: &TargetState) {
-        let wanted = cloud.flag("SUPERVISOR_LOG_CONTROL") != Some(false);
-        if wanted != self.log_control {
-            self.log_control = wanted;
-            self.publish_mode();
-        }
-    }
-
-    /// A cloud target's `SUPERVISOR_LOCAL_MODE` switches local mode on or off (engine.md C.14).
-    pub(super) fn follow_local_mode_setting(&mut self, cloud: &TargetState) {
-        if self.settings.config_json.unmanaged() {
-            return;
-        }
-        let wanted = cloud.flag("SUPERVISOR_LOCAL_MODE") == Some(true);
-        if wanted == self.local_mode {
-            return;
-        }
-        if wanted {
-            match super::local_mode::snapshot(&self.engine) {
-                Ok(snap) => {
-                    if let Err(e) = self.db().set_engine_snapshot(Some(&snap)) {
-                        warn!("cannot store the engine snapshot: {e}");
-                    }
-                }
-                Err(e) => warn!("cannot take the engine snapshot: {e}"),
-            }
-            crate::logs::event("Entering local mode", false);
-        } else {
-            let snapshot = self.db().engine_snapshot().ok().flatten();
-            crate::logs::event("Leaving local mode", false);
-            if let Some(before) = snapshot {
-                self.leave_local_mode(&before);
-            }
-        }
-        self.local_mode = wanted;
-        let value = if wanted { "true" } else { "false" };
-        if let Err(e) = self.db().config_set("localMode", Some(value)) {
-            warn!("cannot record local mode: {e}");
-        }
-        self.publish_mode();
-    }
-
-    /// Removes what local mode created and its apps, then forgets the snapshot.
-    pub(super) fn leave_local_mode(&self, before: &serde_json::Value) {
-        super::local_mode::cleanup(&self.engine, before);
-        let mut db = self.db();
-        if let Err(e) = db.delete_apps(LOCAL_SOURCE) {
-            warn!("cannot delete the local apps: {e}");
-        }
-        if let Err(e) = db.set_engine_snapshot(None) {
-            warn!("cannot clear the engine snapshot: {e}");
         }
     }
 

@@ -3,10 +3,14 @@
 //! logged, and after a second (so the API can answer first) logind is asked over D-Bus.
 
 use super::actions::ActionError;
+use super::apply::StateEngine;
+use super::snapshot::EngineSnapshot;
 use crate::locks::{LockError, Locks};
 use crate::systemd::HostControl;
+use log::warn;
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::time::Duration;
 
 pub use crate::protocol::PowerAction;
 
@@ -67,6 +71,66 @@ pub fn lock_all_apps(
         taken.push(*app_id);
     }
     Ok(taken)
+}
+
+impl StateEngine {
+    /// Reboots or powers off the host (device-config.md §4.4): refused during a host OS update
+    /// unless forced; takes every current app's locks (those the loop holds stay as they are);
+    /// logs the event; tells `ready` (the API answers then); a second later asks logind. If
+    /// the host refuses, the locks taken here are given back and applying goes on (v19 would
+    /// stay "shutting down" for good).
+    pub(super) fn power(
+        &mut self,
+        action: PowerAction,
+        force: bool,
+        ready: impl FnOnce(Result<(), ActionError>),
+    ) -> Result<(), ActionError> {
+        let prepared = if !force && host_os_update_pending(&self.settings.paths.state_mountpoint) {
+            Err(ActionError::Locked(HOST_OS_UPDATE.into()))
+        } else {
+            self.lock_every_app(force)
+        };
+        let taken = match prepared {
+            Ok(t) => t,
+            Err(e) => {
+                warn!("{} refused: {e:?}", action.event());
+                ready(Err(e.clone()));
+                return Err(e);
+            }
+        };
+        crate::logs::event(action.event(), false);
+        ready(Ok(()));
+        std::thread::sleep(Duration::from_secs(1));
+        match action.call(self.host.as_ref()) {
+            Ok(()) => {
+                self.shutting_down = true;
+                Ok(())
+            }
+            Err(message) => {
+                crate::logs::event(message.clone(), true);
+                for app_id in taken {
+                    let _ = self.locks.release(app_id);
+                }
+                Err(ActionError::Failed(message))
+            }
+        }
+    }
+
+    /// Takes the update locks of every app on the engine that the loop does not hold already;
+    /// returns the apps locked here.
+    pub(super) fn lock_every_app(&self, force: bool) -> Result<Vec<i64>, ActionError> {
+        let snapshot =
+            EngineSnapshot::read(&self.engine).map_err(|e| ActionError::Failed(e.to_string()))?;
+        let apps: Vec<(i64, Vec<String>)> = snapshot
+            .current_apps()
+            .iter()
+            .map(|a| {
+                let names = a.services.iter().map(|s| s.service_name.clone()).collect();
+                (a.app_id, names)
+            })
+            .collect();
+        lock_all_apps(&apps, &self.locks, &self.locks_held, force)
+    }
 }
 
 #[cfg(test)]
