@@ -14,7 +14,7 @@ use crate::config::Settings;
 use crate::db::Db;
 use crate::engine::Engine;
 use crate::locks::Locks;
-use crate::planner::{plan, Context, ImageRef, Step};
+use crate::planner::{plan, Context, CurrentApp, ImageRef, Step};
 pub use crate::protocol::{
     ActionError, AppAction, Command, ContainerStatus, ImageStatus, KeyScope, ServiceAction,
     ServiceRef, Status, TargetNotSet, LOCAL_SOURCE,
@@ -78,6 +78,15 @@ pub fn boot_time() -> i64 {
                 .find_map(|l| l.strip_prefix("btime ").and_then(|v| v.trim().parse().ok()))
         })
         .unwrap_or(0)
+}
+
+/// An error of the iteration itself rather than of one of its steps.
+fn internal(message: String) -> StepError {
+    StepError {
+        step: "read state".into(),
+        message,
+        locked: false,
+    }
 }
 
 /// Starts the state engine thread. The returned sender is the only way in.
@@ -183,53 +192,19 @@ impl StateEngine {
         target: &TargetState,
         force: bool,
     ) -> Result<Outcome, StepError> {
-        let internal = |m: String| StepError {
-            step: "read state".into(),
-            message: m,
-            locked: false,
-        };
         // Device configuration comes first and runs alone (device-config.md §1.3).
         if self.apply_device_config(target)?.is_some() {
             self.set_status(|s| s.iterations += 1);
             return Ok(Outcome::Progress { all_noop: false });
         }
         self.apply_firewall(Some(target));
-        let snapshot = EngineSnapshot::read(&self.engine).map_err(|e| internal(e.to_string()))?;
-        let mut current = snapshot.current_apps();
-        {
-            let db = self.db();
-            for app in &mut current {
-                app.commit = db.current_commit(app.app_id).ok().flatten();
-            }
-        }
+        let (snapshot, current) = self.read_current()?;
         // Releases on trial are judged; a failed one is replaced by the release before it.
         let effective = self.trial_target(target, &current);
         let target = &effective;
-        let device = device_context(&self.settings, &target.name);
-        let universe = universe(&self.settings);
         // The image table, read once: tags, the planner's context and the status all use it.
         let rows = self.db().images().unwrap_or_default();
-        let recorded_ids = self.restore_image_tags(&snapshot, &rows);
-        let engine = &self.engine;
-        // By name, else (a tag gone, a digest the engine no longer lists) by the engine id the
-        // image table recorded: a missing name is not a changed image.
-        let image_defaults = |name: &str| {
-            engine
-                .inspect_image(name)
-                .or_else(|e| match recorded_ids.get(name) {
-                    Some(id) => engine.inspect_image(id),
-                    None => Err(e),
-                })
-                .ok()
-                .map(|i| ImageDefaults::from_inspect(&i))
-        };
-        let api_key = |app_id: i64, service: &str| self.service_api_key(app_id, service);
-        let built = target_apps(target, &device, &universe, &image_defaults, &api_key);
-        for m in &built.messages {
-            warn!("{m}");
-        }
-        let ctx = self.context(&snapshot, &rows, target, force);
-        let steps = plan(&current, &built.apps, &ctx);
+        let steps = self.planned_steps(target, &current, &snapshot, &rows, force);
         self.publish(&snapshot, &rows, &current);
         // Releases that switch only in a window or at the next boot: downloads go on, the
         // switch waits.
@@ -250,21 +225,89 @@ impl StateEngine {
         self.set_status(|s| s.iterations += 1);
         if steps.iter().any(|s| matches!(s, Step::Reboot)) {
             // Only noops besides it: the reboot is all this iteration does.
-            info!("Applying step: reboot");
-            let force = force || super::lock_override(target);
-            return match self.power(PowerAction::Reboot, force, |_| {}) {
-                Ok(()) => Ok(Outcome::Progress { all_noop: true }),
-                Err(e) => Err(StepError {
-                    step: "reboot".into(),
-                    locked: matches!(e, ActionError::Locked(_)),
-                    message: match e {
-                        ActionError::Locked(m) | ActionError::Failed(m) => m,
-                        ActionError::NotFound(m) => m.to_string(),
-                    },
-                }),
-            };
+            return self.reboot_step(target, force);
         }
         let all_noop = steps.iter().all(|s| matches!(s, Step::Noop));
+        let results = self.execute_steps(target, &current, &steps);
+        match self.take_results(&steps, results) {
+            Some(e) => Err(e),
+            None => Ok(Outcome::Progress { all_noop }),
+        }
+    }
+
+    /// The engine's objects and the apps they make, with each app's current commit.
+    fn read_current(&self) -> Result<(EngineSnapshot, Vec<CurrentApp>), StepError> {
+        let snapshot = EngineSnapshot::read(&self.engine).map_err(|e| internal(e.to_string()))?;
+        let mut current = snapshot.current_apps();
+        let db = self.db();
+        for app in &mut current {
+            app.commit = db.current_commit(app.app_id).ok().flatten();
+        }
+        drop(db);
+        Ok((snapshot, current))
+    }
+
+    /// The planner's steps from here to `target` (the target's services built against the
+    /// device and the engine's images first).
+    fn planned_steps(
+        &self,
+        target: &TargetState,
+        current: &[CurrentApp],
+        snapshot: &EngineSnapshot,
+        rows: &[ImageRef],
+        force: bool,
+    ) -> Vec<Step> {
+        let device = device_context(&self.settings, &target.name);
+        let universe = universe(&self.settings);
+        let recorded_ids = self.restore_image_tags(snapshot, rows);
+        let engine = &self.engine;
+        // By name, else (a tag gone, a digest the engine no longer lists) by the engine id the
+        // image table recorded: a missing name is not a changed image.
+        let image_defaults = |name: &str| {
+            engine
+                .inspect_image(name)
+                .or_else(|e| match recorded_ids.get(name) {
+                    Some(id) => engine.inspect_image(id),
+                    None => Err(e),
+                })
+                .ok()
+                .map(|i| ImageDefaults::from_inspect(&i))
+        };
+        let api_key = |app_id: i64, service: &str| self.service_api_key(app_id, service);
+        let built = target_apps(target, &device, &universe, &image_defaults, &api_key);
+        for m in &built.messages {
+            warn!("{m}");
+        }
+        let ctx = self.context(snapshot, rows, target, force);
+        plan(current, &built.apps, &ctx)
+    }
+
+    /// The planner's reboot step: under the apps' locks (overridden by force or the target's
+    /// lock override), as `/v1/reboot` does.
+    fn reboot_step(&mut self, target: &TargetState, force: bool) -> Result<Outcome, StepError> {
+        info!("Applying step: reboot");
+        let force = force || super::lock_override(target);
+        match self.power(PowerAction::Reboot, force, |_| {}) {
+            Ok(()) => Ok(Outcome::Progress { all_noop: true }),
+            Err(e) => Err(StepError {
+                step: "reboot".into(),
+                locked: matches!(e, ActionError::Locked(_)),
+                message: match e {
+                    ActionError::Locked(m) | ActionError::Failed(m) => m,
+                    ActionError::NotFound(m) => m.to_string(),
+                },
+            }),
+        }
+    }
+
+    /// Carries out the steps of one iteration, each on its own scoped thread; the results in
+    /// step order.
+    fn execute_steps(
+        &self,
+        target: &TargetState,
+        current: &[CurrentApp],
+        steps: &[Step],
+    ) -> Vec<Result<(), StepError>> {
         let container_ids = current
             .iter()
             .map(|a| {
@@ -294,12 +337,12 @@ impl StateEngine {
                 })
             }),
         };
-        for s in &steps {
+        for s in steps {
             if !matches!(s, Step::Noop) {
                 info!("Applying step: {s}");
             }
         }
-        let results: Vec<Result<(), StepError>> = std::thread::scope(|scope| {
+        std::thread::scope(|scope| {
             let handles: Vec<_> = steps
                 .iter()
                 .map(|step| {
@@ -318,7 +361,16 @@ impl StateEngine {
                     Err(e) => Err(internal(format!("cannot start a step thread: {e}"))),
                 })
                 .collect()
-        });
+        })
+    }
+
+    /// Keeps what the steps changed that the loop tracks (locks held, failed trials); the
+    /// first error, if any.
+    fn take_results(
+        &mut self,
+        steps: &[Step],
+        results: Vec<Result<(), StepError>>,
+    ) -> Option<StepError> {
         let mut first_error = None;
         for (step, result) in steps.iter().zip(results) {
             match (step, result) {
@@ -346,10 +398,7 @@ impl StateEngine {
                 _ => {}
             }
         }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(Outcome::Progress { all_noop }),
-        }
+        first_error
     }
 
     /// Tags again, from the image table, an image still on the engine whose recorded name no
