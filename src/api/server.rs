@@ -1009,10 +1009,19 @@ fn start_upload(conn: Conn, handler: &Arc<Handler>, limits: &Limits, streams: &A
         .name("api-upload".into())
         .stack_size(256 * 1024)
         .spawn(move || {
-            let answered = serve_upload(out, conn.buf, &handler, write_timeout);
-            // Answered: the next upload may begin while this connection lingers.
-            counter.fetch_sub(1, Ordering::AcqRel);
-            UPLOADING.store(false, Ordering::Release);
+            let mut release = Some(move || {
+                counter.fetch_sub(1, Ordering::AcqRel);
+                UPLOADING.store(false, Ordering::Release);
+            });
+            let mut handled = || {
+                if let Some(release) = release.take() {
+                    release();
+                }
+            };
+            let answered = serve_upload(out, conn.buf, &handler, write_timeout, &mut handled);
+            // Released before the answer goes out (an upload that failed earlier: now), so
+            // the client's next upload finds the slot free; the connection then lingers.
+            handled();
             if let Ok(out) = answered {
                 linger(out);
             }
@@ -1024,12 +1033,14 @@ fn start_upload(conn: Conn, handler: &Arc<Handler>, limits: &Limits, streams: &A
     }
 }
 
-/// Hands the upload to the handler and sends its answer; returns the connection.
+/// Hands the upload to the handler, calls `handled` once it has answered, sends the answer;
+/// returns the connection.
 fn serve_upload(
     mut out: TcpStream,
     buf: Vec<u8>,
     handler: &Arc<Handler>,
     write_timeout: Duration,
+    handled: &mut dyn FnMut(),
 ) -> io::Result<TcpStream> {
     let mut rest: &[u8] = &buf;
     let head = http::read_request_head(&mut rest)?.ok_or_else(|| invalid_body("no request"))?;
@@ -1053,6 +1064,7 @@ fn serve_upload(
         body: Vec::new(),
         upload: Some(UploadBody::new(Body::new(socket, framing))),
     });
+    handled();
     let (status, headers, bytes) = match response.body {
         ResponseBody::Bytes(bytes) => (response.status, response.headers, bytes),
         ResponseBody::Stream(_) => (500, json_type(), failed_body("no streamed answer here")),
