@@ -18,16 +18,6 @@ use tinyvisor::bundle::{ImageEntry, Manifest};
 
 const SLEEPER: &str = "trap 'exit 0' TERM; while true; do sleep 0.2; done";
 
-fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "docker {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 /// An image of its own (busybox and a file no other image has): its reference and id.
 fn unique_image(name: &str) -> (String, String) {
     let reference = format!("tvb-test/{name}:{}", unique("t"));

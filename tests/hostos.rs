@@ -12,7 +12,6 @@ use common::mock_api::MockApi;
 use common::*;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const UUID: &str = "0123456789abcdef0123456789abcdef";
@@ -22,16 +21,6 @@ const USER_APP: &str = "userappuuid0123456789abcdef01234";
 const OS_IMAGE: &str = "registry2.example.com/v2/hostos@sha256:0123456789abcdef";
 const CURRENT_BUILD: &str = "test-board-rev-000";
 const TARGET_BUILD: &str = "test-board-rev-123";
-
-fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "docker {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
 
 /// Pushes an updater image to the local registry: busybox with `/app/entry.sh` running
 /// `script` (after writing its arguments to ./args.txt), and removes it from the engine so

@@ -103,7 +103,12 @@ impl StateEngine {
         if files.is_empty() {
             return;
         }
-        let done = self.db().bundles_done().unwrap_or_default();
+        // Without the record of what was applied, applying nothing is the safe choice: an
+        // old bundle could undo the cloud's newer target.
+        let done = match self.db().bundles_done() {
+            Ok(done) => done,
+            Err(e) => return warn!("Bundles not looked for: cannot read their record: {e}"),
+        };
         let importer = self.importer();
         self.start_bundle_job(move || scan(&importer, files, &done), None);
     }

@@ -369,3 +369,18 @@ pub fn reset_engine(e: &tinyvisor::engine::Engine) {
     // Lock files left by an earlier test's app (tests run tinyvisor with host root "/").
     let _ = std::fs::remove_dir_all("/tmp/balena-supervisor/services/4242");
 }
+
+/// `docker <args>` against the test engine (DOCKER_HOST); its trimmed output. Fails the test
+/// when the command fails.
+pub fn docker(args: &[&str]) -> String {
+    let out = std::process::Command::new("docker")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
