@@ -517,13 +517,13 @@ fn a_managed_device_keeps_a_bundle_until_the_cloud_answers() {
             .any(|r| r.method == "PATCH" && r.json()[UUID]["api_secret"].is_string())
     });
     // Without the device's key the API refuses a bundle.
-    api.set(|b| b.target_status = 503);
     assert_eq!(upload(&d, &std::fs::read(&c1).unwrap()).0, 401);
     d.key = api
         .calls("PATCH", "/device/v3/state")
         .iter()
         .find_map(|r| r.json()[UUID]["api_secret"].as_str().map(String::from));
     d.wait_status("c0 from the cloud runs", 60, |s| runs(s, "c0", 1));
+    api.set(|b| b.target_status = 503);
 
     // Offline: the bundle's release runs.
     let port = d.port.to_string();
