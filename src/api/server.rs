@@ -989,58 +989,72 @@ fn serve_request(
     }
 }
 
+/// The one upload at a time, holding a place among the streamed answers; both are given back
+/// when it is dropped.
+struct UploadSlot {
+    streams: Arc<AtomicUsize>,
+}
+
+static UPLOADING: AtomicBool = AtomicBool::new(false);
+
+impl UploadSlot {
+    /// The slot, or why there is none.
+    fn take(streams: &Arc<AtomicUsize>, limits: &Limits) -> Result<UploadSlot, &'static str> {
+        if UPLOADING.swap(true, Ordering::AcqRel) {
+            return Err("another upload is in progress");
+        }
+        // From here on, dropping the slot gives back both.
+        let slot = UploadSlot {
+            streams: Arc::clone(streams),
+        };
+        if streams.fetch_add(1, Ordering::AcqRel) >= limits.max_streams {
+            return Err("too many open streams");
+        }
+        Ok(slot)
+    }
+}
+
+impl Drop for UploadSlot {
+    fn drop(&mut self) {
+        self.streams.fetch_sub(1, Ordering::AcqRel);
+        UPLOADING.store(false, Ordering::Release);
+    }
+}
+
 /// Serves an upload on its own thread (one at a time, counted with the streamed answers):
 /// the handler reads the body from the connection as it arrives, then its answer is sent
 /// and the connection closed.
 fn start_upload(conn: Conn, handler: &Arc<Handler>, limits: &Limits, streams: &Arc<AtomicUsize>) {
-    static UPLOADING: AtomicBool = AtomicBool::new(false);
     let mut out = conn.stream;
-    if UPLOADING.swap(true, Ordering::AcqRel) {
-        return refuse(&mut out, 503, "another upload is in progress");
-    }
-    if streams.fetch_add(1, Ordering::AcqRel) >= limits.max_streams {
-        streams.fetch_sub(1, Ordering::AcqRel);
-        UPLOADING.store(false, Ordering::Release);
-        return refuse(&mut out, 503, "too many open streams");
-    }
-    let (handler, counter) = (Arc::clone(handler), Arc::clone(streams));
+    let slot = match UploadSlot::take(streams, limits) {
+        Ok(slot) => slot,
+        Err(why) => return refuse(&mut out, 503, why),
+    };
+    let handler = Arc::clone(handler);
     let write_timeout = limits.write_timeout;
+    // A thread that cannot start drops the closure, and with it the slot.
     let spawned = std::thread::Builder::new()
         .name("api-upload".into())
         .stack_size(256 * 1024)
         .spawn(move || {
-            let mut release = Some(move || {
-                counter.fetch_sub(1, Ordering::AcqRel);
-                UPLOADING.store(false, Ordering::Release);
-            });
-            let mut handled = || {
-                if let Some(release) = release.take() {
-                    release();
-                }
-            };
-            let answered = serve_upload(out, conn.buf, &handler, write_timeout, &mut handled);
-            // Released before the answer goes out (an upload that failed earlier: now), so
-            // the client's next upload finds the slot free; the connection then lingers.
-            handled();
-            if let Ok(out) = answered {
+            if let Ok(out) = serve_upload(out, conn.buf, &handler, write_timeout, slot) {
                 linger(out);
             }
         });
     if let Err(e) = spawned {
-        streams.fetch_sub(1, Ordering::AcqRel);
-        UPLOADING.store(false, Ordering::Release);
         log::warn!("cannot start an upload: {e}");
     }
 }
 
-/// Hands the upload to the handler, calls `handled` once it has answered, sends the answer;
-/// returns the connection.
+/// Hands the upload to the handler, gives the slot back once it has answered (before the
+/// answer goes out, so the client's next upload finds it free), sends the answer; returns the
+/// connection.
 fn serve_upload(
     mut out: TcpStream,
     buf: Vec<u8>,
     handler: &Arc<Handler>,
     write_timeout: Duration,
-    handled: &mut dyn FnMut(),
+    slot: UploadSlot,
 ) -> io::Result<TcpStream> {
     let mut rest: &[u8] = &buf;
     let head = http::read_request_head(&mut rest)?.ok_or_else(|| invalid_body("no request"))?;
@@ -1064,7 +1078,7 @@ fn serve_upload(
         body: Vec::new(),
         upload: Some(UploadBody::new(Body::new(socket, framing))),
     });
-    handled();
+    drop(slot);
     let (status, headers, bytes) = match response.body {
         ResponseBody::Bytes(bytes) => (response.status, response.headers, bytes),
         ResponseBody::Stream(_) => (500, json_type(), failed_body("no streamed answer here")),
