@@ -19,6 +19,7 @@ pub mod fsutil;
 pub mod host;
 pub mod hostconfig;
 pub mod http;
+pub mod local_api;
 pub mod localtime;
 pub mod locks;
 pub mod logs;

@@ -646,33 +646,12 @@ fn local_call(
     body: Option<&str>,
     timeout: Duration,
 ) -> std::io::Result<(u16, String)> {
-    use tinyvisor::http;
-    let mut stream = std::net::TcpStream::connect_timeout(
-        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-        timeout,
-    )?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    http::write_request(
-        &mut stream,
-        method,
-        path,
-        &[("Connection", "close".into())],
-        body.map(str::as_bytes),
-    )?;
-    let mut reader = std::io::BufReader::new(stream);
-    let head = http::read_head(&mut reader)?;
-    let framing = http::framing(&head, false)?;
-    let raw = http::Body::new(reader, framing).read_to_end_limited(1 << 20)?;
-    let text = serde_json::from_slice::<serde_json::Value>(&raw)
-        .ok()
-        .and_then(|v| {
-            v.get("message")
-                .and_then(|m| m.as_str())
-                .map(str::to_string)
-        })
-        .unwrap_or_else(|| String::from_utf8_lossy(&raw).into_owned());
-    Ok((head.status, text))
+    use tinyvisor::local_api;
+    let body = body.map_or(local_api::Body::None, |b| {
+        local_api::Body::Json(b.as_bytes())
+    });
+    let (status, raw) = local_api::call(port, method, path, None, body, (timeout, timeout))?;
+    Ok((status, local_api::message(&raw)))
 }
 
 /// Keeps memory small before any thread starts: library threads (tiny_http's) get 256 KiB

@@ -144,32 +144,23 @@ fn daemon_trusting(public: &str) -> Daemon {
 
 /// `POST /v2/local/bundle` of raw bytes: the status and the answer's message.
 fn upload(d: &Daemon, bytes: &[u8]) -> (u16, String) {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", d.port)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(120)))
-        .unwrap();
-    let mut headers = vec![
-        ("Connection", "close".to_string()),
-        ("Content-Type", "application/octet-stream".to_string()),
-        ("Content-Length", bytes.len().to_string()),
-    ];
-    if let Some(k) = &d.key {
-        headers.push(("Authorization", format!("Bearer {k}")));
-    }
-    tinyvisor::http::write_request_head(&mut stream, "POST", "/v2/local/bundle", &headers).unwrap();
-    // A refusal may come before everything is sent.
-    let _ = stream.write_all(bytes);
-    let mut reader = std::io::BufReader::new(stream);
-    let head = tinyvisor::http::read_head(&mut reader).unwrap();
-    let framing = tinyvisor::http::framing(&head, false).unwrap();
-    let raw = tinyvisor::http::Body::new(reader, framing)
-        .read_to_end_limited(1 << 20)
-        .unwrap();
-    let v: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
-    (
-        head.status,
-        v["message"].as_str().unwrap_or_default().to_string(),
+    use tinyvisor::local_api;
+    let body = local_api::Body::Stream {
+        data: &mut &bytes[..],
+        len: bytes.len() as u64,
+        content_type: "application/octet-stream",
+    };
+    let timeouts = (Duration::from_secs(60), Duration::from_secs(120));
+    let (status, raw) = local_api::call(
+        d.port,
+        "POST",
+        "/v2/local/bundle",
+        d.key.as_deref(),
+        body,
+        timeouts,
     )
+    .unwrap();
+    (status, local_api::message(&raw))
 }
 
 /// The entries of a bundle file: (name, offset of its data, size).

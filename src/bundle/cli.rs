@@ -1,8 +1,7 @@
 //! `tinyvisor bundle keygen|create|apply`: the command line's side of offline bundles.
 
-use crate::http;
+use crate::local_api;
 use std::io::{self, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -32,32 +31,14 @@ pub fn keygen(base: &Path) -> Result<String, String> {
 /// waits for its answer: the status and the answer's text.
 pub fn apply(port: u16, bundle: &Path, api_key: Option<&str>) -> io::Result<(u16, String)> {
     let mut file = std::fs::File::open(bundle)?;
-    let size = file.metadata()?.len();
-    let mut stream = TcpStream::connect_timeout(
-        &SocketAddr::from(([127, 0, 0, 1], port)),
-        Duration::from_secs(10),
-    )?;
-    stream.set_write_timeout(Some(Duration::from_secs(60)))?;
-    // The answer comes once the bundle is imported: minutes for a large one on a slow card.
-    stream.set_read_timeout(Some(Duration::from_secs(3600)))?;
-    let mut headers = vec![
-        ("Connection", "close".to_string()),
-        ("Content-Type", "application/octet-stream".to_string()),
-        ("Content-Length", size.to_string()),
-    ];
-    if let Some(key) = api_key {
-        headers.push(("Authorization", format!("Bearer {key}")));
-    }
-    http::write_request_head(&mut stream, "POST", "/v2/local/bundle", &headers)?;
-    let sent = io::copy(&mut file, &mut stream);
-    // A refusal can come before the whole file is sent (a bad signature): read the answer
-    // whatever the copy did.
-    let mut reader = io::BufReader::new(stream);
-    let head = match http::read_head(&mut reader) {
-        Ok(head) => head,
-        Err(e) => return Err(sent.err().unwrap_or(e)),
+    let len = file.metadata()?.len();
+    let body = local_api::Body::Stream {
+        data: &mut file,
+        len,
+        content_type: "application/octet-stream",
     };
-    let framing = http::framing(&head, false)?;
-    let raw = http::Body::new(reader, framing).read_to_end_limited(1 << 20)?;
-    Ok((head.status, String::from_utf8_lossy(&raw).into_owned()))
+    // The answer comes once the bundle is imported: minutes for a large one on a slow card.
+    let timeouts = (Duration::from_secs(60), Duration::from_secs(3600));
+    let (status, raw) = local_api::call(port, "POST", "/v2/local/bundle", api_key, body, timeouts)?;
+    Ok((status, String::from_utf8_lossy(&raw).into_owned()))
 }
