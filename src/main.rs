@@ -559,7 +559,12 @@ fn bundle_apply(settings: &Settings, cmd: &BundleApplyCmd) -> ExitCode {
         .clone()
         .or_else(|| std::env::var("BALENA_SUPERVISOR_API_KEY").ok())
         .or_else(|| {
-            let db = Db::open(&settings.paths.database_path).ok()?;
+            // Only the daemon's own database: opening a path that is not there would create one.
+            let path = &settings.paths.database_path;
+            if !path.exists() {
+                return None;
+            }
+            let db = Db::open(path).ok()?;
             db.global_api_key(|| Err(std::io::Error::other("none yet")))
                 .ok()
         });
