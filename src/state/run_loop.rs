@@ -212,8 +212,13 @@ impl StateEngine {
     fn waiting(&mut self, l: &mut LoopState, wake_in: Option<Duration>) {
         let (wait, _) = l.schedule.converged();
         l.due = Instant::now() + wake_in.map_or(wait, |w| w.min(wait));
+        self.settled("waiting");
+    }
+
+    /// Nothing left to apply now: the state says which, errors and the apply's start clear.
+    fn settled(&self, app_state: &str) {
         self.set_status(|s| {
-            s.app_state = "waiting".into();
+            s.app_state = app_state.into();
             s.last_error = None;
             s.failures = 0;
             s.applying_since = None;
@@ -235,12 +240,7 @@ impl StateEngine {
             wait
         };
         l.due = Instant::now() + wait;
-        self.set_status(|s| {
-            s.app_state = "applied".into();
-            s.last_error = None;
-            s.failures = 0;
-            s.applying_since = None;
-        });
+        self.settled("applied");
     }
 
     fn failed(&mut self, l: &mut LoopState, e: &super::executor::StepError) {
