@@ -3,8 +3,9 @@
 
 use super::actions::Actions;
 use super::device::{device_context, universe};
-use super::executor::{supervisor_network_ok, Executor, StepError, EXTRA_FIRMWARE_VOLUME};
+use super::executor::{supervisor_network_ok, Executor, EXTRA_FIRMWARE_VOLUME};
 use super::power::PowerAction;
+use super::step_error::{Failure, StepError};
 
 use super::snapshot::EngineSnapshot;
 use super::target::target_apps;
@@ -81,12 +82,8 @@ pub fn boot_time() -> i64 {
 }
 
 /// An error of the iteration itself rather than of one of its steps.
-fn internal(message: String) -> StepError {
-    StepError {
-        step: "read state".into(),
-        message,
-        locked: false,
-    }
+fn internal(failure: impl Into<Failure>) -> StepError {
+    StepError::new("read state", failure.into())
 }
 
 /// Starts the state engine thread. The returned sender is the only way in.
@@ -237,7 +234,7 @@ impl StateEngine {
 
     /// The engine's objects and the apps they make, with each app's current commit.
     fn read_current(&self) -> Result<(EngineSnapshot, Vec<CurrentApp>), StepError> {
-        let snapshot = EngineSnapshot::read(&self.engine).map_err(|e| internal(e.to_string()))?;
+        let snapshot = EngineSnapshot::read(&self.engine).map_err(internal)?;
         let mut current = snapshot.current_apps();
         let db = self.db();
         for app in &mut current {
@@ -289,14 +286,14 @@ impl StateEngine {
         let force = force || super::lock_override(target);
         match self.power(PowerAction::Reboot, force, |_| {}) {
             Ok(()) => Ok(Outcome::Progress { all_noop: true }),
-            Err(e) => Err(StepError {
-                step: "reboot".into(),
-                locked: matches!(e, ActionError::Locked(_)),
-                message: match e {
-                    ActionError::Locked(m) | ActionError::Failed(m) => m,
-                    ActionError::NotFound(m) => m.to_string(),
+            Err(e) => Err(StepError::new(
+                "reboot",
+                match e {
+                    ActionError::Locked(m) => Failure::Locked(m),
+                    ActionError::Failed(m) => Failure::Host(m),
+                    ActionError::NotFound(m) => Failure::Refused(m.to_string()),
                 },
-            }),
+            )),
         }
     }
 
@@ -357,8 +354,8 @@ impl StateEngine {
                 .map(|h| match h {
                     Ok(h) => h
                         .join()
-                        .unwrap_or_else(|_| Err(internal("step panicked".into()))),
-                    Err(e) => Err(internal(format!("cannot start a step thread: {e}"))),
+                        .unwrap_or_else(|_| Err(internal(Failure::Host("step panicked".into())))),
+                    Err(e) => Err(internal(e)),
                 })
                 .collect()
         })
@@ -387,7 +384,7 @@ impl StateEngine {
                             &target.app_uuid,
                             commit,
                             &target.service_name,
-                            &e.message,
+                            &e.failure.to_string(),
                         );
                     }
                     first_error.get_or_insert(e);

@@ -4,7 +4,7 @@
 //! the next iteration.
 
 use super::apply::StateEngine;
-use super::executor::StepError;
+use super::step_error::{Failure, StepError};
 use crate::bootconfig::{self, Backend, Mounts};
 use crate::compose::target::TargetState;
 use crate::deviceconfig::{self, ConfigStep, Current, Kind, Storage};
@@ -17,11 +17,7 @@ const OPENVPN: &str = "openvpn.service";
 const VPN_RETRY: Duration = Duration::from_secs(3600);
 
 fn step_error(step: &str, message: String) -> StepError {
-    StepError {
-        step: step.into(),
-        message,
-        locked: false,
-    }
+    StepError::new(step, Failure::Host(message))
 }
 
 /// The reboot breadcrumb in the host's /tmp (gone after a reboot).
@@ -158,7 +154,7 @@ impl StateEngine {
         let plan = deviceconfig::plan(&target.config, &current, &device_type, managed, recently)
             .map_err(|e| {
                 crate::logs::event(format!("Apply boot config error: {e}"), true);
-                step_error("device config", e)
+                StepError::new("device config", Failure::Refused(e))
             })?;
         for w in &plan.warnings {
             crate::logs::event(w.clone(), true);
@@ -197,7 +193,7 @@ impl StateEngine {
                         true,
                     ),
                 }
-                result.map_err(|e| step_error("changeConfig", e))
+                result.map_err(|e| StepError::new("changeConfig", e))
             }
             ConfigStep::SetVpn { enable } => {
                 info!("Applying step: setVPNEnabled {enable}");
@@ -240,7 +236,7 @@ impl StateEngine {
             ConfigStep::RebootBreadcrumb { reason } => {
                 info!("Applying step: setRebootBreadcrumb");
                 set_reboot_breadcrumb(&self.settings.paths.root_mountpoint, reason)
-                    .map_err(|e| step_error("setRebootBreadcrumb", e.to_string()))
+                    .map_err(|e| StepError::new("setRebootBreadcrumb", e.into()))
             }
         }
     }
@@ -269,7 +265,7 @@ impl StateEngine {
     }
 
     /// Writes changed supervisor config values where v19 keeps them.
-    fn store_config(&self, changes: &[deviceconfig::Change]) -> Result<(), String> {
+    fn store_config(&self, changes: &[deviceconfig::Change]) -> Result<(), Failure> {
         let mut json_changes: Vec<(&str, Option<Value>)> = Vec::new();
         for c in changes {
             match c.var.storage {
@@ -286,9 +282,7 @@ impl StateEngine {
                     json_changes.push((c.var.key, Some(value)));
                 }
                 Storage::Db => {
-                    self.db()
-                        .config_set(c.var.key, Some(&c.value))
-                        .map_err(|e| e.to_string())?;
+                    self.db().config_set(c.var.key, Some(&c.value))?;
                     if c.var.key == super::apply::API_REQUEST_TIMEOUT_KEY {
                         crate::balena_api::client::follow_api_request_timeout(&c.value);
                     }
@@ -296,10 +290,7 @@ impl StateEngine {
             }
         }
         if !json_changes.is_empty() {
-            self.settings
-                .config_json
-                .update(&json_changes)
-                .map_err(|e| e.to_string())?;
+            self.settings.config_json.update(&json_changes)?;
         }
         Ok(())
     }

@@ -1,14 +1,15 @@
 //! The executor: carries out the planner's steps on the engine, the database and the lock
 //! files. Every step is idempotent, so a restart at any instant converges.
 
+pub use super::step_error::{Failure, StepError};
 use crate::compose::labels::{self, REQUIRES_REBOOT};
 use crate::compose::service::{SUPERVISOR_GATEWAY, SUPERVISOR_NETWORK};
 use crate::compose::{Service, Volume};
 use crate::config::ConfigJson;
 use crate::db::Db;
 use crate::engine::types::{Ipam, IpamConfig, NetworkCreate, VolumeCreate};
-use crate::engine::{Engine, EngineError};
-use crate::locks::{LockError, Locks};
+use crate::engine::Engine;
+use crate::locks::Locks;
 use crate::logs::event;
 use crate::planner::{ImageRef, Step};
 use log::{info, warn};
@@ -20,21 +21,6 @@ use std::time::{Duration, Instant};
 
 pub const EXTRA_FIRMWARE_VOLUME: &str = "extra-firmware";
 pub const SUPERVISOR_SUBNET: &str = "10.114.104.0/25";
-
-/// Why a step failed.
-#[derive(Debug)]
-pub struct StepError {
-    pub step: String,
-    pub message: String,
-    /// The app holds its update lock (not an error of ours; retried with backoff).
-    pub locked: bool,
-}
-
-impl std::fmt::Display for StepError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.step, self.message)
-    }
-}
 
 /// Everything a step may touch.
 pub struct Executor<'a> {
@@ -78,120 +64,61 @@ impl Executor<'_> {
 
     /// Runs one step; the error names the step.
     pub fn execute(&self, step: &Step) -> Result<(), StepError> {
-        let fail = |message: String, locked: bool| StepError {
-            step: step.to_string(),
-            message,
-            locked,
+        let name = match step {
+            // Said as the start it holds back (`start <svc>: dependency ...`).
+            Step::Blocked { service_name, .. } => format!("start {service_name}"),
+            other => other.to_string(),
         };
-        let engine_err = |e: EngineError| fail(e.to_string(), false);
+        self.run_step(step)
+            .map_err(|failure| StepError::new(name, failure))
+    }
+
+    fn run_step(&self, step: &Step) -> Result<(), Failure> {
         match step {
             Step::Noop => Ok(()),
             // It stops the loop and needs the host: the state engine runs it, never a worker.
-            Step::Reboot => Err(fail("reboot is run by the state engine".into(), false)),
-            Step::Fetch { image, .. } => self.fetch(image).map_err(|m| fail(m, false)),
-            Step::SaveImage { image } => self
-                .record_image(image, image.docker_image_id.clone())
-                .map_err(|m| fail(m, false)),
-            Step::RemoveImage { image } => {
-                // Another release may use the same name (a tag reused across releases): then
-                // only this row goes, the engine image stays for the other (v19 would untag it
-                // and leave the new release without its image).
-                let shared = self
-                    .db()
-                    .images()
-                    .map_err(|e| fail(e.to_string(), false))?
-                    .iter()
-                    .any(|other| other.name == image.name && !other.same_metadata(image));
-                let removed = if shared {
-                    Ok(())
-                } else {
-                    self.engine.remove_image(&image.name, false).map(drop)
-                };
-                match removed {
-                    Ok(()) => {}
-                    Err(e) if e.is_not_found() => {}
-                    Err(e) => return Err(engine_err(e)),
-                }
-                self.db()
-                    .delete_image(image)
-                    .map_err(|e| fail(e.to_string(), false))?;
-                event(format!("Deleted image '{}'", image.name), false);
-                Ok(())
-            }
+            Step::Reboot => Err(Failure::Refused("reboot is run by the state engine".into())),
+            Step::Fetch { image, .. } => self.fetch(image),
+            Step::SaveImage { image } => self.record_image(image, image.docker_image_id.clone()),
+            Step::RemoveImage { image } => self.remove_image(image),
             Step::Cleanup => {
                 self.cleanup_images();
                 Ok(())
             }
-            Step::Kill { current, reason } => {
-                let id = current.container_id.clone().unwrap_or_default();
-                let object = service_object(current);
-                event(format!("Killing service {object}"), false);
-                log::debug!("kill reason: {}", reason.join(", "));
-                let grace = u32::try_from(current.config.stop_grace_period).unwrap_or(10);
-                let killed = ignore_not_found(self.engine.stop_container(&id, grace))
-                    .and_then(|_| ignore_not_found(self.engine.remove_container(&id, false, true)));
-                if let Err(e) = killed {
-                    event(
-                        format!("Failed to kill service {object} due to '{e}'"),
-                        true,
-                    );
-                    return Err(engine_err(e));
-                }
-                event(format!("Killed service {object}"), false);
-                Ok(())
-            }
-            Step::Stop { current } => {
-                let id = current.container_id.clone().unwrap_or_default();
-                let grace = u32::try_from(current.config.stop_grace_period).unwrap_or(10);
-                // Recorded first: a crash after the stop must still know it was ours.
-                self.db()
-                    .set_stopped(&id, true)
-                    .map_err(|e| fail(e.to_string(), false))?;
-                ignore_not_found(self.engine.stop_container(&id, grace)).map_err(engine_err)?;
-                event(
-                    format!("Stopped service {}", service_object(current)),
-                    false,
-                );
-                Ok(())
-            }
+            Step::Kill { current, reason } => self.kill(current, reason),
+            Step::Stop { current } => self.stop(current),
             Step::Remove { current } => {
                 let id = current.container_id.clone().unwrap_or_default();
-                ignore_not_found(self.engine.remove_container(&id, true, true)).map_err(engine_err)
+                Ok(ignore_not_found(
+                    self.engine.remove_container(&id, true, true),
+                )?)
             }
-            Step::Start { target } => self.start(target).map_err(|m| {
+            Step::Start { target } => self.start(target).inspect_err(|e| {
+                let object = service_object(target);
                 event(
-                    format!(
-                        "Failed to start service {} due to '{m}'",
-                        service_object(target)
-                    ),
+                    format!("Failed to start service {object} due to '{e}'"),
                     true,
                 );
-                fail(m, false)
             }),
             Step::UpdateMetadata { current, target } => {
                 let id = current.container_id.clone().unwrap_or_default();
-                match self.engine.rename_container(&id, &target.container_name()) {
-                    Err(e) if e.is_not_found() => Ok(()),
-                    other => other.map_err(engine_err),
-                }
+                Ok(ignore_not_found(
+                    self.engine.rename_container(&id, &target.container_name()),
+                )?)
             }
-            Step::UpdateCommit { app_id, commit } => self
-                .db()
-                .set_current_commit(*app_id, commit)
-                .map(drop)
-                .map_err(|e| fail(e.to_string(), false)),
+            Step::UpdateCommit { app_id, commit } => {
+                self.db().set_current_commit(*app_id, commit)?;
+                Ok(())
+            }
             Step::Handover {
                 current,
                 target,
                 timeout_ms,
-            } => self
-                .handover(current, target, *timeout_ms)
-                .map_err(|m| fail(m, false)),
+            } => self.handover(current, target, *timeout_ms),
             Step::CreateNetwork { target } => match self.engine.create_network(&target.to_create())
             {
-                Ok(_) => Ok(()),
-                Err(e) if e.is_conflict() => Ok(()),
-                Err(e) => Err(engine_err(e)),
+                Err(e) if !e.is_conflict() => Err(e.into()),
+                _ => Ok(()),
             },
             Step::RemoveNetwork { current } => {
                 // Both the uuid and the legacy id form of the name (engine.md (b)).
@@ -199,67 +126,94 @@ impl Executor<'_> {
                     format!("{}_{}", current.app_uuid, current.name),
                     format!("{}_{}", current.app_id, current.name),
                 ] {
-                    ignore_not_found(self.engine.remove_network(&name)).map_err(engine_err)?;
+                    ignore_not_found(self.engine.remove_network(&name))?;
                 }
                 Ok(())
             }
-            Step::CreateVolume { target } => self.create_volume(target).map_err(|m| fail(m, false)),
+            Step::CreateVolume { target } => self.create_volume(target),
             Step::RemoveVolume { current } => {
-                if let Err(e) =
-                    ignore_not_found(self.engine.remove_volume(&current.engine_name(), false))
-                {
-                    warn!("Failed to remove volume {}: {e}", current.engine_name());
+                let name = current.engine_name();
+                if let Err(e) = ignore_not_found(self.engine.remove_volume(&name, false)) {
+                    warn!("Failed to remove volume {name}: {e}");
                 }
                 Ok(())
             }
-            Step::EnsureSupervisorNetwork => self.ensure_supervisor_network().map_err(engine_err),
-            Step::EnsureExtraFirmwareVolume => {
-                self.ensure_extra_firmware().map_err(|m| fail(m, false))
-            }
+            Step::EnsureSupervisorNetwork => Ok(self.ensure_supervisor_network()?),
+            Step::EnsureExtraFirmwareVolume => self.ensure_extra_firmware(),
             Step::TakeLock {
                 app_id,
                 services,
                 force,
-            } => self
-                .locks
-                .take(*app_id, services, *force)
-                .map_err(|e| match e {
-                    LockError::Held { .. } => fail(e.to_string(), true),
-                    other => fail(other.to_string(), false),
-                }),
-            Step::ReleaseLock { app_id } => self
-                .locks
-                .release(*app_id)
-                .map_err(|e| fail(e.to_string(), false)),
-            Step::Blocked {
-                service_name,
-                reason,
-            } => Err(StepError {
-                step: format!("start {service_name}"),
-                message: reason.clone(),
-                locked: false,
-            }),
-            Step::RequireReboot { service_name } => super::device_config::set_reboot_breadcrumb(
-                &self.root,
-                &format!("{{\"serviceName\":\"{service_name}\"}}"),
-            )
-            .map_err(|e| fail(e.to_string(), false)),
+            } => Ok(self.locks.take(*app_id, services, *force)?),
+            Step::ReleaseLock { app_id } => Ok(self.locks.release(*app_id)?),
+            Step::Blocked { reason, .. } => Err(Failure::Refused(reason.clone())),
+            Step::RequireReboot { service_name } => {
+                Ok(super::device_config::set_reboot_breadcrumb(
+                    &self.root,
+                    &format!("{{\"serviceName\":\"{service_name}\"}}"),
+                )?)
+            }
         }
     }
 
-    fn record_image(&self, image: &ImageRef, docker_id: Option<String>) -> Result<(), String> {
-        self.db()
-            .upsert_image(&ImageRef {
-                docker_image_id: docker_id,
-                ..image.clone()
-            })
-            .map(drop)
-            .map_err(|e| e.to_string())
+    /// Removes an image and its row. Another release may use the same name (a tag reused
+    /// across releases): then only this row goes, the engine image stays for the other (v19
+    /// would untag it and leave the new release without its image).
+    fn remove_image(&self, image: &ImageRef) -> Result<(), Failure> {
+        let shared = self
+            .db()
+            .images()?
+            .iter()
+            .any(|other| other.name == image.name && !other.same_metadata(image));
+        if !shared {
+            ignore_not_found(self.engine.remove_image(&image.name, false).map(drop))?;
+        }
+        self.db().delete_image(image)?;
+        event(format!("Deleted image '{}'", image.name), false);
+        Ok(())
+    }
+
+    fn kill(&self, current: &Service, reason: &[String]) -> Result<(), Failure> {
+        let id = current.container_id.clone().unwrap_or_default();
+        let object = service_object(current);
+        event(format!("Killing service {object}"), false);
+        log::debug!("kill reason: {}", reason.join(", "));
+        let killed = ignore_not_found(self.engine.stop_container(&id, grace(current)))
+            .and_then(|_| ignore_not_found(self.engine.remove_container(&id, false, true)));
+        if let Err(e) = killed {
+            event(
+                format!("Failed to kill service {object} due to '{e}'"),
+                true,
+            );
+            return Err(e.into());
+        }
+        event(format!("Killed service {object}"), false);
+        Ok(())
+    }
+
+    fn stop(&self, current: &Service) -> Result<(), Failure> {
+        let id = current.container_id.clone().unwrap_or_default();
+        // Recorded first: a crash after the stop must still know it was ours.
+        self.db().set_stopped(&id, true)?;
+        ignore_not_found(self.engine.stop_container(&id, grace(current)))?;
+        event(
+            format!("Stopped service {}", service_object(current)),
+            false,
+        );
+        Ok(())
+    }
+
+    fn record_image(&self, image: &ImageRef, docker_id: Option<String>) -> Result<(), Failure> {
+        self.db().upsert_image(&ImageRef {
+            docker_image_id: docker_id,
+            ..image.clone()
+        })?;
+        Ok(())
     }
 
     /// Finds the image on the engine, or fetches it (a delta when on and possible, else a
     /// regular pull) with progress, then records it.
-    fn fetch(&self, image: &ImageRef) -> Result<(), String> {
+    fn fetch(&self, image: &ImageRef) -> Result<(), Failure> {
         if let Ok(found) = self.engine.inspect_image(&image.name) {
             return self.record_image(image, Some(found.id));
         }
@@ -275,10 +229,7 @@ impl Executor<'_> {
         let auth = self.registry_auth(&image.name);
         self.pull_with_progress(&image.name, &image.name, auth.as_deref())
             .map_err(|e| download_failed(image, "image", e))?;
-        let found = self
-            .engine
-            .inspect_image(&image.name)
-            .map_err(|e| e.to_string())?;
+        let found = self.engine.inspect_image(&image.name)?;
         event(format!("Downloaded image '{}'", image.name), false);
         self.record_image(image, Some(found.id))
     }
@@ -340,7 +291,7 @@ impl Executor<'_> {
         delta: &DeltaContext,
         image: &ImageRef,
         source: &str,
-    ) -> Result<Option<String>, String> {
+    ) -> Result<Option<String>, Failure> {
         event(
             format!("Downloading delta for image '{}'", image.name),
             false,
@@ -365,7 +316,8 @@ impl Executor<'_> {
             DeltaAnswer::Image { name, token } => (name, token),
             DeltaAnswer::StillProcessing => {
                 event("Delta still processing remotely. Will retry...", false);
-                return Err(format!("delta for image '{}' still processing", image.name));
+                let why = format!("delta for image '{}' still processing", image.name);
+                return Err(Failure::Refused(why));
             }
             DeltaAnswer::Fallback(why) => {
                 info!(
@@ -380,18 +332,12 @@ impl Executor<'_> {
         for _ in 0..DELTA_ATTEMPTS {
             match self.pull_with_progress(&name, &image.name, Some(&auth)) {
                 Ok(()) => {
-                    let id = self
-                        .engine
-                        .inspect_image(&name)
-                        .map_err(|e| e.to_string())?
-                        .id;
+                    let id = self.engine.inspect_image(&name)?.id;
                     // The delta image is the target: give it the target's name (a digest
                     // reference cannot be a tag; the row's image id finds it then).
                     if !image.name.contains('@') {
                         let (repo, tag) = crate::engine::split_reference(&image.name);
-                        self.engine
-                            .tag_image(&id, repo, tag)
-                            .map_err(|e| e.to_string())?;
+                        self.engine.tag_image(&id, repo, tag)?;
                     }
                     return Ok(Some(id));
                 }
@@ -424,7 +370,7 @@ impl Executor<'_> {
 
     /// Creates the container if needed (reusing an equal one left by an interrupted start),
     /// connects its other networks and starts it unless it should not run.
-    fn start(&self, target: &Service) -> Result<(), String> {
+    fn start(&self, target: &Service) -> Result<(), Failure> {
         let name = target.container_name();
         let ids = self
             .container_ids
@@ -448,13 +394,12 @@ impl Executor<'_> {
                 }
                 _ => {
                     // Same name, different config (a half-done earlier attempt): replace it.
-                    ignore_not_found(self.engine.remove_container(&existing.id, true, true))
-                        .map_err(|e| e.to_string())?;
+                    ignore_not_found(self.engine.remove_container(&existing.id, true, true))?;
                     (self.create(target, &name, &ids)?, i64::MAX)
                 }
             },
             Err(e) if e.is_not_found() => (self.create(target, &name, &ids)?, i64::MAX),
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(e.into()),
         };
         if !target.config.running {
             return Ok(());
@@ -476,11 +421,13 @@ impl Executor<'_> {
                 event(format!("Started service {}", service_object(target)), false);
                 Ok(())
             }
-            Err(e) if e.to_string().contains("exec format error") => Err(format!(
-                "Application architecture incompatible with {}: exec format error",
-                self.config_json.get_str("deviceType").unwrap_or_default()
-            )),
-            Err(e) => Err(e.to_string()),
+            Err(e) if e.to_string().contains("exec format error") => {
+                Err(Failure::Refused(format!(
+                    "Application architecture incompatible with {}: exec format error",
+                    self.config_json.get_str("deviceType").unwrap_or_default()
+                )))
+            }
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -489,25 +436,24 @@ impl Executor<'_> {
         target: &Service,
         name: &str,
         ids: &BTreeMap<String, String>,
-    ) -> Result<String, String> {
+    ) -> Result<String, Failure> {
         if self.device_name.contains('\n') {
-            return Err("device name contains a newline".into());
+            return Err(Failure::Refused("device name contains a newline".into()));
         }
         event(
             format!("Installing service {}", service_object(target)),
             false,
         );
         let body = target.create_body(&self.device_name, ids);
-        let id = self
-            .engine
-            .create_container(name, &body)
-            .map_err(|e| e.to_string())?
-            .id;
+        let id = self.engine.create_container(name, &body)?.id;
         for (net, endpoint) in target.extra_networks() {
             match self.engine.connect_network(&net, &id, &endpoint) {
                 Ok(()) => {}
                 Err(e) if e.status() == Some(403) || e.is_conflict() => {}
-                Err(e) => return Err(format!("cannot connect {name} to {net}: {e}")),
+                Err(e) => {
+                    let why = format!("cannot connect {name} to {net}: {e}");
+                    return Err(Failure::Refused(why));
+                }
             }
         }
         event(
@@ -517,18 +463,21 @@ impl Executor<'_> {
         Ok(id)
     }
 
-    fn handover(&self, current: &Service, target: &Service, timeout_ms: u64) -> Result<(), String> {
+    fn handover(
+        &self,
+        current: &Service,
+        target: &Service,
+        timeout_ms: u64,
+    ) -> Result<(), Failure> {
         let old_id = current.container_id.clone().unwrap_or_default();
         let old_name = format!("old_{}", current.container_name());
         ignore_not_found(self.engine.update_container(
             &old_id,
             &json!({"RestartPolicy": {"Name": "no", "MaximumRetryCount": 0}}),
-        ))
-        .map_err(|e| e.to_string())?;
+        ))?;
         match self.engine.rename_container(&old_id, &old_name) {
-            Ok(()) => {}
-            Err(e) if e.is_not_found() || e.is_conflict() => {}
-            Err(e) => return Err(e.to_string()),
+            Err(e) if !e.is_not_found() && !e.is_conflict() => return Err(e.into()),
+            _ => {}
         }
         self.start(target)?;
         // Wait for the new container to say the old one may go (or the timeout).
@@ -555,27 +504,26 @@ impl Executor<'_> {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        let grace = u32::try_from(current.config.stop_grace_period).unwrap_or(10);
-        ignore_not_found(self.engine.stop_container(&old_id, grace)).map_err(|e| e.to_string())?;
-        ignore_not_found(self.engine.remove_container(&old_id, false, true))
-            .map_err(|e| e.to_string())
+        ignore_not_found(self.engine.stop_container(&old_id, grace(current)))?;
+        Ok(ignore_not_found(
+            self.engine.remove_container(&old_id, false, true),
+        )?)
     }
 
-    fn create_volume(&self, target: &Volume) -> Result<(), String> {
+    fn create_volume(&self, target: &Volume) -> Result<(), Failure> {
         match self.engine.inspect_volume(&target.engine_name()) {
             Ok(existing) => match Volume::from_engine(&existing) {
                 Some(v) if v.is_equal_config(target) => Ok(()),
-                _ => Err(format!(
+                _ => Err(Failure::Refused(format!(
                     "volume {} exists with a different configuration",
                     target.engine_name()
-                )),
+                ))),
             },
-            Err(e) if e.is_not_found() => self
-                .engine
-                .create_volume(&target.to_create())
-                .map(drop)
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
+            Err(e) if e.is_not_found() => {
+                self.engine.create_volume(&target.to_create())?;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -612,18 +560,16 @@ impl Executor<'_> {
             .map(drop)
     }
 
-    fn ensure_extra_firmware(&self) -> Result<(), String> {
+    fn ensure_extra_firmware(&self) -> Result<(), Failure> {
         match self.engine.inspect_volume(EXTRA_FIRMWARE_VOLUME) {
             Ok(_) => {}
             Err(e) if e.is_not_found() => {
-                self.engine
-                    .create_volume(&VolumeCreate {
-                        name: EXTRA_FIRMWARE_VOLUME.into(),
-                        ..Default::default()
-                    })
-                    .map_err(|e| e.to_string())?;
+                self.engine.create_volume(&VolumeCreate {
+                    name: EXTRA_FIRMWARE_VOLUME.into(),
+                    ..Default::default()
+                })?;
             }
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(e.into()),
         }
         let mut os = self
             .config_json
@@ -638,10 +584,8 @@ impl Executor<'_> {
             os["kernel"] = json!({});
         }
         os["kernel"]["extraFirmwareVol"] = json!(EXTRA_FIRMWARE_VOLUME);
-        self.config_json
-            .update(&[("os", Some(os))])
-            .map(drop)
-            .map_err(|e| e.to_string())
+        self.config_json.update(&[("os", Some(os))])?;
+        Ok(())
     }
 
     /// Removes untagged images nothing records; failures are only logged.
@@ -685,13 +629,18 @@ pub fn supervisor_network_ok(n: &crate::engine::types::Network) -> bool {
         })
 }
 
-/// Logs v19's `Failed to download image` event and returns the step's error text.
-fn download_failed(image: &ImageRef, what: &str, e: impl std::fmt::Display) -> String {
+/// Logs v19's `Failed to download image` event and returns the step's failure.
+fn download_failed(image: &ImageRef, what: &str, e: impl std::fmt::Display) -> Failure {
     event(
         format!("Failed to download image '{}' due to '{e}'", image.name),
         true,
     );
-    format!("Failed to download {what} '{}': {e}", image.name)
+    Failure::Download(format!("Failed to download {what} '{}': {e}", image.name))
+}
+
+/// How long a service's container is given to stop before it is killed.
+fn grace(s: &Service) -> u32 {
+    u32::try_from(s.config.stop_grace_period).unwrap_or(10)
 }
 
 /// How v19 names a service in its events: `'<service> <image>'`.

@@ -20,6 +20,7 @@ pub mod preload;
 mod run_loop;
 pub mod schedule;
 pub mod snapshot;
+pub mod step_error;
 mod tags;
 pub mod target;
 pub mod trial;

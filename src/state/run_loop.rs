@@ -243,13 +243,13 @@ impl StateEngine {
         self.settled("applied");
     }
 
-    fn failed(&mut self, l: &mut LoopState, e: &super::executor::StepError) {
+    fn failed(&mut self, l: &mut LoopState, e: &super::step_error::StepError) {
         let backoff = l.schedule.failed();
-        if e.locked {
+        if e.is_locked() {
             crate::logs::event(
                 format!(
                     "Updates are locked, retrying in {:?}. Reason: {}",
-                    backoff, e.message
+                    backoff, e.failure
                 ),
                 false,
             );
