@@ -126,8 +126,7 @@ pub struct ContainerConfig {
     pub healthcheck: Option<Value>,
 }
 
-/// `GET /containers/{id}/json`. HostConfig and NetworkSettings stay raw: the compose model
-/// reads what it needs from them.
+/// `GET /containers/{id}/json`: what the compose model reads back into a service.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 pub struct ContainerInspect {
@@ -138,9 +137,156 @@ pub struct ContainerInspect {
     pub restart_count: i64,
     pub state: ContainerState,
     pub config: ContainerConfig,
-    pub host_config: Value,
-    pub network_settings: Value,
-    pub mounts: Value,
+    pub host_config: HostConfig,
+    pub network_settings: NetworkSettings,
+    #[serde(deserialize_with = "null_as_default")]
+    pub mounts: Vec<Mount>,
+}
+
+/// One of a container's mounts; `name` is the volume's (empty for binds).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Mount {
+    #[serde(deserialize_with = "null_as_default")]
+    pub name: String,
+}
+
+/// A container's `HostConfig` as the engine answers it. Every field may be null or missing
+/// (engines differ by version): both read as the type's default.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct HostConfig {
+    #[serde(deserialize_with = "null_as_default")]
+    pub binds: Vec<String>,
+    #[serde(deserialize_with = "null_as_default")]
+    pub cap_add: Vec<String>,
+    #[serde(deserialize_with = "null_as_default")]
+    pub cap_drop: Vec<String>,
+    #[serde(deserialize_with = "null_as_default")]
+    pub cgroup_parent: String,
+    #[serde(deserialize_with = "null_as_default")]
+    pub devices: Vec<DeviceMapping>,
+    /// Passed through as the create body sends them.
+    #[serde(deserialize_with = "null_as_default")]
+    pub device_requests: Vec<Value>,
+    #[serde(deserialize_with = "null_as_default")]
+    pub dns: Vec<String>,
+    #[serde(deserialize_with = "null_as_default")]
+    pub dns_options: Vec<String>,
+    #[serde(deserialize_with = "null_as_default")]
+    pub dns_search: Vec<String>,
+    #[serde(deserialize_with = "null_as_default")]
+    pub extra_hosts: Vec<String>,
+    #[serde(deserialize_with = "null_as_default")]
+    pub group_add: Vec<String>,
+    #[serde(deserialize_with = "null_as_default")]
+    pub network_mode: String,
+    #[serde(deserialize_with = "null_as_default")]
+    pub pid_mode: String,
+    #[serde(deserialize_with = "null_as_default")]
+    pub pids_limit: i64,
+    /// Bindings per `port/protocol`; a port may map to null.
+    #[serde(deserialize_with = "null_as_default")]
+    pub port_bindings: BTreeMap<String, Option<Vec<PortBinding>>>,
+    #[serde(deserialize_with = "null_as_default")]
+    pub security_opt: Vec<String>,
+    #[serde(deserialize_with = "null_as_default")]
+    pub storage_opt: BTreeMap<String, String>,
+    #[serde(deserialize_with = "null_as_default")]
+    pub sysctls: BTreeMap<String, String>,
+    /// Mount point → options.
+    #[serde(deserialize_with = "null_as_default")]
+    pub tmpfs: BTreeMap<String, String>,
+    #[serde(deserialize_with = "null_as_default")]
+    pub ulimits: Vec<Ulimit>,
+    #[serde(deserialize_with = "null_as_default")]
+    pub userns_mode: String,
+    /// `None` when the engine reports none (v19 then counts it as `always`).
+    pub restart_policy: Option<RestartPolicy>,
+    #[serde(deserialize_with = "null_as_default")]
+    pub cpu_shares: i64,
+    #[serde(deserialize_with = "null_as_default")]
+    pub cpu_quota: i64,
+    #[serde(deserialize_with = "null_as_default")]
+    pub nano_cpus: i64,
+    #[serde(deserialize_with = "null_as_default")]
+    pub cpuset_cpus: String,
+    #[serde(deserialize_with = "null_as_default")]
+    pub ipc_mode: String,
+    #[serde(deserialize_with = "null_as_default")]
+    pub memory: i64,
+    #[serde(deserialize_with = "null_as_default")]
+    pub memory_reservation: i64,
+    #[serde(deserialize_with = "null_as_default")]
+    pub oom_kill_disable: bool,
+    #[serde(deserialize_with = "null_as_default")]
+    pub oom_score_adj: i64,
+    #[serde(deserialize_with = "null_as_default")]
+    pub privileged: bool,
+    #[serde(deserialize_with = "null_as_default")]
+    pub readonly_rootfs: bool,
+    #[serde(deserialize_with = "null_as_default")]
+    pub shm_size: i64,
+    pub init: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct DeviceMapping {
+    pub path_on_host: String,
+    pub path_in_container: String,
+    pub cgroup_permissions: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct PortBinding {
+    #[serde(deserialize_with = "null_as_default")]
+    pub host_ip: String,
+    #[serde(deserialize_with = "null_as_default")]
+    pub host_port: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Ulimit {
+    pub name: String,
+    pub soft: i64,
+    pub hard: i64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct RestartPolicy {
+    pub name: Option<String>,
+}
+
+/// A container's `NetworkSettings`: its endpoints by network name.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct NetworkSettings {
+    #[serde(deserialize_with = "null_as_default")]
+    pub networks: BTreeMap<String, EndpointSettings>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct EndpointSettings {
+    #[serde(deserialize_with = "null_as_default")]
+    pub aliases: Vec<String>,
+    #[serde(rename = "IPAMConfig", deserialize_with = "null_as_default")]
+    pub ipam_config: EndpointIpam,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct EndpointIpam {
+    #[serde(rename = "IPv4Address", deserialize_with = "null_as_default")]
+    pub ipv4_address: String,
+    #[serde(rename = "IPv6Address", deserialize_with = "null_as_default")]
+    pub ipv6_address: String,
+    #[serde(rename = "LinkLocalIPs", deserialize_with = "null_as_default")]
+    pub link_local_ips: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -164,8 +164,9 @@ impl StateEngine {
         let unhealthy = c.state.health_status() == Some("unhealthy");
         let policy = c
             .host_config
-            .pointer("/RestartPolicy/Name")
-            .and_then(|v| v.as_str())
+            .restart_policy
+            .as_ref()
+            .and_then(|p| p.name.as_deref())
             .unwrap_or_default();
         let opted_out = c
             .config

@@ -28,11 +28,8 @@ impl StateEngine {
                 Err(e) if e.is_not_found() => continue,
                 Err(e) => return Err(e.to_string()),
             };
-            for m in inspect.mounts.as_array().into_iter().flatten() {
-                if let Some(name) = m.get("Name").and_then(serde_json::Value::as_str) {
-                    mounted.insert(name.to_string());
-                }
-            }
+            let volumes = inspect.mounts.into_iter().filter(|m| !m.name.is_empty());
+            mounted.extend(volumes.map(|m| m.name));
         }
         let mut removed = 0;
         for v in self.engine.list_volumes(&[]).map_err(err)? {

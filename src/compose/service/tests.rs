@@ -1,5 +1,6 @@
 use super::*;
 use crate::compose::target::{parse_v2_local, TargetState};
+use crate::engine::types::ContainerInspect;
 use std::path::PathBuf;
 
 fn fixtures() -> PathBuf {
