@@ -501,6 +501,9 @@ fn migrate_legacy(current: &CurrentApp, target: &TargetApp) -> Option<Vec<Servic
     Some(vec![t])
 }
 
+/// Steps that take one app towards its target (C.3), in v19's order: dead containers,
+/// service removals, updates and installs, then volume and network changes; the app's lock
+/// first when a step needs it; the release recorded once nothing is left.
 pub(super) fn update_steps(
     current: &CurrentApp,
     target: &TargetApp,
@@ -518,15 +521,65 @@ pub(super) fn update_steps(
         }
         None => target,
     };
-    let mut steps = Vec::new();
-    for s in &current.services {
-        if s.status == Status::Dead {
-            steps.push(Step::Remove {
-                current: Box::new(s.clone()),
-            });
+    let mut steps = dead_container_removals(current);
+    let newest = newest_by_name(current);
+    let mut plan = AppPlan {
+        index,
+        images_ready: target.services.iter().all(|s| index.available(s)),
+        current,
+        ctx,
+        container_ids: container_ids(current),
+        network_changes: compare_networks(&current.networks, &target.networks),
+        volume_changes: compare_volumes(&current.volumes, &target.volumes),
+        pairs: vec![],
+    };
+    // The real supervisor's order: removals, updates, installs.
+    let updates = updated_pairs(&plan, target, &newest);
+    plan.pairs = removed_pairs(current, target, &newest)
+        .into_iter()
+        .chain(updates)
+        .chain(installed_pairs(target, &newest))
+        .collect();
+
+    // Service steps, then volumes and networks; lock-needing ones are held back until the
+    // app's lock is ours.
+    let mut gate = LockGate {
+        locked: ctx.locks_held.contains(&target.app_id)
+            || ctx.leftover_locks.contains(&target.app_id),
+        wanted: false,
+    };
+    for pair in &plan.pairs {
+        if let Some(step) = plan.steps_for_pair(pair) {
+            gate.push(&mut steps, step, pair.current.is_none());
         }
     }
-    let container_ids: BTreeMap<String, String> = current
+    for step in component_steps(&plan) {
+        gate.push(&mut steps, step, false);
+    }
+    if gate.wanted {
+        steps.insert(0, take_lock_step(current, target, ctx.force));
+    }
+    if steps.is_empty() {
+        steps = converged_steps(current, target, gate.locked);
+    }
+    steps
+}
+
+/// Dead containers go first, whatever the target says.
+fn dead_container_removals(current: &CurrentApp) -> Vec<Step> {
+    current
+        .services
+        .iter()
+        .filter(|s| s.status == Status::Dead)
+        .map(|s| Step::Remove {
+            current: Box::new(s.clone()),
+        })
+        .collect()
+}
+
+/// Engine ids of the current containers by service name (for `service:` network modes).
+fn container_ids(current: &CurrentApp) -> BTreeMap<String, String> {
+    current
         .services
         .iter()
         .filter_map(|s| {
@@ -534,9 +587,11 @@ pub(super) fn update_steps(
                 .clone()
                 .map(|id| (s.service_name.clone(), id))
         })
-        .collect();
+        .collect()
+}
 
-    // C.4: pair services by name; older duplicates of a service are removed.
+/// C.4: services pair by name; of several containers of one service the newest counts.
+fn newest_by_name(current: &CurrentApp) -> BTreeMap<&str, &Service> {
     let mut by_name: BTreeMap<&str, &Service> = BTreeMap::new();
     for s in &current.services {
         by_name
@@ -548,70 +603,66 @@ pub(super) fn update_steps(
             })
             .or_insert(s);
     }
-    let mut removes = Vec::new();
-    for s in &current.services {
-        let newest = by_name[s.service_name.as_str()];
-        let in_target = target
+    by_name
+}
+
+/// Current services the target does not name, and the older duplicates of those it does.
+fn removed_pairs<'a>(
+    current: &'a CurrentApp,
+    target: &TargetApp,
+    newest: &BTreeMap<&str, &Service>,
+) -> Vec<Pair<'a>> {
+    let in_target = |s: &Service| {
+        target
             .services
             .iter()
-            .any(|t| t.service_name == s.service_name);
-        if !in_target || !std::ptr::eq(newest, s) {
-            removes.push(Pair {
-                current: Some(s),
-                target: None,
-                differences: vec![],
-            });
-        }
-    }
-    let installs: Vec<Pair> = target
+            .any(|t| t.service_name == s.service_name)
+    };
+    current
         .services
         .iter()
-        .filter(|t| !by_name.contains_key(t.service_name.as_str()))
+        .filter(|s| !in_target(s) || !std::ptr::eq(newest[s.service_name.as_str()], *s))
+        .map(|s| Pair {
+            current: Some(s),
+            target: None,
+            differences: vec![],
+        })
+        .collect()
+}
+
+/// Target services with no container yet.
+fn installed_pairs<'a>(target: &'a TargetApp, newest: &BTreeMap<&str, &Service>) -> Vec<Pair<'a>> {
+    target
+        .services
+        .iter()
+        .filter(|t| !newest.contains_key(t.service_name.as_str()))
         .map(|t| Pair {
             current: None,
             target: Some(t),
             differences: vec![],
         })
-        .collect();
-    let network_changes = compare_networks(&current.networks, &target.networks);
-    let volume_changes = compare_volumes(&current.volumes, &target.volumes);
-    let images_ready = target.services.iter().all(|s| index.available(s));
-    let mut plan = AppPlan {
-        index,
-        images_ready,
-        current,
-        ctx,
-        container_ids,
-        network_changes,
-        volume_changes,
-        pairs: vec![],
-    };
+        .collect()
+}
+
+/// C.4: pairs whose config, release or running state differs (or that must be killed for a
+/// changing volume), each with its config differences.
+fn updated_pairs<'a>(
+    plan: &AppPlan<'a>,
+    target: &'a TargetApp,
+    newest: &BTreeMap<&str, &'a Service>,
+) -> Vec<Pair<'a>> {
     let mut updates = Vec::new();
     for t in &target.services {
-        let Some(c) = by_name.get(t.service_name.as_str()).copied() else {
+        let Some(c) = newest.get(t.service_name.as_str()).copied() else {
             continue;
         };
         let differences = config_differences(&c.config, &t.config, &plan.container_ids);
         let equal = differences.is_empty();
-        let stopped_by_us = c
-            .container_id
-            .as_ref()
-            .is_some_and(|id| ctx.stopped_by_us.contains(id));
-        let should_start = t.config.running
-            && !c.config.running
-            && (matches!(c.status, Status::Installing | Status::Installed)
-                || userland_proxy_race(c, t)
-                || stopped_by_us)
-            && equal
-            && c.commit == t.commit;
-        let should_stop =
-            !t.config.running && c.status != Status::Other("exited".into()) && c.config.running;
-        let waiting_for_stop = c.config.running && c.status == Status::Stopping;
         if !equal
             || c.commit != t.commit
-            || should_start
-            || should_stop
-            || waiting_for_stop
+            || should_start(c, t, equal, plan.ctx)
+            || should_stop(c, t)
+            || (c.config.running && c.status == Status::Stopping)
             || plan.needs_special_kill(c)
         {
             updates.push(Pair {
@@ -621,38 +672,59 @@ pub(super) fn update_steps(
             });
         }
     }
-    // The real supervisor's order: removals, updates, installs.
-    plan.pairs = removes.into_iter().chain(updates).chain(installs).collect();
+    updates
+}
 
-    // Service steps; lock-needing ones are held back until the app's lock is ours.
-    let locked =
-        ctx.locks_held.contains(&target.app_id) || ctx.leftover_locks.contains(&target.app_id);
-    let mut lock_wanted = false;
-    let mut push = |steps: &mut Vec<Step>, step: Step, install: bool| {
+/// A container of the same config and release that is not running but should: never
+/// started, lost the userland-proxy race, or stopped by us.
+fn should_start(c: &Service, t: &Service, equal: bool, ctx: &Context) -> bool {
+    let stopped_by_us = c
+        .container_id
+        .as_ref()
+        .is_some_and(|id| ctx.stopped_by_us.contains(id));
+    t.config.running
+        && !c.config.running
+        && (matches!(c.status, Status::Installing | Status::Installed)
+            || userland_proxy_race(c, t)
+            || stopped_by_us)
+        && equal
+        && c.commit == t.commit
+}
+
+fn should_stop(c: &Service, t: &Service) -> bool {
+    !t.config.running && c.status != Status::Other("exited".into()) && c.config.running
+}
+
+/// Holds back the steps that need the app's update lock until it is taken, and remembers
+/// that it is wanted.
+struct LockGate {
+    locked: bool,
+    wanted: bool,
+}
+
+impl LockGate {
+    fn push(&mut self, steps: &mut Vec<Step>, step: Step, install: bool) {
         let needs = step.needs_lock() || (install && matches!(step, Step::Start { .. }));
-        if needs && !locked {
-            lock_wanted = true;
+        if needs && !self.locked {
+            self.wanted = true;
         } else if !steps.contains(&step) {
             steps.push(step);
         }
-    };
-    let pairs = plan.pairs.clone();
-    for pair in &pairs {
-        if let Some(step) = plan.steps_for_pair(pair) {
-            let install = pair.current.is_none();
-            push(&mut steps, step, install);
-        }
     }
-    // C.3.6: volumes, then networks; a changing component first loses its dependents.
-    let changing: BTreeSet<&str> = pairs
+}
+
+/// C.3.6: volumes, then networks; a changing component first loses its dependents.
+fn component_steps(plan: &AppPlan<'_>) -> Vec<Step> {
+    let changing: BTreeSet<&str> = plan
+        .pairs
         .iter()
         .filter_map(|p| p.current.map(|c| c.service_name.as_str()))
         .collect();
-    let mut component_steps = Vec::new();
+    let mut steps = Vec::new();
     for c in &plan.volume_changes {
-        component_steps.extend(component_steps_for(
+        steps.extend(component_steps_for(
             c,
-            &plan,
+            plan,
             &changing,
             uses_volume,
             |v| format!("volume {} changes", v.name),
@@ -661,9 +733,9 @@ pub(super) fn update_steps(
         ));
     }
     for c in &plan.network_changes {
-        component_steps.extend(component_steps_for(
+        steps.extend(component_steps_for(
             c,
-            &plan,
+            plan,
             &changing,
             uses_network,
             |n| format!("network {} changes", n.name),
@@ -671,40 +743,39 @@ pub(super) fn update_steps(
             |n| Step::CreateNetwork { target: n.clone() },
         ));
     }
-    for step in component_steps {
-        push(&mut steps, step, false);
+    steps
+}
+
+/// The app's lock over every service it has or will have.
+fn take_lock_step(current: &CurrentApp, target: &TargetApp, force: bool) -> Step {
+    let services: BTreeSet<String> = current
+        .services
+        .iter()
+        .chain(&target.services)
+        .map(|s| s.service_name.clone())
+        .collect();
+    Step::TakeLock {
+        app_id: target.app_id,
+        services: services.into_iter().collect(),
+        force,
     }
-    if lock_wanted {
-        let services: BTreeSet<String> = current
-            .services
-            .iter()
-            .chain(&target.services)
-            .map(|s| s.service_name.clone())
-            .collect();
-        steps.insert(
-            0,
-            Step::TakeLock {
+}
+
+/// C.3.7: converged: record the release, release the lock.
+fn converged_steps(current: &CurrentApp, target: &TargetApp, locked: bool) -> Vec<Step> {
+    let mut steps = Vec::new();
+    if let Some(commit) = &target.commit {
+        if current.commit.as_ref() != Some(commit) {
+            steps.push(Step::UpdateCommit {
                 app_id: target.app_id,
-                services: services.into_iter().collect(),
-                force: ctx.force,
-            },
-        );
-    }
-    // C.3.7: converged: record the release, release the lock.
-    if steps.is_empty() {
-        if let Some(commit) = &target.commit {
-            if current.commit.as_ref() != Some(commit) {
-                steps.push(Step::UpdateCommit {
-                    app_id: target.app_id,
-                    commit: commit.clone(),
-                });
-            }
-        }
-        if locked {
-            steps.push(Step::ReleaseLock {
-                app_id: target.app_id,
+                commit: commit.clone(),
             });
         }
+    }
+    if locked {
+        steps.push(Step::ReleaseLock {
+            app_id: target.app_id,
+        });
     }
     steps
 }
