@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 use tinyvisor::compose::service::{DeviceContext, ImageDefaults, ServiceOrigin};
 use tinyvisor::compose::target::parse_device_target;
-use tinyvisor::compose::{Network, Service, Status};
-use tinyvisor::planner::{plan, Context, CurrentApp, ImageRef, TargetApp};
+use tinyvisor::compose::{Network, Service, ServiceStatus};
+use tinyvisor::planner::{plan, Context, CurrentApp, DesiredApp, ImageRef};
 
 struct Counting;
 static ALLOCS: AtomicU64 = AtomicU64::new(0);
@@ -29,7 +29,7 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-fn apps(n: usize, env_value: &str) -> (Vec<TargetApp>, Vec<ImageRef>) {
+fn apps(n: usize, env_value: &str) -> (Vec<DesiredApp>, Vec<ImageRef>) {
     let mut targets = Vec::new();
     let mut images = Vec::new();
     for a in 0..n {
@@ -67,7 +67,7 @@ fn apps(n: usize, env_value: &str) -> (Vec<TargetApp>, Vec<ImageRef>) {
             images.push(ImageRef::for_service(&s));
             out.push(s);
         }
-        targets.push(TargetApp {
+        targets.push(DesiredApp {
             app_id: t.id,
             app_uuid: uuid.clone(),
             name: "app".into(),
@@ -81,7 +81,7 @@ fn apps(n: usize, env_value: &str) -> (Vec<TargetApp>, Vec<ImageRef>) {
     (targets, images)
 }
 
-fn as_current(targets: &[TargetApp]) -> Vec<CurrentApp> {
+fn as_current(targets: &[DesiredApp]) -> Vec<CurrentApp> {
     targets
         .iter()
         .map(|t| CurrentApp {
@@ -93,7 +93,7 @@ fn as_current(targets: &[TargetApp]) -> Vec<CurrentApp> {
                 .iter()
                 .map(|s| {
                     let mut c = s.clone();
-                    c.status = Status::Running;
+                    c.status = ServiceStatus::Running;
                     c.container_id = Some(format!("id-{}-{}", t.app_id, s.service_name));
                     c.created_at = Some("2026-11-25T10:00:00Z".into());
                     c

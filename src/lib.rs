@@ -3,21 +3,20 @@
 
 pub mod api;
 pub mod balena_api;
-pub mod bootconfig;
+pub mod boot_config;
 pub mod bundle;
 pub mod cloud;
 pub mod compose;
 pub mod config;
 pub mod db;
 pub mod dbus;
-pub mod deviceconfig;
 pub mod dry_run;
 pub mod encoding;
 pub mod engine;
 pub mod firewall;
 pub mod fsutil;
 pub mod host;
-pub mod hostconfig;
+pub mod host_config;
 pub mod http;
 pub mod local_api;
 pub mod localtime;

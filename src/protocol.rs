@@ -111,7 +111,7 @@ pub enum Command {
     /// Write the hostname and proxy settings (`PATCH /v1/device/host-config`) under every
     /// app's locks; the host's proxy units are restarted after a proxy change.
     HostConfig {
-        patch: crate::hostconfig::Patch,
+        patch: crate::host_config::Patch,
         force: bool,
         reply: Sender<Result<(), ActionError>>,
     },
@@ -142,8 +142,7 @@ pub enum Command {
 /// What the state engine is doing, for the API and the cloud report.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Status {
-    /// `applying` while an apply has work left, else `applied`.
-    pub app_state: String,
+    pub app_state: AppState,
     pub last_error: Option<String>,
     pub failures: u32,
     pub iterations: u64,
@@ -180,12 +179,35 @@ pub struct Status {
     pub host_os: Option<HostOsStatus>,
     /// Release trials (docs/trials.md), one per app that has one.
     pub trials: Vec<TrialStatus>,
-    /// A downloaded release waiting to switch (`app_state` is `waiting`; docs/windows.md).
+    /// A downloaded release waiting to switch (`app_state` is `Waiting`; docs/windows.md).
     pub switch_wait: Option<SwitchWait>,
     /// How many offline bundles set the target since start: the poll thread then fetches
     /// the cloud's target in full, so the cloud's answer decides (docs/bundles.md).
     #[serde(skip)]
     pub bundles_applied: u64,
+}
+
+/// Where the apply stands (`appState` of `/v2/state/status`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AppState {
+    /// An apply has work left (also before the first one ran).
+    #[default]
+    Applying,
+    /// The device runs its target.
+    Applied,
+    /// A downloaded release waits for its update window or a reboot (docs/windows.md).
+    Waiting,
+}
+
+impl AppState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AppState::Applying => "applying",
+            AppState::Applied => "applied",
+            AppState::Waiting => "waiting",
+        }
+    }
 }
 
 /// What a waiting release waits for.

@@ -173,9 +173,9 @@ const IO: &[&str] = &[
     "fsutil",
     "host",
     "locks",
-    "hostconfig",
+    "host_config",
     "firewall",
-    "bootconfig",
+    "boot_config",
     "dry_run",
 ];
 

@@ -5,7 +5,7 @@
 
 use super::server::{Request, Response};
 use super::{failed, int_param, json_response, truthy, Api, ENGINE_TIMEOUT, NOT_ANSWERING};
-use crate::protocol::{ActionError, Command, KeyScope, ServiceAction, ServiceRef};
+use crate::protocol::{ActionError, AppState, Command, KeyScope, ServiceAction, ServiceRef};
 use serde_json::{json, Map, Value};
 use std::io::Read;
 use std::sync::Mutex;
@@ -35,7 +35,7 @@ impl Api {
             &self.settings.paths.host_os_version_path,
             self.settings.config_json.get_bool("developmentMode"),
         );
-        let applying = s.app_state != "applied";
+        let applying = s.app_state != AppState::Applied;
         let mut out = Map::new();
         out.insert("api_port".into(), json!(self.settings.listen_port));
         out.insert("ip_address".into(), json!(crate::host::ip_addresses()));

@@ -38,7 +38,7 @@ impl Api {
     /// `GET /v1/device/host-config`: hostname and proxy as the files say.
     pub(super) fn host_config(&self) -> Response {
         let paths = &self.settings.paths;
-        match crate::hostconfig::read(&paths.root_mountpoint, &paths.boot_mountpoint) {
+        match crate::host_config::read(&paths.root_mountpoint, &paths.boot_mountpoint) {
             Ok(v) => json_response(200, v),
             Err(e) => super::failed(503, e.to_string()),
         }
@@ -56,11 +56,11 @@ impl Api {
             Ok(d) => d,
             Err(e) => return unparsable(e),
         };
-        let patch = match crate::hostconfig::parse_patch(&doc) {
+        let patch = match crate::host_config::parse_patch(&doc) {
             Ok(p) => p,
             Err(e) => return unparsable(e),
         };
-        if patch == crate::hostconfig::Patch::default() {
+        if patch == crate::host_config::Patch::default() {
             log::warn!("Host config PATCH without network settings: nothing to change");
             return Response::text(200, "OK");
         }

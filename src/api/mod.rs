@@ -8,8 +8,8 @@ use crate::compose::target::{parse_local_or_device, MAX_TARGET_BYTES};
 use crate::config::Settings;
 use crate::logs::LogBus;
 use crate::protocol::{
-    ActionError, AppAction, BundleError, Command, KeyScope, PowerAction, ServiceAction, ServiceRef,
-    Status, TargetNotSet,
+    ActionError, AppAction, AppState, BundleError, Command, KeyScope, PowerAction, ServiceAction,
+    ServiceRef, Status, TargetNotSet,
 };
 use crossbeam_channel::Sender;
 use log::info;
@@ -653,7 +653,7 @@ impl Api {
             }
             let update_status = if downloading {
                 "downloading"
-            } else if !applied || s.app_state == "applying" {
+            } else if !applied || s.app_state == AppState::Applying {
                 "applying changes"
             } else {
                 "done"
@@ -873,7 +873,7 @@ impl Api {
             .map(|i| json!({"name": i.name, "appId": i.app_id, "serviceName": i.service_name, "imageId": i.image_id,
                             "dockerImageId": i.docker_image_id, "status": i.status, "downloadProgress": i.download_progress}))
             .collect();
-        let mut body = json!({"status": "success", "appState": if s.app_state.is_empty() { "applying" } else { s.app_state.as_str() },
+        let mut body = json!({"status": "success", "appState": s.app_state.as_str(),
             "overallDownloadProgress": overall, "containers": containers, "images": images});
         if let Some(release) = first_app.and_then(|a| s.releases.get(&a)) {
             body["release"] = json!(release);
@@ -883,7 +883,11 @@ impl Api {
             body["lastError"] = json!(e);
         }
         // Our addition: what a downloaded release waits for (docs/windows.md).
-        if let Some(w) = s.switch_wait.as_ref().filter(|_| s.app_state == "waiting") {
+        if let Some(w) = s
+            .switch_wait
+            .as_ref()
+            .filter(|_| s.app_state == AppState::Waiting)
+        {
             body["waitingRelease"] = json!(w.commit);
             body["waitingFor"] = json!(if w.window.is_some() {
                 "window"

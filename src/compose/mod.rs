@@ -14,7 +14,7 @@ pub mod volume;
 
 pub use image::ImageRef;
 pub use network::Network;
-pub use service::{Service, ServiceConfig, Status};
+pub use service::{Service, ServiceConfig, ServiceStatus};
 pub use target::{TargetError, TargetState};
 pub use volume::Volume;
 

@@ -16,7 +16,7 @@ const DEFAULT_SHM: i64 = 64 * 1024 * 1024;
 
 /// Container status as reported and used by the planner (engine.md (k)).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub enum Status {
+pub enum ServiceStatus {
     Installing,
     Installed,
     Starting,
@@ -123,7 +123,7 @@ pub struct Service {
     pub image_name: String,
     pub container_id: Option<String>,
     pub created_at: Option<String>,
-    pub status: Status,
+    pub status: ServiceStatus,
     /// Engine error text of an exited container (for the userland-proxy restart rule).
     pub exit_error: String,
     /// The engine healthcheck's verdict of a current container (`starting`, `healthy`,

@@ -1,13 +1,13 @@
 //! Steps for one app: update towards its target (engine.md C.3–C.9) or removal (C.10).
 
 use super::images::Index;
-use super::{Context, CurrentApp, ImageRef, Step, TargetApp};
+use super::{Context, CurrentApp, DesiredApp, ImageRef, Step};
 use crate::compose::composition::Condition;
 use crate::compose::labels::{
     self, HANDOVER_TIMEOUT, LEGACY_CONTAINER, REQUIRES_REBOOT, SERVICE_ID, UPDATE_STRATEGY,
 };
 use crate::compose::service::config_differences;
-use crate::compose::{Network, Service, Status, Volume};
+use crate::compose::{Network, Service, ServiceStatus, Volume};
 use crate::encoding::rfc3339_seconds;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -146,7 +146,7 @@ fn created_after_boot(s: &Service, ctx: &Context) -> bool {
 
 fn userland_proxy_race(current: &Service, target: &Service) -> bool {
     let e = current.exit_error.to_ascii_lowercase();
-    current.status == Status::Other("exited".into())
+    current.status == ServiceStatus::Other("exited".into())
         && !current.config.running
         && target.config.running
         && e.contains("userland proxy")
@@ -204,7 +204,10 @@ impl<'a> AppPlan<'a> {
         // Dependencies created but not started, or still changing, hold the start back.
         let dep_not_running = self.current.services.iter().any(|c| {
             target.depends_on.contains(&c.service_name)
-                && matches!(c.status, Status::Installing | Status::Installed)
+                && matches!(
+                    c.status,
+                    ServiceStatus::Installing | ServiceStatus::Installed
+                )
         });
         if dep_not_running {
             return false;
@@ -262,10 +265,10 @@ impl<'a> AppPlan<'a> {
     /// Steps for one service pair (engine.md C.5).
     fn steps_for_pair(&self, pair: &Pair<'a>) -> Option<Step> {
         if let Some(c) = pair.current {
-            if c.status == Status::Stopping {
+            if c.status == ServiceStatus::Stopping {
                 return Some(Step::Noop);
             }
-            if c.status == Status::Dead {
+            if c.status == ServiceStatus::Dead {
                 return None;
             }
         }
@@ -422,7 +425,7 @@ enum Gate {
 
 /// One condition against the dependency's current container.
 fn condition_gate(name: &str, condition: Condition, dep: &Service) -> Gate {
-    let running = dep.status == Status::Running;
+    let running = dep.status == ServiceStatus::Running;
     match condition {
         Condition::ServiceStarted => Gate::Open,
         Condition::ServiceHealthy => match (running, dep.health.as_deref()) {
@@ -434,7 +437,7 @@ fn condition_gate(name: &str, condition: Condition, dep: &Service) -> Gate {
             _ => Gate::Wait,
         },
         Condition::ServiceCompletedSuccessfully => match (running, dep.exit_code) {
-            (false, Some(0)) if dep.status != Status::Installed => Gate::Open,
+            (false, Some(0)) if dep.status != ServiceStatus::Installed => Gate::Open,
             (false, Some(code)) if code != 0 => {
                 Gate::Blocked(format!("dependency '{name}' exited with code {code}"))
             }
@@ -469,7 +472,8 @@ fn component_steps_for<T>(
             users
                 .into_iter()
                 .filter(|d| {
-                    d.status != Status::Stopping && !changing.contains(d.service_name.as_str())
+                    d.status != ServiceStatus::Stopping
+                        && !changing.contains(d.service_name.as_str())
                 })
                 .map(|d| plan.kill(d, vec![why(cur)]))
                 .collect()
@@ -481,7 +485,7 @@ fn component_steps_for<T>(
 
 /// Copies the legacy container's service id to the target so a preloaded legacy app is not
 /// restarted (engine.md C.3.1).
-fn migrate_legacy(current: &CurrentApp, target: &TargetApp) -> Option<Vec<Service>> {
+fn migrate_legacy(current: &CurrentApp, target: &DesiredApp) -> Option<Vec<Service>> {
     if current.services.len() != 1 || target.services.len() != 1 {
         return None;
     }
@@ -506,14 +510,14 @@ fn migrate_legacy(current: &CurrentApp, target: &TargetApp) -> Option<Vec<Servic
 /// first when a step needs it; the release recorded once nothing is left.
 pub(super) fn update_steps(
     current: &CurrentApp,
-    target: &TargetApp,
+    target: &DesiredApp,
     ctx: &Context,
     index: &Index,
 ) -> Vec<Step> {
     let migrated;
     let target = match migrate_legacy(current, target) {
         Some(services) => {
-            migrated = TargetApp {
+            migrated = DesiredApp {
                 services,
                 ..target.clone()
             };
@@ -570,7 +574,7 @@ fn dead_container_removals(current: &CurrentApp) -> Vec<Step> {
     current
         .services
         .iter()
-        .filter(|s| s.status == Status::Dead)
+        .filter(|s| s.status == ServiceStatus::Dead)
         .map(|s| Step::Remove {
             current: Box::new(s.clone()),
         })
@@ -609,7 +613,7 @@ fn newest_by_name(current: &CurrentApp) -> BTreeMap<&str, &Service> {
 /// Current services the target does not name, and the older duplicates of those it does.
 fn removed_pairs<'a>(
     current: &'a CurrentApp,
-    target: &TargetApp,
+    target: &DesiredApp,
     newest: &BTreeMap<&str, &Service>,
 ) -> Vec<Pair<'a>> {
     let in_target = |s: &Service| {
@@ -631,7 +635,7 @@ fn removed_pairs<'a>(
 }
 
 /// Target services with no container yet.
-fn installed_pairs<'a>(target: &'a TargetApp, newest: &BTreeMap<&str, &Service>) -> Vec<Pair<'a>> {
+fn installed_pairs<'a>(target: &'a DesiredApp, newest: &BTreeMap<&str, &Service>) -> Vec<Pair<'a>> {
     target
         .services
         .iter()
@@ -648,7 +652,7 @@ fn installed_pairs<'a>(target: &'a TargetApp, newest: &BTreeMap<&str, &Service>)
 /// changing volume), each with its config differences.
 fn updated_pairs<'a>(
     plan: &AppPlan<'a>,
-    target: &'a TargetApp,
+    target: &'a DesiredApp,
     newest: &BTreeMap<&str, &'a Service>,
 ) -> Vec<Pair<'a>> {
     let mut updates = Vec::new();
@@ -662,7 +666,7 @@ fn updated_pairs<'a>(
             || c.commit != t.commit
             || should_start(c, t, equal, plan.ctx)
             || should_stop(c, t)
-            || (c.config.running && c.status == Status::Stopping)
+            || (c.config.running && c.status == ServiceStatus::Stopping)
             || plan.needs_special_kill(c)
         {
             updates.push(Pair {
@@ -684,15 +688,17 @@ fn should_start(c: &Service, t: &Service, equal: bool, ctx: &Context) -> bool {
         .is_some_and(|id| ctx.stopped_by_us.contains(id));
     t.config.running
         && !c.config.running
-        && (matches!(c.status, Status::Installing | Status::Installed)
-            || userland_proxy_race(c, t)
+        && (matches!(
+            c.status,
+            ServiceStatus::Installing | ServiceStatus::Installed
+        ) || userland_proxy_race(c, t)
             || stopped_by_us)
         && equal
         && c.commit == t.commit
 }
 
 fn should_stop(c: &Service, t: &Service) -> bool {
-    !t.config.running && c.status != Status::Other("exited".into()) && c.config.running
+    !t.config.running && c.status != ServiceStatus::Other("exited".into()) && c.config.running
 }
 
 /// Holds back the steps that need the app's update lock until it is taken, and remembers
@@ -747,7 +753,7 @@ fn component_steps(plan: &AppPlan<'_>) -> Vec<Step> {
 }
 
 /// The app's lock over every service it has or will have.
-fn take_lock_step(current: &CurrentApp, target: &TargetApp, force: bool) -> Step {
+fn take_lock_step(current: &CurrentApp, target: &DesiredApp, force: bool) -> Step {
     let services: BTreeSet<String> = current
         .services
         .iter()
@@ -762,7 +768,7 @@ fn take_lock_step(current: &CurrentApp, target: &TargetApp, force: bool) -> Step
 }
 
 /// C.3.7: converged: record the release, release the lock.
-fn converged_steps(current: &CurrentApp, target: &TargetApp, locked: bool) -> Vec<Step> {
+fn converged_steps(current: &CurrentApp, target: &DesiredApp, locked: bool) -> Vec<Step> {
     let mut steps = Vec::new();
     if let Some(commit) = &target.commit {
         if current.commit.as_ref() != Some(commit) {
@@ -801,7 +807,7 @@ pub(super) fn removal_steps(current: &CurrentApp, ctx: &Context) -> Vec<Step> {
             .services
             .iter()
             .map(|s| {
-                if s.status == Status::Stopping {
+                if s.status == ServiceStatus::Stopping {
                     Step::Noop
                 } else {
                     Step::Kill {

@@ -1,6 +1,6 @@
 //! Image bookkeeping steps: saveImage, removeImage, cleanup (engine.md C.8).
 
-use super::{Context, CurrentApp, ImageRef, Step, TargetApp};
+use super::{Context, CurrentApp, DesiredApp, ImageRef, Step};
 use crate::compose::labels::UPDATE_STRATEGY;
 use crate::compose::Service;
 use std::collections::HashSet;
@@ -36,7 +36,7 @@ impl<'a> Index<'a> {
 
 pub(super) fn save_and_remove(
     current: &[CurrentApp],
-    target: &[TargetApp],
+    target: &[DesiredApp],
     ctx: &Context,
     index: &Index,
 ) -> Vec<Step> {

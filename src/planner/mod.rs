@@ -3,6 +3,8 @@
 //! needs is in its arguments, so every rule is a table-driven test.
 
 mod app;
+pub mod boot_keys;
+pub mod device_config;
 pub mod hostos;
 mod images;
 pub mod simulate;
@@ -38,7 +40,7 @@ pub struct CurrentApp {
 
 /// What the device should run, per app.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct TargetApp {
+pub struct DesiredApp {
     pub app_id: i64,
     pub app_uuid: String,
     pub name: String,
@@ -92,7 +94,7 @@ pub struct Context {
 pub const MAX_DELTA_DOWNLOADS: usize = 3;
 
 /// Plans the next iteration. An empty list means the target is reached.
-pub fn plan(current: &[CurrentApp], target: &[TargetApp], ctx: &Context) -> Vec<Step> {
+pub fn plan(current: &[CurrentApp], target: &[DesiredApp], ctx: &Context) -> Vec<Step> {
     let mut steps = plan_apps(current, target, ctx);
     // A.3 rule 4: a pending reboot happens once only waiting is left (or nothing at all).
     if ctx.reboot_breadcrumb && steps.iter().all(|s| matches!(s, Step::Noop)) {
@@ -101,13 +103,13 @@ pub fn plan(current: &[CurrentApp], target: &[TargetApp], ctx: &Context) -> Vec<
     steps
 }
 
-fn plan_apps(current: &[CurrentApp], target: &[TargetApp], ctx: &Context) -> Vec<Step> {
+fn plan_apps(current: &[CurrentApp], target: &[DesiredApp], ctx: &Context) -> Vec<Step> {
     // C.2.1: the supervisor network comes first; services using the API are stopped first.
     if !ctx.supervisor_network_ready {
         let mut kills = Vec::new();
         for s in current.iter().flat_map(|a| &a.services) {
             if crate::compose::labels::truthy(s.label("io.balena.features.supervisor-api")) {
-                kills.push(if s.status == crate::compose::Status::Stopping {
+                kills.push(if s.status == crate::compose::ServiceStatus::Stopping {
                     Step::Noop
                 } else {
                     Step::Kill {
@@ -178,7 +180,7 @@ fn plan_apps(current: &[CurrentApp], target: &[TargetApp], ctx: &Context) -> Vec
 }
 
 /// Current and target app are the same app: same uuid, or same id for legacy objects.
-fn same_app(c: &CurrentApp, t: &TargetApp) -> bool {
+fn same_app(c: &CurrentApp, t: &DesiredApp) -> bool {
     if !c.app_uuid.is_empty() {
         c.app_uuid == t.app_uuid
     } else {

@@ -2,8 +2,8 @@
 //! every step finishing at once. Used by `tinyvisor plan` to show the whole sequence of
 //! iterations a target causes, and by the planner's convergence property test.
 
-use super::{plan, Context, CurrentApp, Step, TargetApp};
-use crate::compose::{Service, Status};
+use super::{plan, Context, CurrentApp, DesiredApp, Step};
+use crate::compose::{Service, ServiceStatus};
 
 pub struct Simulation {
     pub current: Vec<CurrentApp>,
@@ -25,7 +25,7 @@ impl Simulation {
 
     /// Plans and applies until the plan is empty or `max_iterations` pass. Returns the steps
     /// of each iteration; `converged` tells whether it ended with an empty plan.
-    pub fn run(&mut self, target: &[TargetApp], max_iterations: usize) -> (Vec<Vec<Step>>, bool) {
+    pub fn run(&mut self, target: &[DesiredApp], max_iterations: usize) -> (Vec<Vec<Step>>, bool) {
         let mut iterations = Vec::new();
         for _ in 0..max_iterations {
             let steps = plan(&self.current, target, &self.ctx);
@@ -67,7 +67,7 @@ impl Simulation {
             .filter(move |x| x.container_id == s.container_id)
     }
 
-    pub fn apply(&mut self, steps: &[Step], target: &[TargetApp]) {
+    pub fn apply(&mut self, steps: &[Step], target: &[DesiredApp]) {
         for step in steps {
             match step {
                 Step::Fetch { image, .. } => {
@@ -82,7 +82,7 @@ impl Simulation {
                 }
                 Step::Stop { current } => {
                     for s in self.services_mut(current) {
-                        s.status = Status::Other("exited".into());
+                        s.status = ServiceStatus::Other("exited".into());
                         s.config.running = false;
                     }
                 }
@@ -97,7 +97,7 @@ impl Simulation {
                                 && s.commit == t.commit
                         });
                     if let Some(s) = existing {
-                        s.status = Status::Running;
+                        s.status = ServiceStatus::Running;
                         s.config.running = true;
                     } else {
                         self.next_id += 1;
@@ -110,9 +110,9 @@ impl Simulation {
                             self.next_id % 60
                         ));
                         s.status = if t.config.running {
-                            Status::Running
+                            ServiceStatus::Running
                         } else {
-                            Status::Installed
+                            ServiceStatus::Installed
                         };
                         self.app_mut(t.app_id, &t.app_uuid).services.push(s);
                     }
@@ -126,7 +126,7 @@ impl Simulation {
                         *s = (**t).clone();
                         s.container_id = id;
                         s.created_at = created;
-                        s.status = Status::Running;
+                        s.status = ServiceStatus::Running;
                     }
                 }
                 Step::UpdateCommit { app_id, commit } => {

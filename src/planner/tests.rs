@@ -7,7 +7,7 @@ use super::*;
 use crate::compose::composition::{Condition, Dependency};
 use crate::compose::service::{DeviceContext, ImageDefaults, ServiceOrigin};
 use crate::compose::target::parse_device_target;
-use crate::compose::Status;
+use crate::compose::ServiceStatus;
 use crate::encoding::rfc3339_seconds;
 use serde_json::{json, Value};
 
@@ -64,13 +64,13 @@ fn svc(name: &str, image: &str, commit: &str) -> Service {
 
 /// The same service as a running container.
 fn running(mut s: Service) -> Service {
-    s.status = Status::Running;
+    s.status = ServiceStatus::Running;
     s.container_id = Some(format!("id-{}", s.service_name));
     s.created_at = Some("2026-11-25T10:00:00Z".into());
     s
 }
 
-fn with_status(mut s: Service, status: Status, running: bool) -> Service {
+fn with_status(mut s: Service, status: ServiceStatus, running: bool) -> Service {
     s.status = status;
     s.config.running = running;
     s
@@ -84,8 +84,8 @@ fn default_net(uuid: &str, app_id: i64) -> Network {
     Network::default_for(app_id, uuid, false)
 }
 
-fn tapp(commit: &str, services: Vec<Service>) -> TargetApp {
-    TargetApp {
+fn tapp(commit: &str, services: Vec<Service>) -> DesiredApp {
+    DesiredApp {
         app_id: APP,
         app_uuid: UUID.into(),
         name: "app".into(),
@@ -98,8 +98,8 @@ fn tapp(commit: &str, services: Vec<Service>) -> TargetApp {
 }
 
 /// The target of a second app, `uuid2` / id 2, with its default network.
-fn tapp2(commit: &str, services: Vec<Service>) -> TargetApp {
-    TargetApp {
+fn tapp2(commit: &str, services: Vec<Service>) -> DesiredApp {
+    DesiredApp {
         app_id: 2,
         app_uuid: "uuid2".into(),
         name: "b".into(),
@@ -174,7 +174,7 @@ fn brief(steps: &[Step]) -> Vec<String> {
         .collect()
 }
 
-fn plan_brief(current: &[CurrentApp], target: &[TargetApp], c: &Context) -> Vec<String> {
+fn plan_brief(current: &[CurrentApp], target: &[DesiredApp], c: &Context) -> Vec<String> {
     brief(&plan(current, target, c))
 }
 
@@ -201,7 +201,7 @@ fn c2_1_services_using_the_supervisor_api_are_killed_before_the_network_is_fixed
     ));
     let cur = capp("c1", vec![api.clone()]);
     assert_eq!(plan_brief(&[cur], &[], &c), ["kill:api"]);
-    let stopping = with_status(api, Status::Stopping, true);
+    let stopping = with_status(api, ServiceStatus::Stopping, true);
     assert_eq!(plan_brief(&[capp("c1", vec![stopping])], &[], &c), ["noop"]);
 }
 
@@ -353,7 +353,10 @@ fn c15_2_default_strategy_downloads_before_taking_the_lock_and_killing() {
         plan_brief(&[cur], &[t.clone()], &locked(c.clone())),
         ["kill:main"]
     );
-    let stopping = capp("c0", vec![with_status(old.clone(), Status::Stopping, true)]);
+    let stopping = capp(
+        "c0",
+        vec![with_status(old.clone(), ServiceStatus::Stopping, true)],
+    );
     assert_eq!(
         plan_brief(&[stopping], &[t.clone()], &locked(c.clone())),
         ["noop"]
@@ -500,7 +503,7 @@ fn c15_8_running_false_stops_and_keeps_the_container() {
         ["stop:main"],
         "(j.33)"
     );
-    let stopped = with_status(cur, Status::Other("exited".into()), false);
+    let stopped = with_status(cur, ServiceStatus::Other("exited".into()), false);
     assert_eq!(
         plan_brief(
             &[capp("c1", vec![stopped])],
@@ -530,7 +533,7 @@ fn c15_9_app_removal_locks_kills_then_removes_networks_then_volumes() {
         plan_brief(&[cur.clone()], &[], &locked(c.clone())),
         ["kill:main"]
     );
-    cur.services[0].status = Status::Stopping;
+    cur.services[0].status = ServiceStatus::Stopping;
     assert_eq!(
         plan_brief(&[cur.clone()], &[], &locked(c.clone())),
         ["noop"],
@@ -615,7 +618,7 @@ fn c15_10_network_config_change_kills_dependents_then_recreates() {
 fn j1_exited_container_with_same_config_is_left_to_the_restart_policy() {
     let cur = with_status(
         running(svc("main", "img1", "c1")),
-        Status::Other("exited".into()),
+        ServiceStatus::Other("exited".into()),
         false,
     );
     let c = with_images(ctx(), &[&cur]);
@@ -631,7 +634,7 @@ fn j1_exited_container_with_same_config_is_left_to_the_restart_policy() {
 fn j2_userland_proxy_race_is_started_again() {
     let mut cur = with_status(
         running(svc("main", "img1", "c1")),
-        Status::Other("exited".into()),
+        ServiceStatus::Other("exited".into()),
         false,
     );
     cur.exit_error = "driver failed programming external connectivity: Error starting userland proxy: listen tcp 192.168.88.1:3000: bind: cannot assign requested address".into();
@@ -731,7 +734,7 @@ fn j12_depends_on_starts_the_dependency_first() {
         plan_brief(&[capp("c1", vec![])], &[t.clone()], &c),
         ["start:db"]
     );
-    let installed = with_status(running(db.clone()), Status::Installed, false);
+    let installed = with_status(running(db.clone()), ServiceStatus::Installed, false);
     let steps = plan_brief(&[capp("c1", vec![installed])], &[t.clone()], &c);
     assert_eq!(steps, ["start:db"], "created but not started: web waits");
     assert_eq!(
@@ -770,7 +773,7 @@ fn health(h: Option<&str>) -> impl Fn(Service) -> Service + '_ {
 
 fn exited(code: i64) -> impl Fn(Service) -> Service {
     move |mut s| {
-        s.status = Status::Other("exited".into());
+        s.status = ServiceStatus::Other("exited".into());
         s.config.running = false;
         s.exit_code = Some(code);
         s
@@ -1046,7 +1049,7 @@ fn j28_duplicate_networks_are_removed() {
     legacy.app_uuid = String::new();
     let mut cur = capp("c1", vec![]);
     cur.networks.push(legacy);
-    let t = TargetApp {
+    let t = DesiredApp {
         services: vec![],
         ..tapp("c1", vec![])
     };
@@ -1073,7 +1076,11 @@ fn j30_interrupted_handover_keeps_the_newest_container() {
 
 #[test]
 fn j31_dead_containers_are_removed_without_a_lock() {
-    let dead = with_status(running(svc("main", "img1", "c1")), Status::Dead, false);
+    let dead = with_status(
+        running(svc("main", "img1", "c1")),
+        ServiceStatus::Dead,
+        false,
+    );
     let c = with_images(ctx(), &[&dead]);
     assert_eq!(
         plan_brief(
@@ -1089,7 +1096,7 @@ fn j31_dead_containers_are_removed_without_a_lock() {
 fn j36_requires_reboot_service_is_not_started_until_reboot() {
     let labels = json!({"io.balena.update.requires-reboot": "1"});
     let t = target_svc("main", "img1", "c1", json!({}), labels);
-    let mut created = with_status(running(t.clone()), Status::Installed, false);
+    let mut created = with_status(running(t.clone()), ServiceStatus::Installed, false);
     created.created_at = Some("2026-11-25T10:00:00Z".into());
     let mut c = with_images(ctx(), &[&t]);
     c.boot_time = rfc3339_seconds("2026-11-25T09:00:00Z").unwrap();
@@ -1126,7 +1133,7 @@ fn a3_4_a_pending_reboot_waits_until_only_noops_are_left() {
     );
     // Only waiting left (a container still stopping): reboot after the noop.
     let mut old = running(svc("main", "img0", "c0"));
-    old.status = Status::Stopping;
+    old.status = ServiceStatus::Stopping;
     let stopping = plan_brief(&[capp("c0", vec![old])], &[ta.clone()], &c);
     assert_eq!(
         stopping.last().map(String::as_str),
@@ -1207,7 +1214,7 @@ fn c11_target_running_false_on_install_creates_without_lock_wait() {
 #[test]
 fn c7_2_start_for_running_state_needs_no_lock() {
     let t = svc("main", "img1", "c1");
-    let installed = with_status(running(t.clone()), Status::Installed, false);
+    let installed = with_status(running(t.clone()), ServiceStatus::Installed, false);
     let c = with_images(ctx(), &[&t]);
     assert_eq!(
         plan_brief(&[capp("c1", vec![installed])], &[tapp("c1", vec![t])], &c),
@@ -1310,7 +1317,11 @@ fn c10_removal_with_download_then_kill_waits_for_the_new_images() {
 
 #[test]
 fn c5_stopping_container_during_update_is_a_noop() {
-    let old = with_status(running(svc("main", "img1", "c0")), Status::Stopping, true);
+    let old = with_status(
+        running(svc("main", "img1", "c0")),
+        ServiceStatus::Stopping,
+        true,
+    );
     let new = svc("main", "img2", "c1");
     let c = locked(with_images(ctx(), &[&old, &new]));
     assert_eq!(
@@ -1456,7 +1467,7 @@ fn j37_locks_of_another_app_are_not_released_by_this_one() {
         ))],
         ..Default::default()
     };
-    let t2 = TargetApp {
+    let t2 = DesiredApp {
         networks: vec![],
         ..tapp2("c5", other.services.clone())
     };
@@ -1478,7 +1489,7 @@ fn j37_locks_of_another_app_are_not_released_by_this_one() {
 fn c11_target_running_false_on_a_running_container_never_restarts_it() {
     let stopped = with_status(
         running(svc("main", "img1", "c1")),
-        Status::Other("exited".into()),
+        ServiceStatus::Other("exited".into()),
         false,
     );
     let t = target_svc("main", "img1", "c1", json!({"running": false}), json!({}));

@@ -6,7 +6,7 @@
 use crate::compose::policy::{parse_duration_ms, service_label};
 use crate::compose::service::Service;
 use crate::compose::target::{parse_app_v3, TargetApp, TargetState};
-use crate::compose::Status;
+use crate::compose::ServiceStatus;
 use serde_json::Value;
 use std::collections::BTreeSet;
 
@@ -158,7 +158,7 @@ pub fn judge(trial: &Trial, current: &[Service], expected: &[&str], now_ms: i64)
             let all_run = expected.iter().all(|name| {
                 of_release
                     .iter()
-                    .any(|s| &s.service_name == name && s.status == Status::Running)
+                    .any(|s| &s.service_name == name && s.status == ServiceStatus::Running)
             });
             if all_run {
                 Verdict::Open {
@@ -187,7 +187,7 @@ fn failure(s: &Service, elapsed_ms: Option<i64>) -> Option<String> {
     }
     let stopped = !matches!(
         s.status,
-        Status::Running | Status::Installing | Status::Installed
+        ServiceStatus::Running | ServiceStatus::Installing | ServiceStatus::Installed
     );
     match s.exit_code {
         Some(code) if stopped && code != 0 => Some(format!("{name} exited with code {code}{when}")),
@@ -249,7 +249,7 @@ mod tests {
         }
     }
 
-    fn container(name: &str, commit: &str, status: Status) -> Service {
+    fn container(name: &str, commit: &str, status: ServiceStatus) -> Service {
         let t = target(commit, json!({}));
         let rel = t.apps["app"].release.as_ref().unwrap();
         let origin = crate::compose::service::ServiceOrigin {
@@ -274,13 +274,13 @@ mod tests {
     #[test]
     fn the_window_opens_once_every_service_runs() {
         let t = trial(TrialState::Pending, None);
-        let web = container("web", "new", Status::Running);
-        let db = container("db", "new", Status::Installed);
+        let web = container("web", "new", ServiceStatus::Running);
+        let db = container("db", "new", ServiceStatus::Installed);
         assert_eq!(
             judge(&t, &[web.clone(), db], &["web", "db"], 1000),
             Verdict::Unchanged
         );
-        let db = container("db", "new", Status::Running);
+        let db = container("db", "new", ServiceStatus::Running);
         assert_eq!(
             judge(&t, &[web, db], &["web", "db"], 1000),
             Verdict::Open {
@@ -293,7 +293,7 @@ mod tests {
     fn failures_during_the_window() {
         let t = trial(TrialState::Running, Some(100_000));
         let now = 80_000; // 40 s into the window
-        let mut web = container("web", "new", Status::Running);
+        let mut web = container("web", "new", ServiceStatus::Running);
         web.health = Some("unhealthy".into());
         assert_eq!(
             judge(&t, &[web], &["web"], now),
@@ -301,7 +301,7 @@ mod tests {
                 reason: "web unhealthy after 40s".into()
             }
         );
-        let mut web = container("web", "new", Status::Other("exited".into()));
+        let mut web = container("web", "new", ServiceStatus::Other("exited".into()));
         web.exit_code = Some(1);
         assert_eq!(
             judge(&t, &[web], &["web"], now),
@@ -309,7 +309,7 @@ mod tests {
                 reason: "web exited with code 1 after 40s".into()
             }
         );
-        let mut web = container("web", "new", Status::Running);
+        let mut web = container("web", "new", ServiceStatus::Running);
         web.restart_count = 3;
         assert_eq!(
             judge(&t, &[web], &["web"], now),
@@ -318,13 +318,13 @@ mod tests {
             }
         );
         // A clean exit, and containers of other releases, fail nothing.
-        let mut job = container("web", "new", Status::Other("exited".into()));
+        let mut job = container("web", "new", ServiceStatus::Other("exited".into()));
         job.exit_code = Some(0);
-        let mut old = container("db", "old", Status::Running);
+        let mut old = container("db", "old", ServiceStatus::Running);
         old.health = Some("unhealthy".into());
         assert_eq!(judge(&t, &[job, old], &["web"], now), Verdict::Unchanged);
         // At the deadline it passes; closed trials are not judged.
-        let web = container("web", "new", Status::Running);
+        let web = container("web", "new", ServiceStatus::Running);
         assert_eq!(
             judge(&t, std::slice::from_ref(&web), &["web"], 100_000),
             Verdict::Pass

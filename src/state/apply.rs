@@ -17,8 +17,8 @@ use crate::engine::Engine;
 use crate::locks::Locks;
 use crate::planner::{plan, Context, CurrentApp, ImageRef, Step};
 pub use crate::protocol::{
-    ActionError, AppAction, Command, ContainerStatus, ImageStatus, KeyScope, ServiceAction,
-    ServiceRef, Status, TargetNotSet, LOCAL_SOURCE,
+    ActionError, AppAction, AppState, Command, ContainerStatus, ImageStatus, KeyScope,
+    ServiceAction, ServiceRef, Status, TargetNotSet, LOCAL_SOURCE,
 };
 use crate::systemd::HostControl;
 use crossbeam_channel::Sender;
@@ -179,7 +179,7 @@ impl StateEngine {
         if let Err(e) = &result {
             warn!("{what} on app {app_id} failed: {e:?}");
         }
-        self.set_status(|s| s.app_state = "applying".into());
+        self.set_status(|s| s.app_state = AppState::Applying);
         result
     }
 
@@ -571,7 +571,7 @@ impl StateEngine {
                 service_id: s.service_id,
                 container_id: s.container_id.clone().unwrap_or_default(),
                 status: match &s.status {
-                    crate::compose::Status::Other(o) => o.clone(),
+                    crate::compose::ServiceStatus::Other(o) => o.clone(),
                     other => format!("{other:?}"),
                 },
                 created_at: s.created_at.clone().unwrap_or_default(),

@@ -5,7 +5,7 @@
 use super::apply::StateEngine;
 use super::run_loop::LoopState;
 use crate::compose::target::TargetState;
-use crate::protocol::{Command, TargetNotSet, LOCAL_SOURCE};
+use crate::protocol::{AppState, Command, TargetNotSet, LOCAL_SOURCE};
 use crossbeam_channel::Sender;
 use std::sync::Arc;
 use std::time::Instant;
@@ -177,7 +177,7 @@ impl StateEngine {
         l.schedule.new_target();
         self.host_os.due = Some(Instant::now());
         // Until an iteration has looked, the new target is not applied.
-        self.set_status(|s| s.app_state = "applying".into());
+        self.set_status(|s| s.app_state = AppState::Applying);
         Ok(())
     }
 }

@@ -1,13 +1,13 @@
 //! Runs the device-config half of an iteration (device-config.md §1.3): reads what the device
 //! has (config.json, the database, the VPN unit, the boot backends), asks
-//! [`crate::deviceconfig::plan`] for steps and runs them. They run alone: app steps wait for
+//! [`crate::planner::device_config::plan`] for steps and runs them. They run alone: app steps wait for
 //! the next iteration.
 
 use super::apply::StateEngine;
 use super::step_error::{Failure, StepError};
-use crate::bootconfig::{self, Backend, Mounts};
+use crate::boot_config::{self, Backend, BootKeys, Mounts};
 use crate::compose::target::TargetState;
-use crate::deviceconfig::{self, ConfigStep, Current, Kind, Storage};
+use crate::planner::device_config::{self as deviceconfig, ConfigStep, Current, Kind, Storage};
 use log::{info, warn};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -42,7 +42,7 @@ pub fn set_reboot_breadcrumb(root: &std::path::Path, reason: &str) -> std::io::R
 impl StateEngine {
     fn backends(&self, device_type: &str) -> Vec<Box<dyn Backend>> {
         let release = crate::host::os_release(&self.settings.paths.host_os_version_path);
-        bootconfig::backends_for(
+        boot_config::backends_for(
             device_type,
             release.get("META_BALENA_VERSION").map(String::as_str),
             &self.settings.paths.boot_mountpoint,
@@ -138,7 +138,7 @@ impl StateEngine {
                 crate::logs::event(format!("Apply boot config error: {e}"), true);
                 step_error("read boot config", e.0)
             })?;
-            boot.push((b.as_ref(), now));
+            boot.push((b.as_ref() as &dyn BootKeys, now));
         }
         let recently = self.vpn_tried_at.is_some_and(|t| t.elapsed() < VPN_RETRY);
         let current = Current {
@@ -163,7 +163,7 @@ impl StateEngine {
             return Ok(None);
         }
         for step in &plan.steps {
-            self.run_config_step(step, &current, &device_type)?;
+            self.run_config_step(step, &backends, &current, &device_type)?;
         }
         Ok(Some(()))
     }
@@ -171,6 +171,7 @@ impl StateEngine {
     fn run_config_step(
         &mut self,
         step: &ConfigStep,
+        backends: &[Box<dyn Backend>],
         current: &Current,
         device_type: &str,
     ) -> Result<(), StepError> {
@@ -216,13 +217,14 @@ impl StateEngine {
             ConfigStep::SetBootConfig { target } => {
                 info!("Applying step: setBootConfig");
                 let mounts = self.mounts();
-                for (backend, now) in &current.boot {
+                // `current.boot` holds the same backends, in the same order, as keys only.
+                for (backend, (keys, now)) in backends.iter().zip(&current.boot) {
                     let Some(wanted) =
-                        deviceconfig::backend_target(*backend, target, device_type, now)
+                        deviceconfig::backend_target(*keys, target, device_type, now)
                     else {
                         continue;
                     };
-                    let shown = serde_json::to_string(&bootconfig::boot_to_env(*backend, &wanted))
+                    let shown = serde_json::to_string(&boot_config::boot_to_env(*keys, &wanted))
                         .unwrap_or_default();
                     crate::logs::event(format!("Applying boot config: {shown}"), false);
                     if let Err(e) = backend.write(&mounts, &wanted) {

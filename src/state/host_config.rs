@@ -1,5 +1,5 @@
 //! `PATCH /v1/device/host-config` on the state engine's thread: hostname and proxy written
-//! under every app's update locks (`hostconfig.rs` reads, checks and writes the files).
+//! under every app's update locks (`host_config.rs` reads, checks and writes the files).
 
 use super::actions::ActionError;
 use super::apply::StateEngine;
@@ -8,11 +8,11 @@ use log::{info, warn};
 impl StateEngine {
     pub(super) fn host_config(
         &self,
-        patch: &crate::hostconfig::Patch,
+        patch: &crate::host_config::Patch,
         force: bool,
     ) -> Result<(), ActionError> {
         let taken = self.lock_every_app(force)?;
-        let result = crate::hostconfig::apply(
+        let result = crate::host_config::apply(
             patch,
             &self.settings.paths.boot_mountpoint,
             &self.settings.config_json,
@@ -24,7 +24,7 @@ impl StateEngine {
                 }
                 if applied.proxy_changed {
                     info!("Proxy settings changed");
-                    crate::hostconfig::restart_proxy_units(self.host.as_ref());
+                    crate::host_config::restart_proxy_units(self.host.as_ref());
                 }
             }
             Err(e) => warn!("Host config not applied: {e}"),

@@ -7,7 +7,7 @@ use super::commands::Next;
 use super::events::ContainerEvent;
 use super::schedule::Schedule;
 use crate::compose::target::TargetState;
-use crate::protocol::{Command, LOCAL_SOURCE};
+use crate::protocol::{AppState, Command, LOCAL_SOURCE};
 use crossbeam_channel::Receiver;
 use log::{info, warn};
 use std::sync::Arc;
@@ -77,7 +77,7 @@ impl StateEngine {
     /// host discoverability as stored. Returns the target to apply.
     fn restore(&mut self) -> Option<TargetState> {
         // Nothing is known to be applied until the first iteration has looked.
-        self.set_status(|s| s.app_state = "applying".into());
+        self.set_status(|s| s.app_state = AppState::Applying);
         self.publish_api_keys();
         let tags = self.stored_tags();
         self.set_status(|s| s.target_tags = Arc::new(tags));
@@ -186,7 +186,7 @@ impl StateEngine {
             return;
         }
         let Some(target) = l.target.clone() else {
-            self.set_status(|s| s.app_state = "applied".into());
+            self.set_status(|s| s.app_state = AppState::Applied);
             l.due = Instant::now() + l.idle;
             return;
         };
@@ -198,7 +198,7 @@ impl StateEngine {
             Ok(Outcome::Converged) => self.converged(l),
             Ok(Outcome::Progress { all_noop }) => {
                 self.set_status(|s| {
-                    s.app_state = "applying".into();
+                    s.app_state = AppState::Applying;
                     s.applying_since.get_or_insert_with(Instant::now);
                 });
                 l.due = Instant::now() + l.schedule.progressed(all_noop);
@@ -212,13 +212,13 @@ impl StateEngine {
     fn waiting(&mut self, l: &mut LoopState, wake_in: Option<Duration>) {
         let (wait, _) = l.schedule.converged();
         l.due = Instant::now() + wake_in.map_or(wait, |w| w.min(wait));
-        self.settled("waiting");
+        self.settled(AppState::Waiting);
     }
 
     /// Nothing left to apply now: the state says which, errors and the apply's start clear.
-    fn settled(&self, app_state: &str) {
+    fn settled(&self, app_state: AppState) {
         self.set_status(|s| {
-            s.app_state = app_state.into();
+            s.app_state = app_state;
             s.last_error = None;
             s.failures = 0;
             s.applying_since = None;
@@ -240,7 +240,7 @@ impl StateEngine {
             wait
         };
         l.due = Instant::now() + wait;
-        self.settled("applied");
+        self.settled(AppState::Applied);
     }
 
     fn failed(&mut self, l: &mut LoopState, e: &super::step_error::StepError) {
@@ -258,7 +258,7 @@ impl StateEngine {
         }
         let failures = l.schedule.failures;
         self.set_status(|s| {
-            s.app_state = "applying".into();
+            s.app_state = AppState::Applying;
             s.last_error = Some(e.to_string());
             s.failures = failures;
             s.applying_since.get_or_insert_with(Instant::now);

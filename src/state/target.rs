@@ -5,13 +5,13 @@
 use crate::compose::contracts::{self, Universe};
 use crate::compose::labels;
 use crate::compose::service::{DeviceContext, ImageDefaults, ServiceOrigin};
-use crate::compose::target::{is_supervisor, TargetApp as TargetSpec, TargetState};
+use crate::compose::target::{is_supervisor, TargetApp, TargetState};
 use crate::compose::{Network, Service, Volume};
-use crate::planner::TargetApp;
+use crate::planner::DesiredApp;
 
 /// The target apps, and what the contract check had to say about them.
 pub struct Targets {
-    pub apps: Vec<TargetApp>,
+    pub apps: Vec<DesiredApp>,
     /// System-log lines, worded as the real supervisor words them.
     pub messages: Vec<String>,
 }
@@ -91,12 +91,12 @@ fn host_app_runs(svc: &crate::compose::target::TargetService) -> bool {
 }
 
 fn target_app(
-    app: &TargetSpec,
+    app: &TargetApp,
     device: &DeviceContext,
     image_defaults: &dyn Fn(&str) -> Option<ImageDefaults>,
     api_key: &dyn Fn(i64, &str) -> Option<String>,
     skip: &[String],
-) -> TargetApp {
+) -> DesiredApp {
     let mut services = Vec::new();
     let mut networks = Vec::new();
     let mut volumes = Vec::new();
@@ -148,7 +148,7 @@ fn target_app(
             .all(|s: &Service| s.config.network_mode == "host");
         networks.push(Network::default_for(app.id, &app.uuid, all_host));
     }
-    TargetApp {
+    DesiredApp {
         app_id: app.id,
         app_uuid: app.uuid.clone(),
         name: app.name.clone(),

@@ -3,7 +3,7 @@
 
 use super::{
     env_map, healthcheck_from_value, is_selinux_label, normalise_restart, trim_dir, Device,
-    Endpoint, Service, ServiceConfig, Status, DEFAULT_SHM,
+    Endpoint, Service, ServiceConfig, ServiceStatus, DEFAULT_SHM,
 };
 use crate::compose::labels::{self, APP_ID, APP_UUID, SERVICE_ID, SERVICE_NAME};
 use crate::engine::types::{ContainerInspect, EndpointSettings, HostConfig};
@@ -23,10 +23,10 @@ impl Service {
         let service_name = labels_map.get(SERVICE_NAME).cloned()?;
         let app_uuid = labels_map.get(APP_UUID).cloned().unwrap_or_default();
         let status = match ci.state.status.as_str() {
-            "running" => Status::Running,
-            "created" => Status::Installed,
-            "dead" => Status::Dead,
-            other => Status::Other(other.to_string()),
+            "running" => ServiceStatus::Running,
+            "created" => ServiceStatus::Installed,
+            "dead" => ServiceStatus::Dead,
+            other => ServiceStatus::Other(other.to_string()),
         };
         Some(Service {
             app_id,
@@ -39,7 +39,7 @@ impl Service {
             image_name: ci.config.image.clone(),
             container_id: Some(ci.id.clone()),
             created_at: Some(ci.created.clone()),
-            exit_code: (status != Status::Running).then_some(ci.state.exit_code),
+            exit_code: (status != ServiceStatus::Running).then_some(ci.state.exit_code),
             restart_count: ci.restart_count,
             status,
             exit_error: ci.state.error.clone(),

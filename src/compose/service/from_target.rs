@@ -5,7 +5,7 @@
 use super::{
     feature, healthcheck_from_value, is_selinux_label, normalise_restart, parse_device, trim_dir,
     DeviceContext, Endpoint, Healthcheck, ImageDefaults, Service, ServiceConfig, ServiceOrigin,
-    Status, DEFAULT_SHM, LOCK_DIR, SUPERVISOR_GATEWAY, SUPERVISOR_NETWORK,
+    ServiceStatus, DEFAULT_SHM, LOCK_DIR, SUPERVISOR_GATEWAY, SUPERVISOR_NETWORK,
 };
 use crate::compose::composition::{Composition, VolumeSpec};
 use crate::compose::labels::{self, APP_ID, APP_UUID, SERVICE_ID, SERVICE_NAME, SUPERVISED};
@@ -57,7 +57,7 @@ impl Service {
             image_name: t.image.clone(),
             container_id: None,
             created_at: None,
-            status: Status::Installing,
+            status: ServiceStatus::Installing,
             exit_error: String::new(),
             health: None,
             exit_code: None,

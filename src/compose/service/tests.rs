@@ -87,7 +87,7 @@ fn adopts_containers_made_by_the_real_supervisor() {
             "{}: differs in {diff:?}",
             current.service_name
         );
-        assert_eq!(current.status, Status::Running);
+        assert_eq!(current.status, ServiceStatus::Running);
     }
 }
 
@@ -391,7 +391,7 @@ fn restart_policy_empty_reads_as_no() {
     let s = Service::from_inspect(&ci).unwrap();
     assert_eq!(s.config.restart, "no");
     assert_eq!(s.config.hostname, "", "short id hostname reads as unset");
-    assert_eq!(s.status, Status::Other("exited".into()));
+    assert_eq!(s.status, ServiceStatus::Other("exited".into()));
     assert_eq!(
         (s.app_id, s.service_id, s.image_id, s.release_id),
         (1, 2, 1, 2)

@@ -69,7 +69,7 @@ fn backend(app_id: i64, uuid: &str) -> Network {
     Network::from_target("backend", &Default::default(), app_id, uuid).unwrap()
 }
 
-fn random_target(rng: &mut Rng) -> Vec<TargetApp> {
+fn random_target(rng: &mut Rng) -> Vec<DesiredApp> {
     let mut apps = Vec::new();
     for (uuid, id) in APPS {
         if !rng.chance(60) {
@@ -86,7 +86,7 @@ fn random_target(rng: &mut Rng) -> Vec<TargetApp> {
                 services.push(random_service(rng, uuid, *id, name, &commit, &volume_names));
             }
         }
-        apps.push(TargetApp {
+        apps.push(DesiredApp {
             app_id: *id,
             app_uuid: uuid.to_string(),
             name: "app".into(),
@@ -113,14 +113,14 @@ fn random_device(rng: &mut Rng) -> Simulation {
             let mut c = s.clone();
             c.container_id = Some(format!("ctr{next_id}"));
             c.created_at = Some(format!("2026-11-25T10:00:{:02}Z", next_id % 60));
-            c.status = Status::Running;
+            c.status = ServiceStatus::Running;
             match rng.below(10) {
-                0 => c = with_status(c, Status::Dead, false),
-                1 => c = with_status(c, Status::Installed, false),
-                2 => c = with_status(c, Status::Other("exited".into()), false),
+                0 => c = with_status(c, ServiceStatus::Dead, false),
+                1 => c = with_status(c, ServiceStatus::Installed, false),
+                2 => c = with_status(c, ServiceStatus::Other("exited".into()), false),
                 _ => {
                     if !s.config.running {
-                        c = with_status(c, Status::Other("exited".into()), false);
+                        c = with_status(c, ServiceStatus::Other("exited".into()), false);
                     }
                 }
             }
@@ -144,7 +144,7 @@ fn random_device(rng: &mut Rng) -> Simulation {
     Simulation::new(current, ctx)
 }
 
-fn check_converged(model: &Simulation, target: &[TargetApp]) -> Result<(), String> {
+fn check_converged(model: &Simulation, target: &[DesiredApp]) -> Result<(), String> {
     for t in target {
         let Some(cur) = model.current.iter().find(|c| c.app_uuid == t.app_uuid) else {
             if t.services.is_empty() {
@@ -180,8 +180,8 @@ fn check_converged(model: &Simulation, target: &[TargetApp]) -> Result<(), Strin
                 return Err(format!("{}: differs in {diff:?}", ts.service_name));
             }
             if ts.config.running
-                && c.status != Status::Running
-                && c.status != Status::Other("exited".into())
+                && c.status != ServiceStatus::Running
+                && c.status != ServiceStatus::Other("exited".into())
             {
                 return Err(format!("{}: status {:?}", ts.service_name, c.status));
             }

@@ -11,7 +11,7 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Fixture {
-        let dir = TempDir::new("bootconfig");
+        let dir = TempDir::new("boot_config");
         let boot = dir.path().join("boot");
         let root = dir.path().join("root");
         std::fs::create_dir_all(&boot).unwrap();

@@ -3,7 +3,7 @@
 //! state engine reads the current values (config.json, the database, the VPN unit, the boot
 //! backends) and runs the steps.
 
-use crate::bootconfig::{self, Backend, BootConfig};
+use super::boot_keys::{self, BootConfig, BootKeys};
 use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -279,7 +279,7 @@ pub struct Current<'a> {
     /// Is openvpn active? `None` when the host cannot be asked (no system bus).
     pub vpn_active: Option<bool>,
     /// Each active backend with what it reads now.
-    pub boot: Vec<(&'a dyn Backend, BootConfig)>,
+    pub boot: Vec<(&'a dyn BootKeys, BootConfig)>,
 }
 
 /// The plan of one iteration, and warnings to log.
@@ -357,7 +357,7 @@ pub fn plan(
         let Some(wanted) = backend_target(*backend, target, device_type, now) else {
             continue;
         };
-        if bootconfig::change_required(*backend, now, &wanted).map_err(|e| e.0)? {
+        if boot_keys::change_required(*backend, now, &wanted).map_err(|e| e.0)? {
             boot_change = true;
             reboot |= backend.reboot_required(now, &wanted);
         }
@@ -370,7 +370,7 @@ pub fn plan(
         }
         let boot_target = target
             .iter()
-            .filter(|(k, _)| k.starts_with(bootconfig::HOST_PREFIX))
+            .filter(|(k, _)| k.starts_with(boot_keys::HOST_PREFIX))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         out.steps.push(ConfigStep::SetBootConfig {
@@ -384,12 +384,12 @@ pub fn plan(
 /// it holds something: it is left alone (see docs/decisions.md — without v19's initial config
 /// report to the cloud, a target without them would wipe a device's boot settings).
 pub fn backend_target(
-    backend: &dyn Backend,
+    backend: &dyn BootKeys,
     target: &BTreeMap<String, String>,
     device_type: &str,
     now: &BootConfig,
 ) -> Option<BootConfig> {
-    let mut wanted = bootconfig::env_to_boot(backend, target);
+    let mut wanted = boot_keys::env_to_boot(backend, target);
     if wanted.is_empty() && !now.is_empty() {
         return None;
     }

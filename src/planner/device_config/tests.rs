@@ -1,5 +1,6 @@
+use super::boot_keys::BootValue;
 use super::*;
-use crate::bootconfig::{BootValue, Mounts};
+use crate::boot_config::{Backend, Mounts};
 
 fn target(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
@@ -24,7 +25,7 @@ fn change(env: &str, value: &str) -> Change {
 }
 
 fn config_txt() -> Box<dyn Backend> {
-    crate::bootconfig::backends_for("raspberrypi3", None, std::path::Path::new("/nonexistent"))
+    crate::boot_config::backends_for("raspberrypi3", None, std::path::Path::new("/nonexistent"))
         .into_iter()
         .next()
         .unwrap()
@@ -168,7 +169,7 @@ fn boot_config_waits_for_supervisor_variables_and_needs_a_reboot() {
     let backend = config_txt();
     let now: BootConfig = [("gpu_mem".to_string(), BootValue::Str("16".into()))].into();
     let mut c = current(&[]);
-    c.boot = vec![(backend.as_ref(), now.clone())];
+    c.boot = vec![(backend.as_ref() as &dyn BootKeys, now.clone())];
     let t = target(&[("HOST_CONFIG_gpu_mem", "64"), ("SUPERVISOR_DELTA", "1")]);
     // Variables first, boot config in a later iteration.
     let p = plan(&t, &c, "raspberrypi3", true, false).unwrap();
@@ -222,7 +223,7 @@ fn a_fan_change_alone_writes_config_json_without_a_reboot() {
     .unwrap();
     let cfg = crate::config::ConfigJson::load(&dir.path().join("config.json")).unwrap();
     let backends =
-        crate::bootconfig::backends_for("jetson-orin-nx-xavier-nx-devkit", None, dir.path());
+        crate::boot_config::backends_for("jetson-orin-nx-xavier-nx-devkit", None, dir.path());
     let m = Mounts {
         boot: dir.path().to_path_buf(),
         root: dir.path().to_path_buf(),
@@ -231,7 +232,7 @@ fn a_fan_change_alone_writes_config_json_without_a_reboot() {
     let mut c = current(&[]);
     c.boot = backends
         .iter()
-        .map(|b| (b.as_ref(), b.read(&m).unwrap()))
+        .map(|b| (b.as_ref() as &dyn BootKeys, b.read(&m).unwrap()))
         .collect();
     let p = plan(
         &target(&[("HOST_CONFIG_fan_profile", "cool")]),

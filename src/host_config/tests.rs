@@ -2,7 +2,7 @@ use super::*;
 use crate::testutil::TempDir;
 
 fn setup() -> (TempDir, PathBuf, ConfigJson) {
-    let dir = TempDir::new("hostconfig");
+    let dir = TempDir::new("host_config");
     let boot = dir.path().join("boot");
     std::fs::create_dir_all(dir.path().join("root/etc")).unwrap();
     std::fs::create_dir_all(&boot).unwrap();

@@ -1,27 +1,10 @@
-//! Boot-config backends (device-config.md §2): the `HOST_*` config variables that end up in
-//! files on the boot partition (config.txt, extlinux.conf, extra_uEnv.txt, configfs.json, the
-//! splash logo), in raw bytes of the TX2's boot sector (odmdata), or in config.json (Orin power
-//! and fan modes).
-//!
-//! Each backend says whether it serves a device type, reads its current settings, converts
-//! between config variables and its own keys, refuses keys it must not touch, writes atomically
-//! and says whether a change needs a reboot. Reading and the variable conversions are pure text
-//! transforms; only `read`/`write` touch files, all under the paths given in [`Mounts`].
+//! The pure half of the boot-config backends: their settings ([`BootConfig`]), the
+//! conversions between `HOST_*` config variables and each backend's own keys, which keys a
+//! backend may change and whether a change needs a reboot ([`BootKeys`]). The device-config
+//! plan works with these alone, so it can do no I/O; reading and writing the files on the
+//! boot partition is `crate::boot_config::Backend`'s part.
 
-mod config_txt;
-mod configfs;
-mod extlinux;
-mod extra_uenv;
-mod odmdata;
-mod power_fan;
-mod splash;
-
-#[cfg(test)]
-mod tests;
-
-use crate::config::ConfigJson;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 
 /// A backend setting: one value, or a list (config.txt `dtoverlay`, configfs `ssdt`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,14 +28,6 @@ impl BootValue {
 
 /// A backend's settings, by its own key names.
 pub type BootConfig = BTreeMap<String, BootValue>;
-
-/// Where a backend finds its files.
-pub struct Mounts<'a> {
-    pub boot: PathBuf,
-    pub root: PathBuf,
-    pub config_json: &'a ConfigJson,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BootError(pub String);
 
@@ -64,14 +39,14 @@ impl std::fmt::Display for BootError {
 
 impl std::error::Error for BootError {}
 
-fn err(m: impl Into<String>) -> BootError {
+pub(crate) fn err(m: impl Into<String>) -> BootError {
     BootError(m.into())
 }
 
 /// The common prefix of boot config variables (names without `BALENA_`/`RESIN_`).
 pub const HOST_PREFIX: &str = "HOST_";
-
-pub trait Backend: Send + Sync {
+/// What a boot-config backend knows without touching a file.
+pub trait BootKeys: Send + Sync {
     fn name(&self) -> &'static str;
     /// The start of its variables' names (`HOST_CONFIG_`, ...): the rest is the key.
     fn prefix(&self) -> &'static str;
@@ -108,8 +83,6 @@ pub trait Backend: Send + Sync {
         let _ = target;
         Ok(())
     }
-    fn read(&self, m: &Mounts) -> Result<BootConfig, BootError>;
-    fn write(&self, m: &Mounts, target: &BootConfig) -> Result<(), BootError>;
     fn reboot_required(&self, current: &BootConfig, target: &BootConfig) -> bool {
         let _ = (current, target);
         true
@@ -120,55 +93,8 @@ pub trait Backend: Send + Sync {
         false
     }
 }
-
-/// The backends serving a device (several can: config.txt and the splash logo on a Pi).
-/// `meta_release` is `META_BALENA_VERSION` of the host's os-release.
-pub fn backends_for(
-    device_type: &str,
-    meta_release: Option<&str>,
-    boot: &Path,
-) -> Vec<Box<dyn Backend>> {
-    let mut out: Vec<Box<dyn Backend>> = Vec::new();
-    if config_txt::matches(device_type) {
-        out.push(Box::new(config_txt::ConfigTxt));
-    }
-    if extlinux::matches(device_type, meta_release) {
-        out.push(Box::new(extlinux::Extlinux));
-    }
-    if extra_uenv::matches(device_type, boot) {
-        out.push(Box::new(extra_uenv::ExtraUEnv));
-    }
-    if device_type == "up-board" {
-        out.push(Box::new(configfs::ConfigFs));
-    }
-    if device_type.ends_with("-tx2") {
-        out.push(Box::new(odmdata::Odmdata));
-    }
-    out.push(Box::new(splash::SplashImage));
-    if device_type.contains("-orin-") {
-        out.push(Box::new(power_fan::PowerFan));
-    }
-    out
-}
-
-/// Is a (prefix-less) variable a boot config variable of any backend? (v19's
-/// `isBootConfigVar`, over every backend, so a variable of another device type is still
-/// recognised as a config variable rather than dropped as unknown.)
-pub fn is_boot_config_var(env_name: &str) -> bool {
-    let all: [&dyn Backend; 7] = [
-        &config_txt::ConfigTxt,
-        &extlinux::Extlinux,
-        &extra_uenv::ExtraUEnv,
-        &configfs::ConfigFs,
-        &odmdata::Odmdata,
-        &splash::SplashImage,
-        &power_fan::PowerFan,
-    ];
-    all.iter().any(|b| b.is_boot_config_var(env_name))
-}
-
 /// A backend's part of a target's config variables, in its own keys.
-pub fn env_to_boot(backend: &dyn Backend, env: &BTreeMap<String, String>) -> BootConfig {
+pub fn env_to_boot(backend: &dyn BootKeys, env: &BTreeMap<String, String>) -> BootConfig {
     env.iter()
         .filter(|(k, _)| backend.is_boot_config_var(k))
         .map(|(k, v)| {
@@ -180,7 +106,7 @@ pub fn env_to_boot(backend: &dyn Backend, env: &BTreeMap<String, String>) -> Boo
 }
 
 /// A backend's settings as config variables.
-pub fn boot_to_env(backend: &dyn Backend, cfg: &BootConfig) -> BTreeMap<String, String> {
+pub fn boot_to_env(backend: &dyn BootKeys, cfg: &BootConfig) -> BTreeMap<String, String> {
     cfg.iter()
         .map(|(k, v)| (backend.env_name(k), v.to_env()))
         .collect()
@@ -190,7 +116,7 @@ pub fn boot_to_env(backend: &dyn Backend, cfg: &BootConfig) -> BTreeMap<String, 
 /// touch is an error (device-config.md §1.2 rule 4); keys only in `current` count as
 /// differences (the target is authoritative), except those the backend keeps when absent.
 pub fn change_required(
-    backend: &dyn Backend,
+    backend: &dyn BootKeys,
     current: &BootConfig,
     target: &BootConfig,
 ) -> Result<bool, BootError> {
@@ -215,33 +141,8 @@ pub fn change_required(
     }
     Ok(changed)
 }
-
-/// Reads a file on the boot partition; a missing file is `None`.
-fn read_optional(path: &Path) -> Result<Option<String>, BootError> {
-    Ok(read_bytes(path)?.map(|b| String::from_utf8_lossy(&b).into_owned()))
-}
-
-/// The same, as bytes.
-fn read_bytes(path: &Path) -> Result<Option<Vec<u8>>, BootError> {
-    match std::fs::read(path) {
-        Ok(b) => Ok(Some(b)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(err(format!("cannot read {}: {e}", path.display()))),
-    }
-}
-
-/// Writes a file on the boot partition atomically (temp file, fsync, rename, fsync dir).
-fn write_file(path: &Path, bytes: &[u8]) -> Result<(), BootError> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
-    }
-    crate::fsutil::write_atomic(path, bytes)
-        .map_err(|e| err(format!("cannot write {}: {e}", path.display())))
-}
-
 /// List values of a variable: `a` is `[a]`; `"a","b"` is `[a, b]`.
-fn list_value(v: &str) -> Vec<String> {
+pub(crate) fn list_value(v: &str) -> Vec<String> {
     let v = v.trim();
     if !v.starts_with('"') {
         return if v.is_empty() {

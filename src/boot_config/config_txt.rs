@@ -7,7 +7,7 @@
 //! appended, and the device-tree lines (dtparam/dtoverlay/...) are rewritten as one block in
 //! v19's layout only when they changed. The settings that result are the same as v19's.
 
-use super::{err, list_value, read_optional, write_file, Backend, BootConfig, BootError};
+use super::{err, list_value, read_optional, write_file, Backend, BootConfig, BootError, BootKeys};
 use super::{BootValue, Mounts};
 
 pub struct ConfigTxt;
@@ -231,7 +231,7 @@ fn canonical_arrays(target: &mut BootConfig) {
     target.extend(parse(&array_lines(&arrays).join("\n")));
 }
 
-impl Backend for ConfigTxt {
+impl BootKeys for ConfigTxt {
     fn name(&self) -> &'static str {
         "config.txt"
     }
@@ -273,11 +273,6 @@ impl Backend for ConfigTxt {
         }
         target.insert("dtoverlay".into(), BootValue::List(overlays));
     }
-    fn read(&self, m: &Mounts) -> Result<BootConfig, BootError> {
-        Ok(read_optional(&path(m))?
-            .map(|t| parse(&t))
-            .unwrap_or_default())
-    }
     fn validate(&self, target: &BootConfig) -> Result<(), BootError> {
         for (k, v) in target {
             let ok_key = !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
@@ -293,6 +288,14 @@ impl Backend for ConfigTxt {
             }
         }
         Ok(())
+    }
+}
+
+impl Backend for ConfigTxt {
+    fn read(&self, m: &Mounts) -> Result<BootConfig, BootError> {
+        Ok(read_optional(&path(m))?
+            .map(|t| parse(&t))
+            .unwrap_or_default())
     }
     fn write(&self, m: &Mounts, target: &BootConfig) -> Result<(), BootError> {
         self.validate(target)?;

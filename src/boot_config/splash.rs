@@ -2,7 +2,9 @@
 //! plain base64, in `<boot>/splash/balena-logo.png` (or the legacy `resin-logo.png`). The
 //! logo the OS shipped is kept as `balena-logo-default.png`; "unset" means that one.
 
-use super::{err, read_bytes, write_file, Backend, BootConfig, BootError, BootValue, Mounts};
+use super::{
+    err, read_bytes, write_file, Backend, BootConfig, BootError, BootKeys, BootValue, Mounts,
+};
 use crate::encoding::{base64, base64_decode};
 
 pub struct SplashImage;
@@ -50,7 +52,7 @@ fn png_of(uri: &str) -> Result<Vec<u8>, BootError> {
     Ok(bytes)
 }
 
-impl Backend for SplashImage {
+impl BootKeys for SplashImage {
     fn name(&self) -> &'static str {
         "splash"
     }
@@ -83,6 +85,9 @@ impl Backend for SplashImage {
             _ => Ok(()),
         }
     }
+}
+
+impl Backend for SplashImage {
     fn read(&self, m: &Mounts) -> Result<BootConfig, BootError> {
         let d = dir(m);
         let current = read_bytes(&active(m))?;

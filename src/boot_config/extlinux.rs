@@ -2,7 +2,9 @@
 //! the default label's APPEND line and `HOST_EXTLINUX_fdt` as its FDT directive. Only those
 //! two lines are edited; everything else in the file stays as it is.
 
-use super::{err, read_optional, write_file, Backend, BootConfig, BootError, BootValue, Mounts};
+use super::{
+    err, read_optional, write_file, Backend, BootConfig, BootError, BootKeys, BootValue, Mounts,
+};
 
 pub struct Extlinux;
 
@@ -107,7 +109,7 @@ fn indent_of(line: &str) -> &str {
     &line[..line.len() - line.trim_start().len()]
 }
 
-impl Backend for Extlinux {
+impl BootKeys for Extlinux {
     fn name(&self) -> &'static str {
         "extlinux"
     }
@@ -131,6 +133,9 @@ impl Backend for Extlinux {
         }
         Ok(())
     }
+}
+
+impl Backend for Extlinux {
     fn read(&self, m: &Mounts) -> Result<BootConfig, BootError> {
         let text = read_optional(&path(m))?.ok_or_else(|| err(MISSING))?;
         let lines: Vec<&str> = text.lines().collect();

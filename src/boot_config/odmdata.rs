@@ -2,7 +2,7 @@
 //! repeated at three offsets of `<root>/dev/mmcblk0boot0`, written with the partition's
 //! `force_ro` switched off around the write.
 
-use super::{err, Backend, BootConfig, BootError, BootValue, Mounts};
+use super::{err, Backend, BootConfig, BootError, BootKeys, BootValue, Mounts};
 use std::io::{Read, Seek, SeekFrom, Write};
 
 pub struct Odmdata;
@@ -24,7 +24,7 @@ fn io(what: &str, e: std::io::Error) -> BootError {
     err(format!("ODMDataError: cannot {what}: {e}"))
 }
 
-impl Backend for Odmdata {
+impl BootKeys for Odmdata {
     fn name(&self) -> &'static str {
         "odmdata"
     }
@@ -47,6 +47,9 @@ impl Backend for Odmdata {
             ))),
         }
     }
+}
+
+impl Backend for Odmdata {
     fn read(&self, m: &Mounts) -> Result<BootConfig, BootError> {
         let mut f = std::fs::File::open(device(m)).map_err(|e| io("open the boot partition", e))?;
         let mut bytes = [0u8; 3];

@@ -3,14 +3,14 @@
 //! `initialise`) needs the board's kernel and is not done here; the setting takes effect at
 //! the next boot, when the OS loads them.
 
-use super::{err, list_value, read_optional, write_file, Backend, BootConfig, BootError};
+use super::{err, list_value, read_optional, write_file, Backend, BootConfig, BootError, BootKeys};
 use super::{BootValue, Mounts};
 
 pub struct ConfigFs;
 
 const PREFIX: &str = "HOST_CONFIGFS_";
 
-impl Backend for ConfigFs {
+impl BootKeys for ConfigFs {
     fn name(&self) -> &'static str {
         "configfs"
     }
@@ -40,6 +40,9 @@ impl Backend for ConfigFs {
             None => Ok(()),
         }
     }
+}
+
+impl Backend for ConfigFs {
     fn read(&self, m: &Mounts) -> Result<BootConfig, BootError> {
         let text = read_optional(&m.boot.join("configfs.json"))?.unwrap_or_default();
         let doc: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();

@@ -2,7 +2,7 @@
 //! `HOST_CONFIG_fan_profile` as config.json `os.power.mode` and `os.fan.profile`, read by
 //! balenaOS at boot. Only a power mode change needs a reboot.
 
-use super::{err, Backend, BootConfig, BootError, BootValue, Mounts};
+use super::{err, Backend, BootConfig, BootError, BootKeys, BootValue, Mounts};
 use serde_json::{json, Value};
 
 pub struct PowerFan;
@@ -20,7 +20,7 @@ fn key(env_name: &str) -> Option<&'static str> {
     }
 }
 
-impl Backend for PowerFan {
+impl BootKeys for PowerFan {
     fn name(&self) -> &'static str {
         "power-fan"
     }
@@ -45,6 +45,12 @@ impl Backend for PowerFan {
         }
         Ok(())
     }
+    fn reboot_required(&self, current: &BootConfig, target: &BootConfig) -> bool {
+        current.get("power_mode") != target.get("power_mode")
+    }
+}
+
+impl Backend for PowerFan {
     fn read(&self, m: &Mounts) -> Result<BootConfig, BootError> {
         let os = m
             .config_json
@@ -86,8 +92,5 @@ impl Backend for PowerFan {
             .update(&[("os", Some(Value::Object(os)))])
             .map(drop)
             .map_err(|e| err(format!("cannot write config.json: {e}")))
-    }
-    fn reboot_required(&self, current: &BootConfig, target: &BootConfig) -> bool {
-        current.get("power_mode") != target.get("power_mode")
     }
 }

@@ -3,7 +3,9 @@
 //! in order; the two managed ones are set from the target or deleted.
 
 use super::extlinux::{supports, PREFIX};
-use super::{err, read_optional, write_file, Backend, BootConfig, BootError, BootValue, Mounts};
+use super::{
+    err, read_optional, write_file, Backend, BootConfig, BootError, BootKeys, BootValue, Mounts,
+};
 
 pub struct ExtraUEnv;
 
@@ -37,7 +39,7 @@ fn entries(text: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-impl Backend for ExtraUEnv {
+impl BootKeys for ExtraUEnv {
     fn name(&self) -> &'static str {
         "extra_uEnv"
     }
@@ -56,6 +58,9 @@ impl Backend for ExtraUEnv {
         }
         Ok(())
     }
+}
+
+impl Backend for ExtraUEnv {
     fn read(&self, m: &Mounts) -> Result<BootConfig, BootError> {
         let text = read_optional(&m.boot.join(FILE))?
             .ok_or_else(|| err(format!("Could not find {FILE}")))?;
