@@ -1,4 +1,4 @@
-//! Facts about the host the cloud report and registration need (cloud-api.md §5.3): OS
+//! Facts about the host the cloud report and registration need (docs/contract/cloud-api.md §5.3): OS
 //! release, network addresses and MACs, hardware metrics. Reads /proc, /sys and os-release;
 //! changes nothing.
 

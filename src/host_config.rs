@@ -1,4 +1,4 @@
-//! Host configuration (device-config.md §5, device-api.md 3.13/3.14): the hostname and the
+//! Host configuration (docs/contract/device-config.md §5, docs/contract/device-api.md 3.13/3.14): the hostname and the
 //! redsocks proxy under `<boot>/system-proxy/` (`redsocks.conf`, `no_proxy`).
 //!
 //! Reading, validating and rendering are pure; [`apply`] writes the files atomically and

@@ -1,4 +1,4 @@
-//! Update locks (engine.md (e)): per-service lock files under
+//! Update locks (docs/contract/engine.md (e)): per-service lock files under
 //! `<root>/tmp/balena-supervisor/services/<appId>/<serviceName>/` (`updates.lock` and legacy
 //! `resin-updates.lock`), bind-mounted into the service at `/tmp/balena` and `/tmp/resin`.
 //! A lock file owned by anyone but uid 65534 is the app's: it blocks updates. The supervisor

@@ -442,7 +442,7 @@ fn plan(settings: &Settings, cmd: &PlanCmd) -> ExitCode {
 }
 
 /// Generates and stores the device uuid on first start, and the device API key of a managed
-/// device, as the real supervisor does (cloud-api.md §2.1).
+/// device, as the real supervisor does (docs/contract/cloud-api.md §2.1).
 fn ensure_identity(settings: &Settings) -> Result<(), String> {
     let cfg = &settings.config_json;
     let missing = |k: &str| cfg.get_str(k).is_none_or(|v| v.is_empty());

@@ -256,7 +256,7 @@ pub struct HostOsStatus {
     pub last_error: Option<String>,
 }
 
-/// What an API key may act on (device-api.md §1): everything, or some apps.
+/// What an API key may act on (docs/contract/device-api.md §1): everything, or some apps.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KeyScope {
     pub global: bool,

@@ -1,4 +1,4 @@
-//! Device endpoints that need no change of state (device-api.md §3.3, 3.10–3.12, 3.16, 3.27,
+//! Device endpoints that need no change of state (docs/contract/device-api.md §3.3, 3.10–3.12, 3.16, 3.27,
 //! 3.29): `/v1/device`, `/v1/apps/:appId` stop/start, `/v2/applications/:appId/state`,
 //! `/v2/device/vpn`, `/v1/blink`, `/v2/journal-logs`, `GET /v1/apps/:appId`,
 //! `/v2/cleanup-volumes`.
@@ -11,7 +11,7 @@ use std::io::Read;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// The v1 texts for apps that are not single-container (device-api.md §3.9, 3.10).
+/// The v1 texts for apps that are not single-container (docs/contract/device-api.md §3.9, 3.10).
 const APP_NOT_FOUND: &str = "App not found: an app needs to be installed for this endpoint to work.\n\tIf you've recently moved this device from another app,\n\tplease push an app and wait for it to be installed first.";
 pub(super) const MULTI_CONTAINER: &str = "serviceName or imageId parameters were not provided or the app is multi-container. Use the v2 service action endpoints.";
 
@@ -307,7 +307,7 @@ fn blink(led: &std::path::Path, half_period: Duration) {
     let _ = std::fs::write(led, "0");
 }
 
-/// `journalctl` arguments for a `/v2/journal-logs` body (device-api.md §3.29).
+/// `journalctl` arguments for a `/v2/journal-logs` body (docs/contract/device-api.md §3.29).
 pub fn journal_args(doc: &Value) -> Vec<String> {
     let mut args = Vec::new();
     if truthy(doc.get("all")) {

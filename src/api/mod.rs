@@ -1,4 +1,4 @@
-//! The Supervisor API on :48484 (served by [`server`]): routing, auth (device-api.md §1) and
+//! The Supervisor API on :48484 (served by [`server`]): routing, auth (docs/contract/device-api.md §1) and
 //! the app and service endpoints here, device endpoints in [`device`]. It never calls the
 //! engine: it asks the state engine over its channel and reads the status it publishes.
 
@@ -252,7 +252,7 @@ fn request_key(req: &Request) -> Option<String> {
         .filter(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
 }
 
-/// Integer parameters: JSON numbers or strings like `12`, `"12"`, `"12.0"` (device-api.md §0).
+/// Integer parameters: JSON numbers or strings like `12`, `"12"`, `"12.0"` (docs/contract/device-api.md §0).
 fn int_param(v: &Value) -> Option<i64> {
     match v {
         Value::Number(n) => n.as_i64(),
@@ -370,7 +370,7 @@ impl Api {
         }
     }
 
-    /// Device API auth (device-api.md §1): off when unmanaged or in local mode (everything is
+    /// Device API auth (docs/contract/device-api.md §1): off when unmanaged or in local mode (everything is
     /// allowed); otherwise the key from `?apikey=` or `Authorization: Bearer|ApiKey <key>`
     /// must be one the state engine published, and its scope is what the request may touch.
     fn key_scope(&self, req: &Request) -> Option<KeyScope> {
@@ -718,7 +718,7 @@ impl Api {
         }
     }
 
-    /// `POST /v1/restart`, `POST /v1/purge` with `{"appId", "force"}` (device-api.md 3.7, 3.8).
+    /// `POST /v1/restart`, `POST /v1/purge` with `{"appId", "force"}` (docs/contract/device-api.md 3.7, 3.8).
     fn app_action_v1(&self, action: AppAction, req: &Request, scope: &KeyScope) -> Response {
         let doc = match Self::read_json_body(req) {
             Ok(d) => d,
@@ -769,7 +769,7 @@ impl Api {
         }
     }
 
-    /// `POST /v2/applications/:appId/{restart,stop,start}-service` (device-api.md 3.9).
+    /// `POST /v2/applications/:appId/{restart,stop,start}-service` (docs/contract/device-api.md 3.9).
     fn service_action(&self, path: &str, req: &Request, scope: &KeyScope) -> Response {
         let mut parts = path.trim_start_matches("/v2/applications/").splitn(2, '/');
         let app_param = parts.next().unwrap_or_default();

@@ -505,7 +505,7 @@ fn examine(buf: &[u8], limits: &Limits, p: &mut Progress) -> Examined {
     };
     match framing {
         Framing::Empty | Framing::UntilClose => Examined::Whole,
-        // Not 413: balena-cli takes only 400 and 503 as failures (device-api.md §0).
+        // Not 413: balena-cli takes only 400 and 503 as failures (docs/contract/device-api.md §0).
         Framing::Length(n) if n > max_body as u64 => {
             Examined::Refuse(400, "request body too large".into())
         }

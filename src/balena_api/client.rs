@@ -1,6 +1,6 @@
 //! The one place that speaks HTTP to the balena API (ureq over rustls). Every call sends the
 //! real supervisor's User-Agent, accepts gzip, and returns status, ETag, Retry-After and the
-//! body, whatever the status: callers decide what a status means (cloud-api.md).
+//! body, whatever the status: callers decide what a status means (docs/contract/cloud-api.md).
 
 use serde_json::Value;
 use std::sync::atomic::{AtomicU64, Ordering};

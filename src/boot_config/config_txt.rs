@@ -1,4 +1,4 @@
-//! Raspberry Pi `config.txt` (device-config.md §2.1), `HOST_CONFIG_<key>` variables.
+//! Raspberry Pi `config.txt` (docs/contract/device-config.md §2.1), `HOST_CONFIG_<key>` variables.
 //!
 //! Reading follows v19 exactly (arrays, overlay grouping, `initramfs`). Writing differs on
 //! purpose: v19 regenerates the whole file and loses comments and lines it cannot parse; we

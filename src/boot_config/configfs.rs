@@ -1,4 +1,4 @@
-//! UP board ACPI tables (device-config.md §2.4): `HOST_CONFIGFS_ssdt` kept in
+//! UP board ACPI tables (docs/contract/device-config.md §2.4): `HOST_CONFIGFS_ssdt` kept in
 //! `<boot>/configfs.json`. Loading the tables into `/sys/kernel/config` at start (v19's
 //! `initialise`) needs the board's kernel and is not done here; the setting takes effect at
 //! the next boot, when the OS loads them.

@@ -1,4 +1,4 @@
-//! Older Jetson `extlinux/extlinux.conf` (device-config.md §2.2): `HOST_EXTLINUX_isolcpus` in
+//! Older Jetson `extlinux/extlinux.conf` (docs/contract/device-config.md §2.2): `HOST_EXTLINUX_isolcpus` in
 //! the default label's APPEND line and `HOST_EXTLINUX_fdt` as its FDT directive. Only those
 //! two lines are edited; everything else in the file stays as it is.
 

@@ -1,4 +1,4 @@
-//! Boot-config backends (device-config.md §2): the `HOST_*` config variables that end up in
+//! Boot-config backends (docs/contract/device-config.md §2): the `HOST_*` config variables that end up in
 //! files on the boot partition (config.txt, extlinux.conf, extra_uEnv.txt, configfs.json, the
 //! splash logo), in raw bytes of the TX2's boot sector (odmdata), or in config.json (Orin power
 //! and fan modes).

@@ -1,4 +1,4 @@
-//! Jetson TX2 ODMDATA (device-config.md §2.5): `HOST_ODMDATA_configuration` (1..6) as one byte
+//! Jetson TX2 ODMDATA (docs/contract/device-config.md §2.5): `HOST_ODMDATA_configuration` (1..6) as one byte
 //! repeated at three offsets of `<root>/dev/mmcblk0boot0`, written with the partition's
 //! `force_ro` switched off around the write.
 

@@ -1,4 +1,4 @@
-//! The cloud link (cloud-api.md): provisioning, target-state polling, current-state reports.
+//! The cloud link (docs/contract/cloud-api.md): provisioning, target-state polling, current-state reports.
 //! It never touches the engine: targets go to the state engine over its channel, and reports
 //! are built from the status the state engine publishes.
 

@@ -1,4 +1,4 @@
-//! Provisioning (cloud-api.md §2): a provisioning key in config.json becomes a registered
+//! Provisioning (docs/contract/cloud-api.md §2): a provisioning key in config.json becomes a registered
 //! device with its own API key. The decision is a pure function of what config.json holds;
 //! the calls and the config.json writes follow it.
 

@@ -1,4 +1,4 @@
-//! Device tags (cloud-api.md §5.4, device-api.md 3.25/3.26): read from the API's `/v7`
+//! Device tags (docs/contract/cloud-api.md §5.4, docs/contract/device-api.md 3.25/3.26): read from the API's `/v7`
 //! resource for `GET /v2/device/tags`; changes set through `PATCH /v2/device/tags` are kept by
 //! the state engine (DB `targetTags`) and sent by the report thread as
 //! `PATCH /device/v3/tags`.

@@ -1,4 +1,4 @@
-//! Container contracts (engine.md (g)): a service may require versions or slugs of the
+//! Container contracts (docs/contract/engine.md (g)): a service may require versions or slugs of the
 //! device's software and hardware. Unmet requirements reject the app unless the service is
 //! marked optional.
 

@@ -38,7 +38,7 @@ impl ImageRef {
         }
     }
 
-    /// Same metadata, ignoring the engine id (engine.md C.8.2).
+    /// Same metadata, ignoring the engine id (docs/contract/engine.md C.8.2).
     pub fn same_metadata(&self, other: &ImageRef) -> bool {
         self.name == other.name
             && self.app_id == other.app_id

@@ -210,7 +210,7 @@ impl Network {
         }
     }
 
-    /// Equal per engine.md D.2: an unset target IPAM config ignores the engine-assigned one;
+    /// Equal per docs/contract/engine.md D.2: an unset target IPAM config ignores the engine-assigned one;
     /// a config-only target ignores the driver.
     pub fn is_equal_config(&self, target: &Network) -> bool {
         let (c, t) = (&self.config, &target.config);

@@ -14,7 +14,7 @@ pub const SUPERVISOR_NETWORK: &str = "supervisor0";
 pub const SUPERVISOR_GATEWAY: &str = "10.114.104.1";
 const DEFAULT_SHM: i64 = 64 * 1024 * 1024;
 
-/// Container status as reported and used by the planner (engine.md (k)).
+/// Container status as reported and used by the planner (docs/contract/engine.md (k)).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum ServiceStatus {
     Installing,
@@ -457,7 +457,7 @@ fn same_set<T: Ord + Clone>(a: &[T], b: &[T]) -> bool {
 }
 
 /// The config fields in which `current` differs from `target` (empty = same container
-/// config), per engine.md C.4.5. `container_ids` maps service names to container ids for
+/// config), per docs/contract/engine.md C.4.5. `container_ids` maps service names to container ids for
 /// `service:<x>` network modes.
 pub fn config_differences(
     current: &ServiceConfig,

@@ -93,7 +93,7 @@ impl Volume {
         }
     }
 
-    /// Compares driver, driver options and user labels (engine.md D.3).
+    /// Compares driver, driver options and user labels (docs/contract/engine.md D.3).
     pub fn is_equal_config(&self, other: &Volume) -> bool {
         self.driver == other.driver
             && self.driver_opts == other.driver_opts

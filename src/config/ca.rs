@@ -1,5 +1,5 @@
-//! The custom root CA of an openBalena or self-signed balena API (see docs/config.md, "Custom
-//! root CA"). balenaOS hands it over in one of several ways depending on its age; every one found
+//! The custom root CA of an openBalena or self-signed balena API (docs/contract/config.md §1,
+//! "Custom root CAs"). balenaOS hands it over in one of several ways depending on its age; every one found
 //! is collected at start, each with where it came from so a bad one can be named.
 
 use std::path::Path;

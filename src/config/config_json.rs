@@ -43,7 +43,7 @@ enum Kind {
     KeyList,
 }
 
-/// The fields the supervisor reads, with the types it accepts (cloud-api.md §1.1).
+/// The fields the supervisor reads, with the types it accepts (docs/contract/cloud-api.md §1.1).
 const FIELDS: &[(&str, Kind)] = &[
     ("apiEndpoint", Kind::Str),
     ("uuid", Kind::Str),

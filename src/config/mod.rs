@@ -1,4 +1,4 @@
-//! Process configuration: the environment variables the real supervisor reads (config.md §1),
+//! Process configuration: the environment variables the real supervisor reads (docs/contract/config.md §1),
 //! command-line overrides, and config.json (see [`config_json`]).
 //!
 //! Precedence for every path: command-line flag > environment variable > default.

@@ -1,5 +1,5 @@
 //! The database: the only module that speaks SQL. Same file and tables as balena-supervisor
-//! v19 (engine.md (f)), so a device can switch between the two; our own state lives in
+//! v19 (docs/contract/engine.md (f)), so a device can switch between the two; our own state lives in
 //! `tv_`-prefixed tables. WAL journal; writes only when a value changes.
 
 use crate::compose::hostapp::{HostApp, HostRecord};
@@ -276,7 +276,7 @@ impl Db {
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_string))
                 .unwrap_or_else(|| "fleet".into());
-            // An app that changed uuid but kept its id replaces the old row (engine.md j.54).
+            // An app that changed uuid but kept its id replaces the old row (docs/contract/engine.md j.54).
             tx.execute(
                 "DELETE FROM app WHERE appId = ?1 AND uuid != ?2 AND source = ?3",
                 params![app.id, app.uuid, source],
@@ -750,7 +750,7 @@ impl Db {
 
     /// The scoped key of a service (`io.balena.features.supervisor-api`): the stored one when
     /// its scopes are still `[{"type":"app","appId":<app>}]`, else a new one from `new_key`
-    /// (device-api.md §1). Returns the key and whether it was created.
+    /// (docs/contract/device-api.md §1). Returns the key and whether it was created.
     pub fn service_api_key(
         &self,
         app_id: i64,

@@ -31,7 +31,7 @@ fn target_round_trips_through_the_v19_tables() {
     let changes = db.total_changes();
     assert!(!db.save_target(&t, "local").unwrap());
     assert_eq!(db.total_changes(), changes);
-    // Device config is stored without prefixes, as v19 does (engine.md j.51).
+    // Device config is stored without prefixes, as v19 does (docs/contract/engine.md j.51).
     let raw: String = db
         .conn
         .query_row("SELECT targetValues FROM deviceConfig", [], |r| r.get(0))

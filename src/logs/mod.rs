@@ -1,4 +1,4 @@
-//! Logs (cloud-api.md §6): container output and tinyvisor's own events, as the NDJSON
+//! Logs (docs/contract/cloud-api.md §6): container output and tinyvisor's own events, as the NDJSON
 //! messages the cloud log stream and `/v2/local/logs` carry. One bounded bus: collectors push,
 //! the cloud shipper takes in batches, local listeners get a copy.
 

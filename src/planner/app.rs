@@ -1,4 +1,4 @@
-//! Steps for one app: update towards its target (engine.md C.3–C.9) or removal (C.10).
+//! Steps for one app: update towards its target (docs/contract/engine.md C.3–C.9) or removal (C.10).
 
 use super::images::Index;
 use super::{Context, CurrentApp, DesiredApp, ImageRef, Step};
@@ -262,7 +262,7 @@ impl<'a> AppPlan<'a> {
         r
     }
 
-    /// Steps for one service pair (engine.md C.5).
+    /// Steps for one service pair (docs/contract/engine.md C.5).
     fn steps_for_pair(&self, pair: &Pair<'a>) -> Option<Step> {
         if let Some(c) = pair.current {
             if c.status == ServiceStatus::Stopping {
@@ -381,7 +381,7 @@ impl<'a> AppPlan<'a> {
         Gate::Open
     }
 
-    /// Same config: only the release or the running state differs (engine.md C.7).
+    /// Same config: only the release or the running state differs (docs/contract/engine.md C.7).
     fn container_step(&self, current: &Service, target: &Service) -> Option<Step> {
         if current.commit != target.commit {
             if strategy_of(target) == Strategy::DownloadThenKill && !self.target_images_ready() {
@@ -446,7 +446,7 @@ fn condition_gate(name: &str, condition: Condition, dep: &Service) -> Gate {
     }
 }
 
-/// Steps for one changing volume or network (engine.md C.3.6): a current component is removed
+/// Steps for one changing volume or network (docs/contract/engine.md C.3.6): a current component is removed
 /// once no container uses it (its users are killed first, unless they are changing anyway or
 /// already stopping); a new one is created.
 fn component_steps_for<T>(
@@ -484,7 +484,7 @@ fn component_steps_for<T>(
 }
 
 /// Copies the legacy container's service id to the target so a preloaded legacy app is not
-/// restarted (engine.md C.3.1).
+/// restarted (docs/contract/engine.md C.3.1).
 fn migrate_legacy(current: &CurrentApp, target: &DesiredApp) -> Option<Vec<Service>> {
     if current.services.len() != 1 || target.services.len() != 1 {
         return None;

@@ -113,7 +113,7 @@ pub fn boot_to_env(backend: &dyn BootKeys, cfg: &BootConfig) -> BTreeMap<String,
 }
 
 /// Does the target differ from the current settings? A differing key the backend must not
-/// touch is an error (device-config.md §1.2 rule 4); keys only in `current` count as
+/// touch is an error (docs/contract/device-config.md §1.2 rule 4); keys only in `current` count as
 /// differences (the target is authoritative), except those the backend keeps when absent.
 pub fn change_required(
     backend: &dyn BootKeys,

@@ -1,4 +1,4 @@
-//! Image bookkeeping steps: saveImage, removeImage, cleanup (engine.md C.8).
+//! Image bookkeeping steps: saveImage, removeImage, cleanup (docs/contract/engine.md C.8).
 
 use super::{Context, CurrentApp, DesiredApp, ImageRef, Step};
 use crate::compose::labels::UPDATE_STRATEGY;

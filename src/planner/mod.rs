@@ -1,5 +1,5 @@
 //! The planner: a pure function from (current state, target state, context) to the steps of
-//! the next iteration (engine.md (b), (c)). No I/O, no clocks, no randomness: everything it
+//! the next iteration (docs/contract/engine.md (b), (c)). No I/O, no clocks, no randomness: everything it
 //! needs is in its arguments, so every rule is a table-driven test.
 
 mod app;
@@ -83,14 +83,14 @@ pub struct Context {
     pub boot_time: i64,
     /// Containers tinyvisor itself stopped for `running: false`; they are started again when
     /// the target wants them running (a container that exited on its own is left to its
-    /// restart policy, engine.md j.1).
+    /// restart policy, docs/contract/engine.md j.1).
     pub stopped_by_us: BTreeSet<String>,
     /// Image names kept although no target or container uses them: the images of the release
     /// an open trial would go back to (docs/trials.md).
     pub retained_images: BTreeSet<String>,
 }
 
-/// At most this many concurrent downloads when deltas are on (engine.md C.2.5).
+/// At most this many concurrent downloads when deltas are on (docs/contract/engine.md C.2.5).
 pub const MAX_DELTA_DOWNLOADS: usize = 3;
 
 /// Plans the next iteration. An empty list means the target is reached.

@@ -1,4 +1,4 @@
-//! The steps the planner emits (engine.md (b)).
+//! The steps the planner emits (docs/contract/engine.md (b)).
 
 use super::ImageRef;
 use crate::compose::{Network, Service, Volume};
@@ -87,7 +87,7 @@ pub enum Step {
     },
     /// Nothing to do now, but the target is not reached: keep the loop alive.
     Noop,
-    /// Reboot the device (a change needs it and nothing else is left to do; engine.md A.3 4).
+    /// Reboot the device (a change needs it and nothing else is left to do; docs/contract/engine.md A.3 4).
     /// Run by the state engine itself: it takes every app's locks and stops the loop.
     Reboot,
 }
@@ -122,7 +122,7 @@ impl Step {
         }
     }
 
-    /// Steps that need the app's update lock (engine.md (e) 11).
+    /// Steps that need the app's update lock (docs/contract/engine.md (e) 11).
     pub fn needs_lock(&self) -> bool {
         matches!(
             self,

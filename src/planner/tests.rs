@@ -1,4 +1,4 @@
-//! Table-driven tests, one per rule of engine.md (c)/(e)/(j); names cite the rule.
+//! Table-driven tests, one per rule of docs/contract/engine.md (c)/(e)/(j); names cite the rule.
 
 // Cloning into slices keeps each table row readable.
 #![allow(clippy::cloned_ref_to_slice_refs)]

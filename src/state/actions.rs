@@ -1,6 +1,6 @@
-//! Actions on one service asked for through the API (device-api.md 3.9): stop, start,
+//! Actions on one service asked for through the API (docs/contract/device-api.md 3.9): stop, start,
 //! restart. They run on the state engine thread between iterations, so they never race an
-//! apply; stop and restart hold the app's update locks while they work (engine.md (e) 15).
+//! apply; stop and restart hold the app's update locks while they work (docs/contract/engine.md (e) 15).
 
 use super::device::{device_context, universe};
 use super::snapshot::EngineSnapshot;
@@ -47,7 +47,7 @@ impl Actions<'_> {
             .iter()
             .find(|s| which.matches(s))
             .ok_or(ActionError::NotFound(SERVICE_NOT_FOUND))?;
-        // The service must also be in the target release (device-api.md 3.9).
+        // The service must also be in the target release (docs/contract/device-api.md 3.9).
         let state = target.ok_or(ActionError::NotFound(NOT_IN_TARGET))?;
         let device = device_context(self.settings, &state.name);
         let engine = self.engine;
@@ -143,7 +143,7 @@ impl Actions<'_> {
 }
 
 impl Actions<'_> {
-    /// Restart or purge a whole app (device-api.md 3.7, 3.8). The containers (and for a purge
+    /// Restart or purge a whole app (docs/contract/device-api.md 3.7, 3.8). The containers (and for a purge
     /// the volumes) are removed here under the app's update locks; the apply loop that runs
     /// right after recreates them from the target.
     pub fn run_app(

@@ -1,4 +1,4 @@
-//! The state engine thread: the apply loop (engine.md (a)). It owns the engine client for
+//! The state engine thread: the apply loop (docs/contract/engine.md (a)). It owns the engine client for
 //! changes and the database handle for state; other threads talk to it over a channel.
 
 use super::actions::Actions;
@@ -189,7 +189,7 @@ impl StateEngine {
         target: &TargetState,
         force: bool,
     ) -> Result<Outcome, StepError> {
-        // Device configuration comes first and runs alone (device-config.md §1.3).
+        // Device configuration comes first and runs alone (docs/contract/device-config.md §1.3).
         if self.apply_device_config(target)?.is_some() {
             self.set_status(|s| s.iterations += 1);
             return Ok(Outcome::Progress { all_noop: false });

@@ -55,7 +55,7 @@ pub fn universe(settings: &Settings) -> Universe {
     let kernel = (!release.is_empty()).then(|| ("linux".to_string(), version_prefix(release)));
     let l4t = release.find("-l4t-r").map(|at| {
         let v = version_prefix(&release[at + 6..]);
-        // `31.0` counts as `31.0.0` (engine.md (g)).
+        // `31.0` counts as `31.0.0` (docs/contract/engine.md (g)).
         if v.matches('.').count() == 1 {
             format!("{v}.0")
         } else {

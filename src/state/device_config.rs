@@ -1,4 +1,4 @@
-//! Runs the device-config half of an iteration (device-config.md §1.3): reads what the device
+//! Runs the device-config half of an iteration (docs/contract/device-config.md §1.3): reads what the device
 //! has (config.json, the database, the VPN unit, the boot backends), asks
 //! [`crate::planner::device_config::plan`] for steps and runs them. They run alone: app steps wait for
 //! the next iteration.
@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 const OPENVPN: &str = "openvpn.service";
-/// One VPN attempt an hour (device-config.md §6.1).
+/// One VPN attempt an hour (docs/contract/device-config.md §6.1).
 const VPN_RETRY: Duration = Duration::from_secs(3600);
 
 fn step_error(step: &str, message: String) -> StepError {

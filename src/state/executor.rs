@@ -121,7 +121,7 @@ impl Executor<'_> {
                 _ => Ok(()),
             },
             Step::RemoveNetwork { current } => {
-                // Both the uuid and the legacy id form of the name (engine.md (b)).
+                // Both the uuid and the legacy id form of the name (docs/contract/engine.md (b)).
                 for name in [
                     format!("{}_{}", current.app_uuid, current.name),
                     format!("{}_{}", current.app_id, current.name),
@@ -271,7 +271,7 @@ impl Executor<'_> {
         result
     }
 
-    /// A delta source (engine.md (h) 2): an image of the same app and service that is on the
+    /// A delta source (docs/contract/engine.md (h) 2): an image of the same app and service that is on the
     /// engine.
     fn delta_source(&self, image: &ImageRef) -> Option<String> {
         let rows = self.db().images().ok()?;
@@ -351,7 +351,7 @@ impl Executor<'_> {
         Ok(None)
     }
 
-    /// Credentials for images on a registry host (engine.md (i)): `d_<uuid>` and the API key
+    /// Credentials for images on a registry host (docs/contract/engine.md (i)): `d_<uuid>` and the API key
     /// (the provisioning key while it is still there). Unmanaged devices pull anonymously.
     fn registry_auth(&self, image: &str) -> Option<String> {
         let server = registry_host(image)?;

@@ -1,4 +1,4 @@
-//! The API keys the state engine keeps (device-api.md §1): the global key, the scoped keys of
+//! The API keys the state engine keeps (docs/contract/device-api.md §1): the global key, the scoped keys of
 //! services with the supervisor-api feature (made on first use), their publication for the
 //! API, and their replacement (`/v1/regenerate-api-key`).
 

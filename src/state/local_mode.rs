@@ -1,4 +1,4 @@
-//! Local mode's engine bookkeeping (engine.md C.14): a snapshot of the engine's objects when
+//! Local mode's engine bookkeeping (docs/contract/engine.md C.14): a snapshot of the engine's objects when
 //! local mode begins, and on leaving it the removal of everything created since.
 
 use crate::engine::Engine;

@@ -1,5 +1,5 @@
 //! Reads the device's current state from the engine and groups it into apps, the way the
-//! planner wants it (engine.md C.1, D.5).
+//! planner wants it (docs/contract/engine.md C.1, D.5).
 
 use crate::compose::{labels, Network, Service, Volume};
 use crate::engine::types::{ContainerInspect, Network as EngineNetwork, Volume as EngineVolume};
@@ -70,7 +70,7 @@ impl EngineSnapshot {
     }
 
     /// Groups services, networks and volumes into apps: by uuid when every object of the
-    /// device has one, else by app id (engine.md D.5).
+    /// device has one, else by app id (docs/contract/engine.md D.5).
     pub fn current_apps(&self) -> Vec<CurrentApp> {
         let services: Vec<Service> = self
             .containers

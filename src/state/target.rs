@@ -1,6 +1,6 @@
 //! Turns a validated target state into the planner's target apps: services built through the
 //! compose mapping with the device's context and the engine's image defaults, the implicit
-//! `default` network, and the supervisor's own service left out (engine.md C.1, C.13).
+//! `default` network, and the supervisor's own service left out (docs/contract/engine.md C.1, C.13).
 
 use crate::compose::contracts::{self, Universe};
 use crate::compose::labels;
@@ -19,7 +19,7 @@ pub struct Targets {
 /// Builds the planner's view of every app in `state`. `image_defaults` looks an image up on
 /// the engine (None when it is not there yet); `api_key` gives a service's scoped API key.
 /// Services whose contract the device does not meet are dropped when optional, and reject
-/// their app otherwise (engine.md (g)).
+/// their app otherwise (docs/contract/engine.md (g)).
 pub fn target_apps(
     state: &TargetState,
     device: &DeviceContext,

@@ -2,7 +2,7 @@
 """A fake host systemd and logind on a private D-Bus bus, for tinyvisor's tests.
 
 It owns org.freedesktop.login1 and org.freedesktop.systemd1 and serves the calls the
-supervisor makes (device-config.md §4): login1 Manager.Reboot/PowerOff(b), systemd1
+supervisor makes (docs/contract/device-config.md §4): login1 Manager.Reboot/PowerOff(b), systemd1
 Manager.StartUnit/StopUnit/RestartUnit(ss), GetUnit(s), LoadUnit(s), ResetFailedUnit(s) and
 StartTransientUnit(ssa(sv)a(sa(sv))), and the unit properties ActiveState, PartOf, Job and
 (services) ExecMainStatus. Every call is appended to the log file as one JSON line

@@ -63,7 +63,7 @@ fn targets_of(
 }
 
 /// Containers the real supervisor v19 created compare equal to our target services: a
-/// device switching to tinyvisor keeps them (engine.md D.5).
+/// device switching to tinyvisor keeps them (docs/contract/engine.md D.5).
 #[test]
 fn adopts_containers_made_by_the_real_supervisor() {
     let (Some(target), Some(containers)) = (
