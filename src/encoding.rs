@@ -1,56 +1,29 @@
 //! Small encodings shared by the engine client, the cloud link and the key store.
 
-const STANDARD: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-const URL_SAFE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
-fn encode(data: &[u8], alphabet: &[u8; 64]) -> String {
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(alphabet[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD, URL_SAFE};
+use base64::engine::DecodePaddingMode;
+use base64::Engine as _;
 
 /// Standard base64 with padding (HTTP Basic).
 pub fn base64(data: &[u8]) -> String {
-    encode(data, STANDARD)
+    STANDARD.encode(data)
 }
 
 /// URL-safe base64 with padding, as the engine expects in `X-Registry-Auth`.
 pub fn base64url(data: &[u8]) -> String {
-    encode(data, URL_SAFE)
+    URL_SAFE.encode(data)
 }
+
+/// Standard base64 that takes its padding or leaves it out (config.json's CA and the keys
+/// people paste may have either).
+const PADDING_OPTIONAL: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
 
 /// Decodes standard base64 (padding optional, no whitespace); `None` for anything else.
 pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    let text = text.trim_end_matches('=');
-    let mut out = Vec::with_capacity(text.len() * 3 / 4);
-    let mut acc: u32 = 0;
-    let mut bits = 0;
-    for c in text.bytes() {
-        let v = STANDARD.iter().position(|a| *a == c)? as u32;
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    // Leftover bits must be padding zeros, and a lone sixth of a byte is not base64.
-    (bits < 6 && acc == 0).then_some(out)
+    PADDING_OPTIONAL.decode(text).ok()
 }
 
 /// 32 lowercase hex characters from the kernel's random source: the shape of the real

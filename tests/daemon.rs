@@ -292,17 +292,6 @@ fn an_app_lock_blocks_the_update_until_forced() {
     cleanup(&d);
 }
 
-/// A pseudo-random sequence, fixed per run so a failure can be replayed (TV_CHAOS_SEED).
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 #[test]
 fn kill_9_at_random_moments_of_an_update_always_converges() {
     let _serial = serial();
@@ -317,7 +306,8 @@ fn kill_9_at_random_moments_of_an_update_always_converges() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0x7e57_5eed);
-    let mut rng = Rng(seed);
+    // Fixed per run so a failure can be replayed (TV_CHAOS_SEED).
+    let mut rng = common::rng::Rng(seed);
     let spec = |version: u64| {
         target(
             &format!("c{version}"),
