@@ -32,15 +32,15 @@ impl StateEngine {
                     // than holding a dead key until the next poll.
                     l.due = Instant::now();
                 }
-                let _ = reply.send(result);
+                let _ = reply.send(result.map_err(|e| e.to_string()));
                 Next::Wait
             }
             Command::CleanupVolumes { reply } => {
-                let _ = reply.send(self.cleanup_volumes(target));
+                let _ = reply.send(self.cleanup_volumes(target).map_err(|e| e.to_string()));
                 Next::Wait
             }
             Command::SetTags { tags, reply } => {
-                let _ = reply.send(self.set_tags(tags));
+                let _ = reply.send(self.set_tags(tags).map_err(|e| e.to_string()));
                 Next::Wait
             }
             Command::HostConfig {

@@ -3,6 +3,7 @@
 //! API, and their replacement (`/v1/regenerate-api-key`).
 
 use super::apply::StateEngine;
+use super::step_error::Failure;
 use crate::protocol::KeyScope;
 use log::warn;
 use std::collections::BTreeMap;
@@ -44,20 +45,23 @@ impl StateEngine {
         self.set_status(|s| s.api_keys = Arc::new(keys));
     }
 
-    pub(super) fn regenerate_api_key(&self, old: Option<String>) -> Result<String, String> {
+    /// Replaces `old` (the global key when `None`) with a new random key.
+    pub(super) fn regenerate_api_key(&self, old: Option<String>) -> Result<String, Failure> {
         let current = self
             .status
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .api_secret
             .clone();
-        let old = old.or(current).ok_or("no API key to replace")?;
-        let new = crate::encoding::random_hex_key().map_err(|e| e.to_string())?;
+        let refused = |why: &str| Failure::Refused(why.into());
+        let old = old
+            .or(current)
+            .ok_or_else(|| refused("no API key to replace"))?;
+        let new = crate::encoding::random_hex_key()?;
         let global = self
             .db()
-            .replace_api_key(&old, &new)
-            .map_err(|e| e.to_string())?
-            .ok_or("unknown API key")?;
+            .replace_api_key(&old, &new)?
+            .ok_or_else(|| refused("unknown API key"))?;
         if global {
             // The report thread sends the new one to the cloud as `api_secret`.
             let key = new.clone();

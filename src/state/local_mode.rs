@@ -10,29 +10,20 @@ use std::collections::BTreeSet;
 const SUPERVISOR_CONTAINERS: &[&str] = &["balena_supervisor", "resin_supervisor"];
 
 /// Ids of every container, image and network and the names of every volume on the engine.
-pub fn snapshot(engine: &Engine) -> Result<Value, String> {
-    let err = |e: crate::engine::EngineError| e.to_string();
+pub fn snapshot(engine: &Engine) -> crate::engine::Result<Value> {
     let containers: Vec<String> = engine
-        .list_containers(true, &[])
-        .map_err(err)?
+        .list_containers(true, &[])?
         .into_iter()
         .map(|c| c.id)
         .collect();
-    let images: Vec<String> = engine
-        .list_images()
-        .map_err(err)?
-        .into_iter()
-        .map(|i| i.id)
-        .collect();
+    let images: Vec<String> = engine.list_images()?.into_iter().map(|i| i.id).collect();
     let volumes: Vec<String> = engine
-        .list_volumes(&[])
-        .map_err(err)?
+        .list_volumes(&[])?
         .into_iter()
         .map(|v| v.name)
         .collect();
     let networks: Vec<String> = engine
-        .list_networks(&[])
-        .map_err(err)?
+        .list_networks(&[])?
         .into_iter()
         .map(|n| n.id)
         .collect();

@@ -2,6 +2,7 @@
 //! (v19's `targetTags`) and published for the report thread, which sends them to the cloud.
 
 use super::apply::StateEngine;
+use super::step_error::Failure;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -16,13 +17,12 @@ impl StateEngine {
     }
 
     /// Merges tags into the stored ones and publishes them for the report thread.
-    pub(super) fn set_tags(&self, tags: BTreeMap<String, String>) -> Result<(), String> {
+    pub(super) fn set_tags(&self, tags: BTreeMap<String, String>) -> Result<(), Failure> {
         let mut all = self.stored_tags();
         all.extend(tags);
-        let text = serde_json::to_string(&all).map_err(|e| e.to_string())?;
-        self.db()
-            .config_set("targetTags", Some(&text))
-            .map_err(|e| e.to_string())?;
+        // A map of strings always serialises.
+        let text = serde_json::to_string(&all).unwrap_or_default();
+        self.db().config_set("targetTags", Some(&text))?;
         self.set_status(|s| s.target_tags = Arc::new(all));
         Ok(())
     }
