@@ -6,25 +6,17 @@ use common::*;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
-fn service(id: u32, name: &str, extra: Value) -> Value {
-    let mut s = json!({
-        "serviceName": name, "serviceId": id, "imageId": id, "image": BUSYBOX, "running": true,
-        "environment": {}, "labels": {}, "init": true,
-        "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2; done"]
-    });
-    s.as_object_mut()
-        .unwrap()
-        .extend(extra.as_object().unwrap().clone());
-    s
-}
+use common::targets::{local_service as service, local_target, LocalApp};
 
 fn target(services: Vec<Value>) -> Value {
-    let services: serde_json::Map<String, Value> = services
-        .into_iter()
-        .map(|s| (s["serviceId"].to_string(), s))
-        .collect();
-    json!({"local": {"name": "api-device", "config": {}, "apps": {"4242": {
-        "name": "apiapp", "commit": "a1", "releaseId": 1, "services": services, "volumes": {}, "networks": {}}}}})
+    let app = LocalApp {
+        device: "api-device",
+        id: 4242,
+        name: "apiapp",
+        commit: "a1",
+        volumes: json!({}),
+    };
+    local_target(app, services)
 }
 
 fn post(d: &Daemon, path: &str, body: Value) -> (u16, Value) {

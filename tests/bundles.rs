@@ -8,6 +8,7 @@
 mod common;
 
 use common::mock_api::MockApi;
+use common::targets::{local_service, local_target, v3_app, v3_service, v3_target, LocalApp};
 use common::*;
 use serde_json::{json, Value};
 use std::io::Write;
@@ -15,8 +16,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 use tinyvisor::bundle::{ImageEntry, Manifest};
-
-const SLEEPER: &str = "trap 'exit 0' TERM; while true; do sleep 0.2; done";
 
 /// An image of its own (busybox and a file no other image has): its reference and id.
 fn unique_image(name: &str) -> (String, String) {
@@ -43,23 +42,21 @@ fn image_present(id: &str) -> bool {
 
 /// A local-mode target: app 4646 with one service per image, `VERSION=commit`.
 fn target(commit: &str, images: &[&str]) -> Value {
-    let services: serde_json::Map<String, Value> = images
-        .iter()
-        .enumerate()
-        .map(|(i, image)| {
-            let n = i + 1;
-            (
-                n.to_string(),
-                json!({"serviceName": format!("s{n}"), "serviceId": n,
-                "imageId": n, "image": image, "running": true, "init": true,
-                "environment": {"VERSION": commit}, "labels": {},
-                "command": ["sh", "-c", SLEEPER]}),
-            )
+    let services = (1u32..)
+        .zip(images)
+        .map(|(n, image)| {
+            let extra = json!({"image": image, "environment": {"VERSION": commit}});
+            local_service(n, &format!("s{n}"), extra)
         })
         .collect();
-    json!({"local": {"name": "bundle-device", "config": {}, "apps": {"4646": {
-        "name": "bundleapp", "commit": commit, "releaseId": 1, "volumes": {}, "networks": {},
-        "services": services}}}})
+    let app = LocalApp {
+        device: "bundle-device",
+        id: 4646,
+        name: "bundleapp",
+        commit,
+        volumes: json!({}),
+    };
+    local_target(app, services)
 }
 
 /// Every container runs `commit` (and there are `n`).
@@ -469,12 +466,9 @@ const DEVICE_KEY: &str = "devicekey0123456789abcdef0123456";
 
 /// The cloud's (v3) form of a one-service release.
 fn v3(commit: &str, image: &str) -> Value {
-    json!({UUID: {"name": "bundle-device", "config": {}, "apps": {APP_UUID: {
-        "id": 4747, "name": "cloudapp", "class": "fleet",
-        "releases": {commit: {"id": 1, "volumes": {}, "networks": {}, "services": {
-            "web": {"id": 1, "image_id": 1, "image": image, "running": true,
-                "environment": {"VERSION": commit}, "labels": {},
-                "composition": {"init": true, "command": ["sh", "-c", SLEEPER]}}}}}}}}})
+    let web = v3_service(1, image, json!({"environment": {"VERSION": commit}}));
+    let app = v3_app(4747, "cloudapp", commit, json!({ "web": web }), json!({}));
+    v3_target(UUID, "bundle-device", json!({ APP_UUID: app }))
 }
 
 #[test]

@@ -18,15 +18,22 @@ fn v3_target(commit: &str, version: &str) -> Value {
 }
 
 fn v3_target_with(commit: &str, version: &str, image: &str) -> Value {
-    json!({ UUID: {"name": "cloud-device", "config": {}, "apps": {APP_UUID: {
-        "id": 4242, "name": "testapp", "class": "fleet",
-        "releases": {commit: {"id": 1, "services": {"main": {
-            "id": 1, "image_id": 1, "image": image, "running": true,
-            "environment": {"VERSION": version}, "labels": {},
-            "composition": {"init": true, "tty": false,
-                "command": ["sh", "-c", "echo hello-from-$VERSION; echo oops >&2; trap 'exit 0' TERM; while true; do sleep 0.2; done"]}
-        }}, "volumes": {"data": {}}, "networks": {}}}
-    }}}})
+    use common::targets::{v3_app, v3_service, SLEEPER};
+    let command = format!("echo hello-from-$VERSION; echo oops >&2; {SLEEPER}");
+    let main = v3_service(
+        1,
+        image,
+        json!({"environment": {"VERSION": version},
+            "composition": {"tty": false, "command": ["sh", "-c", command]}}),
+    );
+    let app = v3_app(
+        4242,
+        "testapp",
+        commit,
+        json!({ "main": main }),
+        json!({"data": {}}),
+    );
+    common::targets::v3_target(UUID, "cloud-device", json!({ APP_UUID: app }))
 }
 
 /// The device key the password-protected registry of scripts/setup-engine accepts (user
@@ -741,12 +748,16 @@ fn local_mode_switched_by_the_cloud_keeps_local_apps_apart_and_cleans_up() {
     assert!(e.inspect_volume("4242_data").is_ok());
 
     // A local target (balena push to a local device) runs beside nothing else.
-    let local = json!({"local": {"name": "local-device", "config": {}, "apps": {"4343": {
-        "name": "localapp", "commit": "l1", "releaseId": 1, "services": {"1": {
-            "serviceName": "local", "serviceId": 1, "imageId": 1, "image": BUSYBOX, "running": true,
-            "environment": {"VERSION": "local"}, "labels": {}, "init": true,
-            "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2; done"]}},
-        "volumes": {"scratch": {}}, "networks": {}}}}});
+    let app = common::targets::LocalApp {
+        device: "local-device",
+        id: 4343,
+        name: "localapp",
+        commit: "l1",
+        volumes: json!({"scratch": {}}),
+    };
+    let service = json!({"environment": {"VERSION": "local"}});
+    let service = common::targets::local_service(1, "local", service);
+    let local = common::targets::local_target(app, vec![service]);
     assert_eq!(d.post_target(&local).0, 200);
     let deadline = Instant::now() + Duration::from_secs(30);
     while running_version(&e) != ["local"] {
@@ -872,9 +883,7 @@ fn scoped_service_keys_act_only_on_their_own_app() {
     let e = engine();
     reset_engine(&e);
     let svc = |id: u32, labels: Value| {
-        json!({"id": id, "image_id": id, "image": BUSYBOX, "running": true, "environment": {},
-            "labels": labels, "composition": {"init": true,
-            "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2; done"]}})
+        common::targets::v3_service(id, BUSYBOX, json!({ "labels": labels }))
     };
     let other_app = "b1b2c3d4e5f6a1b2c3d4e5f6a1b2c3d4";
     let target = json!({ UUID: {"name": "cloud-device", "config": {}, "apps": {

@@ -8,26 +8,25 @@ use common::*;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
+use common::targets::{local_service, local_target, merged, LocalApp};
+
 fn service(id: u32, name: &str, env: &str, extra: Value) -> Value {
-    let mut s = json!({
-        "serviceName": name, "serviceId": id, "imageId": id, "image": BUSYBOX, "running": true,
-        "environment": {"VERSION": env}, "labels": {}, "init": true,
-        "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2; done"]
-    });
-    s.as_object_mut()
-        .unwrap()
-        .extend(extra.as_object().unwrap().clone());
-    s
+    local_service(
+        id,
+        name,
+        merged(json!({"environment": {"VERSION": env}}), extra),
+    )
 }
 
 fn target(commit: &str, services: Vec<Value>) -> Value {
-    let services: serde_json::Map<String, Value> = services
-        .into_iter()
-        .map(|s| (s["serviceId"].to_string(), s))
-        .collect();
-    json!({"local": {"name": "test-device", "config": {}, "apps": {"4242": {
-        "name": "testapp", "commit": commit, "releaseId": 1, "services": services,
-        "volumes": {"data": {}}, "networks": {}}}}})
+    let app = LocalApp {
+        device: "test-device",
+        id: 4242,
+        name: "testapp",
+        commit,
+        volumes: json!({"data": {}}),
+    };
+    local_target(app, services)
 }
 
 fn container_ids(status: &Value) -> Vec<(String, String)> {
@@ -433,10 +432,16 @@ fn a_preloaded_apps_json_is_applied_on_first_start() {
     let e = engine();
     reset_engine(&e);
     let mut d = Daemon::create();
-    let apps = json!({"config": {}, "apps": {"preload-uuid": {"id": 4242, "name": "preloaded", "class": "fleet", "releases": {"pre1": {"id": 3,
-        "services": {"main": {"id": 1, "image_id": 1, "image": BUSYBOX, "environment": {}, "labels": {},
-            "composition": {"init": true, "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2; done"]}}},
-        "volumes": {}, "networks": {}}}}}});
+    let main = common::targets::v3_service(1, BUSYBOX, json!({}));
+    let mut app = common::targets::v3_app(
+        4242,
+        "preloaded",
+        "pre1",
+        json!({ "main": main }),
+        json!({}),
+    );
+    app["releases"]["pre1"]["id"] = json!(3);
+    let apps = json!({"config": {}, "apps": {"preload-uuid": app}});
     std::fs::write(d.dir.join("data/apps.json"), apps.to_string()).unwrap();
     d.start();
     let s = d.wait_applied(1, 60);
@@ -552,7 +557,7 @@ fn depends_on_conditions_hold_dependents_until_they_are_met() {
     let e = engine();
     reset_engine(&e);
     let d = Daemon::new();
-    let sleeper = "trap 'exit 0' TERM; while true; do sleep 0.2; done";
+    let sleeper = common::targets::SLEEPER;
     let healthcheck = json!({"test": ["CMD", "test", "-f", "/tmp/ready"], "interval": "1s", "timeout": "1s", "retries": 30});
     let services = vec![
         service(

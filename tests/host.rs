@@ -124,11 +124,18 @@ fn no_bus_is_a_clear_error() {
 }
 
 fn one_service_target(labels: serde_json::Value) -> serde_json::Value {
-    json!({"local": {"name": "test-device", "config": {}, "apps": {"4343": {
-        "name": "hostapp", "commit": "c1", "releaseId": 1, "volumes": {}, "networks": {},
-        "services": {"1": {"serviceName": "main", "serviceId": 1, "imageId": 1,
-            "image": common::BUSYBOX, "running": true, "init": true, "labels": labels,
-            "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2; done"]}}}}}})
+    use common::targets::{local_service, local_target, LocalApp};
+    let app = LocalApp {
+        device: "test-device",
+        id: 4343,
+        name: "hostapp",
+        commit: "c1",
+        volumes: json!({}),
+    };
+    local_target(
+        app,
+        vec![local_service(1, "main", json!({ "labels": labels }))],
+    )
 }
 
 /// A daemon on the fake bus with a scratch host root (its /tmp holds locks and breadcrumbs).

@@ -66,16 +66,20 @@ fn host_app(release: &str, updater: Option<&str>) -> Value {
 }
 
 fn target(host: Option<Value>) -> Value {
-    let mut apps = json!({USER_APP: {"id": 4242, "name": "userapp", "class": "fleet",
-        "releases": {"usercommit": {"id": 1, "services": {"main": {
-            "id": 1, "image_id": 1, "image": BUSYBOX, "running": true,
-            "environment": {}, "labels": {},
-            "composition": {"init": true, "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2; done"]}
-        }}, "volumes": {}, "networks": {}}}}});
+    use common::targets::{v3_app, v3_service, v3_target};
+    let main = v3_service(1, BUSYBOX, json!({}));
+    let user = v3_app(
+        4242,
+        "userapp",
+        "usercommit",
+        json!({ "main": main }),
+        json!({}),
+    );
+    let mut apps = json!({ USER_APP: user });
     if let Some(h) = host {
         apps[HOST_APP] = h;
     }
-    json!({UUID: {"name": "hostos-device", "config": {}, "apps": apps}})
+    v3_target(UUID, "hostos-device", apps)
 }
 
 /// A provisioned device on the mock with a scratch host root running build `CURRENT_BUILD`,

@@ -75,15 +75,13 @@ fn the_image_runs_as_balenaos_runs_the_supervisor_and_adopts_its_app_after_a_res
 
     let api = MockApi::start();
     api.set(|b| {
-        b.target = Some(json!({ UUID: {"name": "imaged", "config": {}, "apps": {APP_UUID: {
-            "id": 4343, "name": "imgapp", "class": "fleet",
-            "releases": {"r1": {"id": 1, "services": {"main": {
-                "id": 1, "image_id": 1, "image": BUSYBOX, "running": true,
-                "environment": {}, "labels": {},
-                "composition": {"init": true,
-                    "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2; done"]}
-            }}, "volumes": {}, "networks": {}}}
-        }}}}));
+        let main = common::targets::v3_service(1, BUSYBOX, json!({}));
+        let app = common::targets::v3_app(4343, "imgapp", "r1", json!({ "main": main }), json!({}));
+        b.target = Some(common::targets::v3_target(
+            UUID,
+            "imaged",
+            json!({ APP_UUID: app }),
+        ));
     });
     // The device's tree as the OS has it: the boot partition under the host's /mnt/boot.
     let dir = std::env::temp_dir().join(unique("image"));

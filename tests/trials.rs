@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 const UUID: &str = "0123456789abcdef0123456789abcdef";
 const APP_UUID: &str = "c1b2c3d4e5f6a1b2c3d4e5f6a1b2c3d4";
 const DEVICE_KEY: &str = "devicekey0123456789abcdef0123456";
-const SLEEPER: &str = "trap 'exit 0' TERM; while true; do sleep 0.2; done";
+use common::targets::SLEEPER;
 
 fn image(tag: &str) -> String {
     format!("{}/tinyvisor/busybox:{tag}", registry())
@@ -32,9 +32,9 @@ fn release_services(commit: &str, image: &str, labels: Value, command: Option<&s
 }
 
 fn v3(commit: &str, services: Value) -> Value {
-    json!({UUID: {"name": "trial-device", "config": {}, "apps": {APP_UUID: {
-        "id": 4343, "name": "trialapp", "class": "fleet",
-        "releases": {commit: {"id": 1, "services": services, "volumes": {"data": {}}, "networks": {}}}}}}})
+    use common::targets::{v3_app, v3_target};
+    let app = v3_app(4343, "trialapp", commit, services, json!({"data": {}}));
+    v3_target(UUID, "trial-device", json!({ APP_UUID: app }))
 }
 
 fn on_trial(window: &str) -> Value {

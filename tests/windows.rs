@@ -11,14 +11,19 @@ use common::*;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-const SLEEPER: &str = "trap 'exit 0' TERM; while true; do sleep 0.2; done";
-
 fn target(commit: &str, image: &str, labels: Value, force: bool) -> Value {
-    json!({"local": {"name": "window-device", "config": {}, "apps": {"4545": {
-        "name": "winapp", "commit": commit, "releaseId": 1, "volumes": {}, "networks": {},
-        "services": {"1": {"serviceName": "web", "serviceId": 1, "imageId": 1, "image": image,
-            "running": true, "init": true, "environment": {"VERSION": commit}, "labels": labels,
-            "command": ["sh", "-c", SLEEPER]}}}}}, "force": force})
+    use common::targets::{local_service, local_target, LocalApp};
+    let extra = json!({"image": image, "environment": {"VERSION": commit}, "labels": labels});
+    let app = LocalApp {
+        device: "window-device",
+        id: 4545,
+        name: "winapp",
+        commit,
+        volumes: json!({}),
+    };
+    let mut t = local_target(app, vec![local_service(1, "web", extra)]);
+    t["force"] = json!(force);
+    t
 }
 
 /// A window of local time opening `from_s` seconds from now and lasting `len_s`.

@@ -5,6 +5,7 @@ pub mod fake_systemd;
 pub mod mock_api;
 #[path = "../../src/testutil/rng.rs"]
 pub mod rng;
+pub mod targets;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
