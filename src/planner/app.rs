@@ -163,11 +163,27 @@ struct AppPlan<'a> {
     network_changes: Vec<Change<'a, Network>>,
     volume_changes: Vec<Change<'a, Volume>>,
     pairs: Vec<Pair<'a>>,
+    /// The app's update lock is ours (taken, or left over from before a restart).
+    lock_held: bool,
+    /// A step needed the lock while it was not held: `takeLock` comes first.
+    lock_wanted: std::cell::Cell<bool>,
 }
 
 impl<'a> AppPlan<'a> {
     fn target_images_ready(&self) -> bool {
         self.images_ready
+    }
+
+    /// A step that needs the app's update lock: built when the lock is held; otherwise the
+    /// lock is asked for and nothing is built (cloning services for a step that waits for
+    /// `takeLock` would be thrown away).
+    fn under_lock(&self, build: impl FnOnce() -> Step) -> Option<Step> {
+        if self.lock_held {
+            Some(build())
+        } else {
+            self.lock_wanted.set(true);
+            None
+        }
     }
 
     fn needs_special_kill(&self, s: &Service) -> bool {
@@ -296,25 +312,24 @@ impl<'a> AppPlan<'a> {
             None => (strategy_of(current), false),
         };
         let kill_deps = self.target_images_ready();
-        let reason = Self::recreate_reason(pair, special_kill);
+        let kill =
+            || self.under_lock(|| self.kill(current, Self::recreate_reason(pair, special_kill)));
         match strategy {
             Strategy::DownloadThenKill => {
                 if needs_download {
                     pair.target.map(|t| self.fetch(t))
                 } else if kill_deps {
-                    Some(self.kill(current, reason))
+                    kill()
                 } else {
                     Some(Step::Noop)
                 }
             }
-            Strategy::KillThenDownload | Strategy::DeleteThenDownload => {
-                Some(self.kill(current, reason))
-            }
+            Strategy::KillThenDownload | Strategy::DeleteThenDownload => kill(),
             Strategy::HandOver => {
                 if needs_download {
                     pair.target.map(|t| self.fetch(t))
                 } else if (special_kill || pair.target.is_none()) && kill_deps {
-                    Some(self.kill(current, reason))
+                    kill()
                 } else if start_deps {
                     let t = pair.target?;
                     let timeout_ms = t
@@ -322,7 +337,7 @@ impl<'a> AppPlan<'a> {
                         .and_then(|v| v.parse::<u64>().ok())
                         .filter(|v| *v > 0)
                         .unwrap_or(60_000);
-                    Some(Step::Handover {
+                    self.under_lock(|| Step::Handover {
                         current: Box::new(current.clone()),
                         target: Box::new(t.clone()),
                         timeout_ms,
@@ -345,7 +360,8 @@ impl<'a> AppPlan<'a> {
             return None;
         }
         match self.conditions_gate(target) {
-            Gate::Open => Some(Step::Start {
+            // The start of a new service waits for the lock too (v19).
+            Gate::Open => self.under_lock(|| Step::Start {
                 target: Box::new(target.clone()),
             }),
             Gate::Wait => Some(Step::Noop),
@@ -387,7 +403,7 @@ impl<'a> AppPlan<'a> {
             if strategy_of(target) == Strategy::DownloadThenKill && !self.target_images_ready() {
                 return Some(Step::Noop);
             }
-            return Some(Step::UpdateMetadata {
+            return self.under_lock(|| Step::UpdateMetadata {
                 current: Box::new(current.clone()),
                 target: Box::new(target.clone()),
             });
@@ -405,7 +421,7 @@ impl<'a> AppPlan<'a> {
                     target: Box::new(target.clone()),
                 });
             }
-            return Some(Step::Stop {
+            return self.under_lock(|| Step::Stop {
                 current: Box::new(current.clone()),
             });
         }
@@ -536,6 +552,9 @@ pub(super) fn update_steps(
         network_changes: compare_networks(&current.networks, &target.networks),
         volume_changes: compare_volumes(&current.volumes, &target.volumes),
         pairs: vec![],
+        lock_held: ctx.locks_held.contains(&target.app_id)
+            || ctx.leftover_locks.contains(&target.app_id),
+        lock_wanted: std::cell::Cell::new(false),
     };
     // The real supervisor's order: removals, updates, installs.
     let updates = updated_pairs(&plan, target, &newest);
@@ -548,8 +567,7 @@ pub(super) fn update_steps(
     // Service steps, then volumes and networks; lock-needing ones are held back until the
     // app's lock is ours.
     let mut gate = LockGate {
-        locked: ctx.locks_held.contains(&target.app_id)
-            || ctx.leftover_locks.contains(&target.app_id),
+        locked: plan.lock_held,
         wanted: false,
     };
     for pair in &plan.pairs {
@@ -560,7 +578,7 @@ pub(super) fn update_steps(
     for step in component_steps(&plan) {
         gate.push(&mut steps, step, false);
     }
-    if gate.wanted {
+    if gate.wanted || plan.lock_wanted.get() {
         steps.insert(0, take_lock_step(current, target, ctx.force));
     }
     if steps.is_empty() {

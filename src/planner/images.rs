@@ -1,9 +1,9 @@
 //! Image bookkeeping steps: saveImage, removeImage, cleanup (docs/contract/engine.md C.8).
 
+use super::fast_hash::FastSet as HashSet;
 use super::{Context, CurrentApp, DesiredApp, ImageRef, Step};
 use crate::compose::labels::UPDATE_STRATEGY;
 use crate::compose::Service;
-use std::collections::HashSet;
 
 /// Lookups over the available images, built once per plan so that planning stays linear in
 /// the number of services.
@@ -46,12 +46,13 @@ pub(super) fn save_and_remove(
         .filter(|t| !t.rejected)
         .flat_map(|t| &t.services)
         .collect();
-    let wanted: Vec<ImageRef> = targets.iter().map(|s| ImageRef::for_service(s)).collect();
+    // The target's image records, as keys (records are made only for images to save).
+    let wanted: Vec<MetaKey> = targets.iter().map(|s| service_key(s)).collect();
 
     let recorded: HashSet<MetaKey> = ctx.available_images.iter().map(meta_key).collect();
     // saveImage: on the engine (by reference or id) but without our record.
     for (svc, want) in targets.iter().zip(&wanted) {
-        if recorded.contains(&meta_key(want)) {
+        if recorded.contains(want) {
             continue;
         }
         let on_engine = ctx.engine_images.iter().find(|e| {
@@ -59,7 +60,7 @@ pub(super) fn save_and_remove(
                 || (svc.config.image.starts_with("sha256:") && e.id == svc.config.image)
         });
         if let Some(e) = on_engine {
-            let mut image = want.clone();
+            let mut image = ImageRef::for_service(svc);
             image.docker_image_id = Some(e.id.clone());
             if !steps
                 .iter()
@@ -71,13 +72,6 @@ pub(super) fn save_and_remove(
     }
 
     if !ctx.keep_images {
-        // Images still to download, and the strategy of their service.
-        let pending: Vec<(&Service, &ImageRef)> = targets
-            .iter()
-            .zip(&wanted)
-            .filter(|(s, _)| !index.available(s))
-            .map(|(s, w)| (*s, w))
-            .collect();
         // A record is kept while it describes the target or a running container of its own
         // release, or while its image runs and no record of the target covers that image yet.
         // So once the new release runs, the previous release's records go even when both
@@ -100,19 +94,21 @@ pub(super) fn save_and_remove(
                 )
             })
             .collect();
-        let wanted_keys: HashSet<MetaKey> = wanted.iter().map(meta_key).collect();
+        let wanted_keys: HashSet<MetaKey> = wanted.iter().copied().collect();
         let covered: HashSet<&str> = ctx
             .available_images
             .iter()
             .filter(|img| wanted_keys.contains(&meta_key(img)))
             .filter_map(|img| img.docker_image_id.as_deref())
             .collect();
-        let delta_sources: HashSet<(i64, &str)> = pending
+        // Images still to download keep their service's previous image as a delta source.
+        let delta_sources: HashSet<(i64, &str)> = targets
             .iter()
-            .filter(|(s, _)| {
+            .filter(|s| !index.available(s))
+            .filter(|s| {
                 s.label(UPDATE_STRATEGY).map(String::as_str) != Some("delete-then-download")
             })
-            .map(|(_, w)| (w.app_id, w.service_name.as_str()))
+            .map(|s| (s.app_id, s.service_name.as_str()))
             .collect();
         for img in &ctx.available_images {
             let id = img.docker_image_id.as_deref();
@@ -141,6 +137,18 @@ pub(super) fn save_and_remove(
 
 /// The metadata `ImageRef::same_metadata` compares, as a hashable key.
 type MetaKey<'a> = (&'a str, i64, &'a str, i64, i64, &'a str);
+
+/// The key of the record a target service's image has (or should have).
+fn service_key(s: &Service) -> MetaKey<'_> {
+    (
+        &s.image_name,
+        s.app_id,
+        &s.service_name,
+        s.image_id,
+        s.release_id,
+        s.commit.as_deref().unwrap_or_default(),
+    )
+}
 
 fn meta_key(i: &ImageRef) -> MetaKey<'_> {
     (

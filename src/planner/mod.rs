@@ -5,6 +5,7 @@
 mod app;
 pub mod boot_keys;
 pub mod device_config;
+mod fast_hash;
 pub mod hostos;
 mod images;
 pub mod simulate;
