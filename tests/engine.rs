@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixListener;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tinyvisor::engine::stream::{LogLines, LogSource};
+use tinyvisor::engine::stream::{LogLines, OutputStream};
 use tinyvisor::engine::types::{Ipam, NetworkCreate, VolumeCreate};
 use tinyvisor::engine::{Engine, EngineError, LogsOptions};
 
@@ -95,11 +95,11 @@ fn container_lifecycle_with_labels() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(
-        lines.contains(&(LogSource::Stdout, b"out-line".to_vec())),
+        lines.contains(&(OutputStream::Stdout, b"out-line".to_vec())),
         "{lines:?}"
     );
     assert!(
-        lines.contains(&(LogSource::Stderr, b"err-line".to_vec())),
+        lines.contains(&(OutputStream::Stderr, b"err-line".to_vec())),
         "{lines:?}"
     );
 
@@ -201,12 +201,12 @@ fn follow_logs_stream_frames_as_they_come() {
         .unwrap();
     let out: Vec<_> = lines
         .iter()
-        .filter(|(s, _)| *s == LogSource::Stdout)
+        .filter(|(s, _)| *s == OutputStream::Stdout)
         .map(|(_, l)| String::from_utf8_lossy(l).to_string())
         .collect();
     let err: Vec<_> = lines
         .iter()
-        .filter(|(s, _)| *s == LogSource::Stderr)
+        .filter(|(s, _)| *s == OutputStream::Stderr)
         .map(|(_, l)| String::from_utf8_lossy(l).to_string())
         .collect();
     assert_eq!(out, ["line-1", "line-2", "line-3", "line-4", "line-5"]);
@@ -232,7 +232,7 @@ fn tty_container_logs_are_raw() {
     let lines: Vec<_> = LogLines::new(e.container_logs(&name, true, &opts).unwrap(), 4096)
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(lines, vec![(LogSource::Stdout, b"tty-line\r".to_vec())]);
+    assert_eq!(lines, vec![(OutputStream::Stdout, b"tty-line\r".to_vec())]);
 }
 
 #[test]

@@ -115,8 +115,9 @@ impl<R: Read> Iterator for PullStream<R> {
     }
 }
 
+/// Which of a container's standard streams a piece of output came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogSource {
+pub enum OutputStream {
     Stdin,
     Stdout,
     Stderr,
@@ -125,7 +126,7 @@ pub enum LogSource {
 /// A piece of container output. Frames are not lines: a line may span frames.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogFrame {
-    pub source: LogSource,
+    pub source: OutputStream,
     pub bytes: Vec<u8>,
 }
 
@@ -180,7 +181,7 @@ impl<R: Read> LogStream<R> {
             }
             buf.truncate(n);
             return Ok(Some(LogFrame {
-                source: LogSource::Stdout,
+                source: OutputStream::Stdout,
                 bytes: buf,
             }));
         }
@@ -189,9 +190,9 @@ impl<R: Read> LogStream<R> {
             return Ok(None);
         }
         let source = match header[0] {
-            0 => LogSource::Stdin,
-            1 => LogSource::Stdout,
-            2 => LogSource::Stderr,
+            0 => OutputStream::Stdin,
+            1 => OutputStream::Stdout,
+            2 => OutputStream::Stderr,
             other => {
                 return Err(EngineError::Protocol(format!(
                     "log frame with unknown stream type {other}"
@@ -243,7 +244,7 @@ impl<R: Read> Iterator for LogStream<R> {
 pub struct LogLines<I> {
     frames: I,
     partial: [Vec<u8>; 2],
-    ready: std::collections::VecDeque<(LogSource, Vec<u8>)>,
+    ready: std::collections::VecDeque<(OutputStream, Vec<u8>)>,
     max_line: usize,
     finished: bool,
 }
@@ -261,7 +262,7 @@ impl<I: Iterator<Item = Result<LogFrame>>> LogLines<I> {
 }
 
 impl<I: Iterator<Item = Result<LogFrame>>> Iterator for LogLines<I> {
-    type Item = Result<(LogSource, Vec<u8>)>;
+    type Item = Result<(OutputStream, Vec<u8>)>;
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
@@ -273,11 +274,11 @@ impl<I: Iterator<Item = Result<LogFrame>>> Iterator for LogLines<I> {
             }
             match self.frames.next() {
                 Some(Ok(frame)) => {
-                    let idx = usize::from(frame.source == LogSource::Stderr);
+                    let idx = usize::from(frame.source == OutputStream::Stderr);
                     let source = if idx == 1 {
-                        LogSource::Stderr
+                        OutputStream::Stderr
                     } else {
-                        LogSource::Stdout
+                        OutputStream::Stdout
                     };
                     for &b in &frame.bytes {
                         if b == b'\n' {
@@ -298,7 +299,7 @@ impl<I: Iterator<Item = Result<LogFrame>>> Iterator for LogLines<I> {
                 }
                 None => {
                     self.finished = true;
-                    for (idx, source) in [(0, LogSource::Stdout), (1, LogSource::Stderr)] {
+                    for (idx, source) in [(0, OutputStream::Stdout), (1, OutputStream::Stderr)] {
                         if !self.partial[idx].is_empty() {
                             let line = std::mem::take(&mut self.partial[idx]);
                             self.ready.push_back((source, line));
@@ -333,16 +334,16 @@ mod tests {
             .collect::<Result<_>>()
             .unwrap();
         assert_eq!(frames.len(), 4);
-        assert_eq!(frames[1].source, LogSource::Stderr);
+        assert_eq!(frames[1].source, OutputStream::Stderr);
         let lines: Vec<_> = LogLines::new(LogStream::new(Cursor::new(raw), true), 1024)
             .collect::<Result<_>>()
             .unwrap();
         assert_eq!(
             lines,
             vec![
-                (LogSource::Stdout, b"hello".to_vec()),
-                (LogSource::Stderr, b"oops".to_vec()),
-                (LogSource::Stdout, b"world".to_vec()),
+                (OutputStream::Stdout, b"hello".to_vec()),
+                (OutputStream::Stderr, b"oops".to_vec()),
+                (OutputStream::Stdout, b"world".to_vec()),
             ]
         );
     }

@@ -91,7 +91,7 @@ impl LogSource for EngineLogs {
             line(LogLine {
                 text: text.trim_end_matches('\r').to_string(),
                 timestamp_ms,
-                is_stderr: source == crate::engine::stream::LogSource::Stderr,
+                is_stderr: source == crate::engine::stream::OutputStream::Stderr,
             });
         }
         Ok(())
