@@ -1,4 +1,4 @@
-//! A fast hasher for the planner's sets of image names and record keys. Their keys come from
+//! A fast hasher for the planner's sets and maps of image names, record keys and app ids. Their keys come from
 //! the device's own target and engine, so std's SipHash (which resists keys chosen to
 //! collide) buys nothing here, and it was a fifth of planning time. The mixing step is the
 //! one rustc's `FxHasher` uses: a rotate, an xor and a multiply per eight bytes.
@@ -52,6 +52,9 @@ impl Hasher for FxHasher {
         self.0
     }
 }
+
+/// A `HashMap` with [`FxHasher`].
+pub type FastMap<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<FxHasher>>;
 
 /// A `HashSet` with [`FxHasher`].
 pub type FastSet<T> = std::collections::HashSet<T, BuildHasherDefault<FxHasher>>;

@@ -17,6 +17,7 @@ pub use crate::compose::image::ImageRef;
 pub use step::Step;
 
 use crate::compose::{Network, Service, Volume};
+use fast_hash::{FastMap, FastSet};
 use serde::Serialize;
 use std::collections::BTreeSet;
 
@@ -140,8 +141,9 @@ fn plan_apps(current: &[CurrentApp], target: &[DesiredApp], ctx: &Context) -> Ve
     // C.2.4: per-app steps.
     let mut steps = Vec::new();
     let empty = CurrentApp::default();
+    let pairing = AppPairing::new(current, target);
     for t in target.iter().filter(|t| !t.rejected) {
-        let cur = current.iter().find(|c| same_app(c, t));
+        let cur = pairing.current_of(t);
         let mut app_steps = match cur {
             Some(c) => app::update_steps(c, t, ctx, &index),
             None => {
@@ -156,7 +158,7 @@ fn plan_apps(current: &[CurrentApp], target: &[DesiredApp], ctx: &Context) -> Ve
         steps.append(&mut app_steps);
     }
     for c in current {
-        if !target.iter().any(|t| same_app(c, t)) {
+        if !pairing.in_target(c) {
             steps.extend(app::removal_steps(c, ctx));
         }
     }
@@ -180,12 +182,56 @@ fn plan_apps(current: &[CurrentApp], target: &[DesiredApp], ctx: &Context) -> Ve
     steps
 }
 
-/// Current and target app are the same app: same uuid, or same id for legacy objects.
-fn same_app(c: &CurrentApp, t: &DesiredApp) -> bool {
-    if !c.app_uuid.is_empty() {
-        c.app_uuid == t.app_uuid
-    } else {
-        c.app_id == t.app_id
+/// Which current app is which target app: the same uuid, or the same id for legacy objects
+/// (a current app without a uuid). Looked up by hash so pairing stays linear in the number of
+/// apps.
+struct AppPairing<'a> {
+    current: &'a [CurrentApp],
+    /// Position in `current` by uuid, and of the uuid-less ones by id (the first of each).
+    by_uuid: FastMap<&'a str, usize>,
+    legacy_by_id: FastMap<i64, usize>,
+    target_uuids: FastSet<&'a str>,
+    target_ids: FastSet<i64>,
+}
+
+impl<'a> AppPairing<'a> {
+    fn new(current: &'a [CurrentApp], target: &'a [DesiredApp]) -> AppPairing<'a> {
+        let mut by_uuid = FastMap::default();
+        let mut legacy_by_id = FastMap::default();
+        for (i, c) in current.iter().enumerate() {
+            if c.app_uuid.is_empty() {
+                legacy_by_id.entry(c.app_id).or_insert(i);
+            } else {
+                by_uuid.entry(c.app_uuid.as_str()).or_insert(i);
+            }
+        }
+        AppPairing {
+            current,
+            by_uuid,
+            legacy_by_id,
+            target_uuids: target.iter().map(|t| t.app_uuid.as_str()).collect(),
+            target_ids: target.iter().map(|t| t.app_id).collect(),
+        }
+    }
+
+    /// The first current app that is `t`.
+    fn current_of(&self, t: &DesiredApp) -> Option<&'a CurrentApp> {
+        let by_uuid = self.by_uuid.get(t.app_uuid.as_str());
+        let by_id = self.legacy_by_id.get(&t.app_id);
+        let first = match (by_uuid, by_id) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        first.map(|i| &self.current[*i])
+    }
+
+    /// Some target app is `c`.
+    fn in_target(&self, c: &CurrentApp) -> bool {
+        if c.app_uuid.is_empty() {
+            self.target_ids.contains(&c.app_id)
+        } else {
+            self.target_uuids.contains(c.app_uuid.as_str())
+        }
     }
 }
 
