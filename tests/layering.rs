@@ -237,3 +237,52 @@ fn the_cloud_link_does_not_reach_into_the_state_engine() {
         );
     }
 }
+
+/// Every `docs/contract/<file>.md <section>` a comment cites names a file of the repository's
+/// contract and a section that file has, so a reader can follow it.
+#[test]
+fn comments_cite_contract_sections_that_exist() {
+    let docs = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/contract"));
+    let mut paths = Vec::new();
+    rust_files(Path::new(SRC), &mut paths);
+    let mut missing = Vec::new();
+    for path in paths {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut rest = text.as_str();
+        while let Some(i) = rest.find("docs/contract/") {
+            rest = &rest[i + "docs/contract/".len()..];
+            let Some(end) = rest.find(".md") else { break };
+            let file = &rest[..end];
+            rest = &rest[end + 3..];
+            let Ok(doc) = std::fs::read_to_string(docs.join(format!("{file}.md"))) else {
+                missing.push(format!("{}: no docs/contract/{file}.md", path.display()));
+                continue;
+            };
+            // The section follows, possibly on the next comment line.
+            let after =
+                rest.trim_start_matches(|c: char| c.is_whitespace() || c == '/' || c == '!');
+            let token: String = after
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || matches!(c, '§' | '.' | '(' | ')'))
+                .collect();
+            let section = match token.strip_prefix('(') {
+                // `(e)`, or `(e` cut by the comment's own parenthesis.
+                Some(letter) => format!("({})", letter.trim_end_matches(['.', ')'])),
+                // `§4` or `C.5`, maybe closed by the comment's parenthesis or sentence.
+                None => token.trim_end_matches(['.', ')']).to_string(),
+            };
+            let is_section = section.starts_with('§')
+                || section.starts_with('(')
+                || section.chars().next().is_some_and(|c| c.is_ascii_digit())
+                || section.contains('.');
+            if is_section && !doc.contains(&section) {
+                missing.push(format!("{}: {file}.md {section}", path.display()));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "cited sections missing:\n{}",
+        missing.join("\n")
+    );
+}
