@@ -1,5 +1,5 @@
-//! Facts about the host the cloud report and registration need (docs/contract/cloud-api.md §5.3): OS
-//! release, network addresses and MACs, hardware metrics. Reads /proc, /sys and os-release;
+//! Facts about the host the cloud report and registration need (docs/contract/cloud-api.md §5.3):
+//! OS release, network addresses and MACs, hardware metrics. Reads /proc, /sys and os-release;
 //! changes nothing.
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -1,5 +1,5 @@
-//! Host configuration (docs/contract/device-config.md §5, docs/contract/device-api.md 3.13/3.14): the hostname and the
-//! redsocks proxy under `<boot>/system-proxy/` (`redsocks.conf`, `no_proxy`).
+//! Host configuration (docs/contract/device-config.md §5, docs/contract/device-api.md 3.13/3.14):
+//! the hostname and the redsocks proxy under `<boot>/system-proxy/` (`redsocks.conf`, `no_proxy`).
 //!
 //! Reading, validating and rendering are pure; [`apply`] writes the files atomically and
 //! config.json's `hostname` through [`ConfigJson`]. The state engine runs it under every app's

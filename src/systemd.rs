@@ -1,5 +1,5 @@
-//! The host's systemd and logind, over the system D-Bus (docs/contract/device-config.md §4): reboot, power
-//! off, start/stop/restart a unit, and the two unit properties the supervisor reads.
+//! The host's systemd and logind, over the system D-Bus (docs/contract/device-config.md §4):
+//! reboot, power off, start/stop/restart a unit, and the two unit properties the supervisor reads.
 //!
 //! Behind a small trait so the state engine and the API code do not care how the host is
 //! reached; the one implementation opens a connection per call (calls are rare, and an idle

@@ -1,7 +1,7 @@
-//! The cloud link end to end: a managed tinyvisor against the mock balena API (docs/contract/cloud-api.md §8)
-//! and the real engine. Provisioning (success, conflict, bad key, retries), polling with ETags,
-//! rejected targets, diffed reports and their cache across restarts. One test at a time (they
-//! own every supervised container).
+//! The cloud link end to end: a managed tinyvisor against the mock balena API
+//! (docs/contract/cloud-api.md §8) and the real engine. Provisioning (success, conflict, bad key,
+//! retries), polling with ETags, rejected targets, diffed reports and their cache across restarts.
+//! One test at a time (they own every supervised container).
 
 mod common;
 

@@ -1,5 +1,5 @@
-//! The Supervisor API on :48484 (served by [`server`]): routing, auth (docs/contract/device-api.md §1) and
-//! the app and service endpoints here, device endpoints in [`device`]. It never calls the
+//! The Supervisor API on :48484 (served by [`server`]): routing, auth (docs/contract/device-api.md
+//! §1) and the app and service endpoints here, device endpoints in [`device`]. It never calls the
 //! engine: it asks the state engine over its channel and reads the status it publishes.
 
 use crate::cloud::{poll, CloudShared, PollRequest};
@@ -252,7 +252,8 @@ fn request_key(req: &Request) -> Option<String> {
         .filter(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
 }
 
-/// Integer parameters: JSON numbers or strings like `12`, `"12"`, `"12.0"` (docs/contract/device-api.md §0).
+/// Integer parameters: JSON numbers or strings like `12`, `"12"`, `"12.0"`
+/// (docs/contract/device-api.md §0).
 fn int_param(v: &Value) -> Option<i64> {
     match v {
         Value::Number(n) => n.as_i64(),
@@ -370,9 +371,9 @@ impl Api {
         }
     }
 
-    /// Device API auth (docs/contract/device-api.md §1): off when unmanaged or in local mode (everything is
-    /// allowed); otherwise the key from `?apikey=` or `Authorization: Bearer|ApiKey <key>`
-    /// must be one the state engine published, and its scope is what the request may touch.
+    /// Device API auth (docs/contract/device-api.md §1): off when unmanaged or in local mode
+    /// (everything is allowed); otherwise the key from `?apikey=` or `Authorization: Bearer|ApiKey
+    /// <key>` must be one the state engine published, and its scope is what the request may touch.
     fn key_scope(&self, req: &Request) -> Option<KeyScope> {
         if self.local_mode() {
             return Some(KeyScope::GLOBAL);
@@ -718,7 +719,8 @@ impl Api {
         }
     }
 
-    /// `POST /v1/restart`, `POST /v1/purge` with `{"appId", "force"}` (docs/contract/device-api.md 3.7, 3.8).
+    /// `POST /v1/restart`, `POST /v1/purge` with `{"appId", "force"}` (docs/contract/device-api.md
+    /// 3.7, 3.8).
     fn app_action_v1(&self, action: AppAction, req: &Request, scope: &KeyScope) -> Response {
         let doc = match Self::read_json_body(req) {
             Ok(d) => d,
@@ -769,7 +771,8 @@ impl Api {
         }
     }
 
-    /// `POST /v2/applications/:appId/{restart,stop,start}-service` (docs/contract/device-api.md 3.9).
+    /// `POST /v2/applications/:appId/{restart,stop,start}-service` (docs/contract/device-api.md
+    /// 3.9).
     fn service_action(&self, path: &str, req: &Request, scope: &KeyScope) -> Response {
         let mut parts = path.trim_start_matches("/v2/applications/").splitn(2, '/');
         let app_param = parts.next().unwrap_or_default();

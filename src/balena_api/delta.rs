@@ -1,7 +1,7 @@
-//! Image deltas (docs/contract/engine.md (h), docs/contract/cloud-api.md §7): a registry token from the API, then the
-//! delta server says which delta image turns the source image into the target. Only v3
-//! (balenaEngine deltas) is spoken; everything else falls back to a regular pull, as v19 does
-//! for versions it does not handle.
+//! Image deltas (docs/contract/engine.md (h), docs/contract/cloud-api.md §7): a registry token from
+//! the API, then the delta server says which delta image turns the source image into the target.
+//! Only v3 (balenaEngine deltas) is spoken; everything else falls back to a regular pull, as v19
+//! does for versions it does not handle.
 
 use super::client::{Auth, Cloud, CloudError};
 use serde_json::Value;

@@ -1,6 +1,6 @@
-//! Older Jetson `extlinux/extlinux.conf` (docs/contract/device-config.md §2.2): `HOST_EXTLINUX_isolcpus` in
-//! the default label's APPEND line and `HOST_EXTLINUX_fdt` as its FDT directive. Only those
-//! two lines are edited; everything else in the file stays as it is.
+//! Older Jetson `extlinux/extlinux.conf` (docs/contract/device-config.md §2.2):
+//! `HOST_EXTLINUX_isolcpus` in the default label's APPEND line and `HOST_EXTLINUX_fdt` as its FDT
+//! directive. Only those two lines are edited; everything else in the file stays as it is.
 
 use super::{
     err, read_optional, write_file, Backend, BootConfig, BootError, BootKeys, BootValue, Mounts,

@@ -1,6 +1,6 @@
-//! Newer Jetson and i.MX8 `extra_uEnv.txt` (docs/contract/device-config.md §2.3): `HOST_EXTLINUX_fdt` as
-//! `custom_fdt_file`, `HOST_EXTLINUX_isolcpus` inside `extra_os_cmdline`. Other entries are kept
-//! in order; the two managed ones are set from the target or deleted.
+//! Newer Jetson and i.MX8 `extra_uEnv.txt` (docs/contract/device-config.md §2.3):
+//! `HOST_EXTLINUX_fdt` as `custom_fdt_file`, `HOST_EXTLINUX_isolcpus` inside `extra_os_cmdline`.
+//! Other entries are kept in order; the two managed ones are set from the target or deleted.
 
 use super::extlinux::{supports, PREFIX};
 use super::{

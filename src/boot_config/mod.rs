@@ -1,7 +1,7 @@
-//! Boot-config backends (docs/contract/device-config.md §2): the `HOST_*` config variables that end up in
-//! files on the boot partition (config.txt, extlinux.conf, extra_uEnv.txt, configfs.json, the
-//! splash logo), in raw bytes of the TX2's boot sector (odmdata), or in config.json (Orin power
-//! and fan modes).
+//! Boot-config backends (docs/contract/device-config.md §2): the `HOST_*` config variables that end
+//! up in files on the boot partition (config.txt, extlinux.conf, extra_uEnv.txt, configfs.json, the
+//! splash logo), in raw bytes of the TX2's boot sector (odmdata), or in config.json (Orin power and
+//! fan modes).
 //!
 //! Each backend says whether it serves a device type, reads its current settings, converts
 //! between config variables and its own keys, refuses keys it must not touch, writes atomically

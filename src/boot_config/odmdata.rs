@@ -1,5 +1,5 @@
-//! Jetson TX2 ODMDATA (docs/contract/device-config.md §2.5): `HOST_ODMDATA_configuration` (1..6) as one byte
-//! repeated at three offsets of `<root>/dev/mmcblk0boot0`, written with the partition's
+//! Jetson TX2 ODMDATA (docs/contract/device-config.md §2.5): `HOST_ODMDATA_configuration` (1..6) as
+//! one byte repeated at three offsets of `<root>/dev/mmcblk0boot0`, written with the partition's
 //! `force_ro` switched off around the write.
 
 use super::{err, Backend, BootConfig, BootError, BootKeys, BootValue, Mounts};

@@ -1,5 +1,5 @@
-//! Jetson Orin power and fan modes (docs/contract/device-config.md §2.7): `HOST_CONFIG_power_mode` and
-//! `HOST_CONFIG_fan_profile` as config.json `os.power.mode` and `os.fan.profile`, read by
+//! Jetson Orin power and fan modes (docs/contract/device-config.md §2.7): `HOST_CONFIG_power_mode`
+//! and `HOST_CONFIG_fan_profile` as config.json `os.power.mode` and `os.fan.profile`, read by
 //! balenaOS at boot. Only a power mode change needs a reboot.
 
 use super::{err, Backend, BootConfig, BootError, BootKeys, BootValue, Mounts};

@@ -1,5 +1,5 @@
-//! The boot splash logo (docs/contract/device-config.md §2.6): `HOST_SPLASH_image`, a PNG as a data URI or
-//! plain base64, in `<boot>/splash/balena-logo.png` (or the legacy `resin-logo.png`). The
+//! The boot splash logo (docs/contract/device-config.md §2.6): `HOST_SPLASH_image`, a PNG as a data
+//! URI or plain base64, in `<boot>/splash/balena-logo.png` (or the legacy `resin-logo.png`). The
 //! logo the OS shipped is kept as `balena-logo-default.png`; "unset" means that one.
 
 use super::{

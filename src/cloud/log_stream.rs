@@ -1,7 +1,7 @@
-//! The cloud log stream (docs/contract/cloud-api.md §6): one long-lived chunked POST of gzip NDJSON to
-//! `/device/v2/<uuid>/log-stream`, opened when there is something to send, ended after 60 s
-//! without messages, re-opened with a cooldown after failures. Messages wait in the bounded
-//! log bus meanwhile.
+//! The cloud log stream (docs/contract/cloud-api.md §6): one long-lived chunked POST of gzip NDJSON
+//! to `/device/v2/<uuid>/log-stream`, opened when there is something to send, ended after 60 s
+//! without messages, re-opened with a cooldown after failures. Messages wait in the bounded log bus
+//! meanwhile.
 
 use super::CloudShared;
 use crate::balena_api::client::Cloud;

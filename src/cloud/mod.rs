@@ -1,6 +1,6 @@
-//! The cloud link (docs/contract/cloud-api.md): provisioning, target-state polling, current-state reports.
-//! It never touches the engine: targets go to the state engine over its channel, and reports
-//! are built from the status the state engine publishes.
+//! The cloud link (docs/contract/cloud-api.md): provisioning, target-state polling, current-state
+//! reports. It never touches the engine: targets go to the state engine over its channel, and
+//! reports are built from the status the state engine publishes.
 
 pub mod log_stream;
 pub mod poll;

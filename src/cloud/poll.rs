@@ -1,5 +1,5 @@
-//! The poll thread (docs/contract/cloud-api.md §2, §3): provisions the device, then fetches the v3 target
-//! state with ETags, validates it, and hands it to the state engine (which stores it before
+//! The poll thread (docs/contract/cloud-api.md §2, §3): provisions the device, then fetches the v3
+//! target state with ETags, validates it, and hands it to the state engine (which stores it before
 //! applying). `/v1/update` asks for an immediate fetch over a bounded channel.
 
 use super::provision::{self, RegisterFacts};
@@ -177,10 +177,10 @@ impl Poller {
         }
     }
 
-    /// The one-shot calls after provisioning (docs/contract/cloud-api.md §2.5): the `initialDeviceName` of
-    /// config.json becomes the device's name, once per API endpoint. Device config variables
-    /// that differ from their defaults would be posted here too; tinyvisor has none of its own
-    /// until the device-config backends exist, so none are sent.
+    /// The one-shot calls after provisioning (docs/contract/cloud-api.md §2.5): the
+    /// `initialDeviceName` of config.json becomes the device's name, once per API endpoint. Device
+    /// config variables that differ from their defaults would be posted here too; tinyvisor has
+    /// none of its own until the device-config backends exist, so none are sent.
     fn initial_config_report(&self) {
         let endpoint = self.cloud.endpoint().to_string();
         let db = match crate::db::Db::open(&self.db_path) {

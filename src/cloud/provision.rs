@@ -1,6 +1,6 @@
-//! Provisioning (docs/contract/cloud-api.md §2): a provisioning key in config.json becomes a registered
-//! device with its own API key. The decision is a pure function of what config.json holds;
-//! the calls and the config.json writes follow it.
+//! Provisioning (docs/contract/cloud-api.md §2): a provisioning key in config.json becomes a
+//! registered device with its own API key. The decision is a pure function of what config.json
+//! holds; the calls and the config.json writes follow it.
 
 use crate::balena_api::client::{Auth, Cloud, CloudError};
 use crate::config::ConfigJson;

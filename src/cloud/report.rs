@@ -1,7 +1,7 @@
-//! The report thread (docs/contract/cloud-api.md §5): builds the v3 current state from the engine's status
-//! and the host's facts, and PATCHes only what changed since the last acknowledged report,
-//! at most once per 10 s (metrics-only changes once per 5 min). The last acknowledged report
-//! is kept on disk so a restart sends a diff, not everything.
+//! The report thread (docs/contract/cloud-api.md §5): builds the v3 current state from the engine's
+//! status and the host's facts, and PATCHes only what changed since the last acknowledged report,
+//! at most once per 10 s (metrics-only changes once per 5 min). The last acknowledged report is
+//! kept on disk so a restart sends a diff, not everything.
 
 use super::CloudShared;
 use crate::balena_api::client::{Cloud, CloudError};

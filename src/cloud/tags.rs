@@ -1,7 +1,7 @@
-//! Device tags (docs/contract/cloud-api.md §5.4, docs/contract/device-api.md 3.25/3.26): read from the API's `/v7`
-//! resource for `GET /v2/device/tags`; changes set through `PATCH /v2/device/tags` are kept by
-//! the state engine (DB `targetTags`) and sent by the report thread as
-//! `PATCH /device/v3/tags`.
+//! Device tags (docs/contract/cloud-api.md §5.4, docs/contract/device-api.md 3.25/3.26): read from
+//! the API's `/v7` resource for `GET /v2/device/tags`; changes set through `PATCH /v2/device/tags`
+//! are kept by the state engine (DB `targetTags`) and sent by the report thread as `PATCH
+//! /device/v3/tags`.
 
 use crate::balena_api::client::{Auth, Cloud, CloudError};
 use crate::config::Settings;

@@ -1,5 +1,5 @@
-//! Container contracts (docs/contract/engine.md (g)): a service may require versions or slugs of the
-//! device's software and hardware. Unmet requirements reject the app unless the service is
+//! Container contracts (docs/contract/engine.md (g)): a service may require versions or slugs of
+//! the device's software and hardware. Unmet requirements reject the app unless the service is
 //! marked optional.
 
 use super::target::{err, join, kind, Result};

@@ -1,5 +1,5 @@
-//! Names and bookkeeping labels exactly as balena-supervisor v19 makes them (docs/contract/config.md §5,
-//! docs/contract/engine.md (d)).
+//! Names and bookkeeping labels exactly as balena-supervisor v19 makes them
+//! (docs/contract/config.md §5, docs/contract/engine.md (d)).
 
 use std::collections::BTreeMap;
 

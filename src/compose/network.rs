@@ -210,8 +210,8 @@ impl Network {
         }
     }
 
-    /// Equal per docs/contract/engine.md D.2: an unset target IPAM config ignores the engine-assigned one;
-    /// a config-only target ignores the driver.
+    /// Equal per docs/contract/engine.md D.2: an unset target IPAM config ignores the
+    /// engine-assigned one; a config-only target ignores the driver.
     pub fn is_equal_config(&self, target: &Network) -> bool {
         let (c, t) = (&self.config, &target.config);
         let ipam_equal = if t.ipam.config.is_empty() {

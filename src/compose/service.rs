@@ -457,8 +457,8 @@ fn same_set<T: Ord + Clone>(a: &[T], b: &[T]) -> bool {
 }
 
 /// The config fields in which `current` differs from `target` (empty = same container
-/// config), per docs/contract/engine.md C.4.5. `container_ids` maps service names to container ids for
-/// `service:<x>` network modes.
+/// config), per docs/contract/engine.md C.4.5. `container_ids` maps service names to container ids
+/// for `service:<x>` network modes.
 pub fn config_differences(
     current: &ServiceConfig,
     target: &ServiceConfig,

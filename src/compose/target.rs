@@ -1,7 +1,7 @@
-//! The v3 target state (docs/contract/cloud-api.md §4) parsed by hand from JSON so that every error names
-//! the path of the offending field, e.g.
-//! `apps.<uuid>.releases.<commit>.services.main.composition.ports[2]: ...`.
-//! A target with any error is rejected whole.
+//! The v3 target state (docs/contract/cloud-api.md §4) parsed by hand from JSON so that every error
+//! names the path of the offending field, e.g.
+//! `apps.<uuid>.releases.<commit>.services.main.composition.ports[2]: ...`. A target with any error
+//! is rejected whole.
 
 use super::composition::{self, Composition};
 use serde::Serialize;
@@ -84,7 +84,8 @@ pub struct TargetState {
 
 impl TargetState {
     /// The same state with config variable names stripped of `BALENA_`/`RESIN_` (the
-    /// `BALENA_` form wins when both are given), as the database stores them (docs/contract/config.md §3.1).
+    /// `BALENA_` form wins when both are given), as the database stores them
+    /// (docs/contract/config.md §3.1).
     pub fn normalised(&self) -> TargetState {
         let mut config = BTreeMap::new();
         for (k, v) in &self.config {
@@ -703,8 +704,8 @@ fn parse_service(v: &Value, path: &str) -> Result<TargetService> {
 }
 
 /// Converts the v2 local-mode format (`POST /v2/local/target-state`, as balena-cli sends it)
-/// into the v3 model: apps keyed by numeric id get the id as their uuid (docs/contract/engine.md A.8.10),
-/// services keyed by service id carry compose keys next to their own.
+/// into the v3 model: apps keyed by numeric id get the id as their uuid (docs/contract/engine.md
+/// A.8.10), services keyed by service id carry compose keys next to their own.
 pub fn parse_v2_local(doc: &Value) -> Result<TargetState> {
     let top = obj(doc, "")?;
     let local = obj(required(top, "local", "")?, "local")?;

@@ -1,5 +1,5 @@
-//! Process configuration: the environment variables the real supervisor reads (docs/contract/config.md §1),
-//! command-line overrides, and config.json (see [`config_json`]).
+//! Process configuration: the environment variables the real supervisor reads
+//! (docs/contract/config.md §1), command-line overrides, and config.json (see [`config_json`]).
 //!
 //! Precedence for every path: command-line flag > environment variable > default.
 //! The API port: flag > `LISTEN_PORT` > config.json `listenPort` > 48484.

@@ -1,6 +1,6 @@
 //! The database: the only module that speaks SQL. Same file and tables as balena-supervisor
-//! v19 (docs/contract/engine.md (f)), so a device can switch between the two; our own state lives in
-//! `tv_`-prefixed tables. WAL journal; writes only when a value changes.
+//! v19 (docs/contract/engine.md (f)), so a device can switch between the two; our own state lives
+//! in `tv_`-prefixed tables. WAL journal; writes only when a value changes.
 
 use crate::compose::hostapp::{HostApp, HostRecord};
 use crate::compose::target::{parse_device_target, TargetState};
@@ -276,7 +276,8 @@ impl Db {
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_string))
                 .unwrap_or_else(|| "fleet".into());
-            // An app that changed uuid but kept its id replaces the old row (docs/contract/engine.md j.54).
+            // An app that changed uuid but kept its id replaces the old row
+            // (docs/contract/engine.md j.54).
             tx.execute(
                 "DELETE FROM app WHERE appId = ?1 AND uuid != ?2 AND source = ?3",
                 params![app.id, app.uuid, source],

@@ -1,4 +1,5 @@
-//! Steps for one app: update towards its target (docs/contract/engine.md C.3–C.9) or removal (C.10).
+//! Steps for one app: update towards its target (docs/contract/engine.md C.3–C.9) or removal
+//! (C.10).
 
 use super::images::Index;
 use super::{Context, CurrentApp, DesiredApp, ImageRef, Step};
@@ -462,9 +463,9 @@ fn condition_gate(name: &str, condition: Condition, dep: &Service) -> Gate {
     }
 }
 
-/// Steps for one changing volume or network (docs/contract/engine.md C.3.6): a current component is removed
-/// once no container uses it (its users are killed first, unless they are changing anyway or
-/// already stopping); a new one is created.
+/// Steps for one changing volume or network (docs/contract/engine.md C.3.6): a current component is
+/// removed once no container uses it (its users are killed first, unless they are changing anyway
+/// or already stopping); a new one is created.
 fn component_steps_for<T>(
     change: &Change<'_, T>,
     plan: &AppPlan<'_>,

@@ -1,5 +1,5 @@
-//! The device-config half of the state funnel (docs/contract/device-config.md §1.2): from the target's
-//! config variables and what the device has now, the steps that close the gap. Pure: the
+//! The device-config half of the state funnel (docs/contract/device-config.md §1.2): from the
+//! target's config variables and what the device has now, the steps that close the gap. Pure: the
 //! state engine reads the current values (config.json, the database, the VPN unit, the boot
 //! backends) and runs the steps.
 

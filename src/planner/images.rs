@@ -1,6 +1,6 @@
 //! Image bookkeeping steps: saveImage, removeImage, cleanup (docs/contract/engine.md C.8).
 
-use super::fast_hash::FastSet as HashSet;
+use super::fast_hash::FastSet;
 use super::{Context, CurrentApp, DesiredApp, ImageRef, Step};
 use crate::compose::labels::UPDATE_STRATEGY;
 use crate::compose::Service;
@@ -8,8 +8,8 @@ use crate::compose::Service;
 /// Lookups over the available images, built once per plan so that planning stays linear in
 /// the number of services.
 pub(super) struct Index<'a> {
-    names: HashSet<&'a str>,
-    ids: HashSet<&'a str>,
+    names: FastSet<&'a str>,
+    ids: FastSet<&'a str>,
 }
 
 impl<'a> Index<'a> {
@@ -49,7 +49,7 @@ pub(super) fn save_and_remove(
     // The target's image records, as keys (records are made only for images to save).
     let wanted: Vec<MetaKey> = targets.iter().map(|s| service_key(s)).collect();
 
-    let recorded: HashSet<MetaKey> = ctx.available_images.iter().map(meta_key).collect();
+    let recorded: FastSet<MetaKey> = ctx.available_images.iter().map(meta_key).collect();
     // saveImage: on the engine (by reference or id) but without our record.
     for (svc, want) in targets.iter().zip(&wanted) {
         if recorded.contains(want) {
@@ -77,12 +77,12 @@ pub(super) fn save_and_remove(
         // So once the new release runs, the previous release's records go even when both
         // releases share the image (v19 removes them too: left behind, v19 would report the
         // old release as downloaded).
-        let in_use: HashSet<&str> = current
+        let in_use: FastSet<&str> = current
             .iter()
             .flat_map(|a| &a.services)
             .map(|c| c.config.image.as_str())
             .collect();
-        let running: HashSet<(i64, &str, &str, &str)> = current
+        let running: FastSet<(i64, &str, &str, &str)> = current
             .iter()
             .flat_map(|a| &a.services)
             .map(|c| {
@@ -94,15 +94,15 @@ pub(super) fn save_and_remove(
                 )
             })
             .collect();
-        let wanted_keys: HashSet<MetaKey> = wanted.iter().copied().collect();
-        let covered: HashSet<&str> = ctx
+        let wanted_keys: FastSet<MetaKey> = wanted.iter().copied().collect();
+        let covered: FastSet<&str> = ctx
             .available_images
             .iter()
             .filter(|img| wanted_keys.contains(&meta_key(img)))
             .filter_map(|img| img.docker_image_id.as_deref())
             .collect();
         // Images still to download keep their service's previous image as a delta source.
-        let delta_sources: HashSet<(i64, &str)> = targets
+        let delta_sources: FastSet<(i64, &str)> = targets
             .iter()
             .filter(|s| !index.available(s))
             .filter(|s| {

@@ -1,6 +1,6 @@
 //! The planner: a pure function from (current state, target state, context) to the steps of
-//! the next iteration (docs/contract/engine.md (b), (c)). No I/O, no clocks, no randomness: everything it
-//! needs is in its arguments, so every rule is a table-driven test.
+//! the next iteration (docs/contract/engine.md (b), (c)). No I/O, no clocks, no randomness:
+//! everything it needs is in its arguments, so every rule is a table-driven test.
 
 mod app;
 pub mod boot_keys;

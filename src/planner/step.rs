@@ -87,8 +87,8 @@ pub enum Step {
     },
     /// Nothing to do now, but the target is not reached: keep the loop alive.
     Noop,
-    /// Reboot the device (a change needs it and nothing else is left to do; docs/contract/engine.md A.3 4).
-    /// Run by the state engine itself: it takes every app's locks and stops the loop.
+    /// Reboot the device (a change needs it and nothing else is left to do; docs/contract/engine.md
+    /// A.3 4). Run by the state engine itself: it takes every app's locks and stops the loop.
     Reboot,
 }
 

@@ -1,6 +1,7 @@
 //! Actions on one service asked for through the API (docs/contract/device-api.md 3.9): stop, start,
 //! restart. They run on the state engine thread between iterations, so they never race an
-//! apply; stop and restart hold the app's update locks while they work (docs/contract/engine.md (e) 15).
+//! apply; stop and restart hold the app's update locks while they work (docs/contract/engine.md (e)
+//! 15).
 
 use super::device::{device_context, universe};
 use super::snapshot::EngineSnapshot;
@@ -143,8 +144,8 @@ impl Actions<'_> {
 }
 
 impl Actions<'_> {
-    /// Restart or purge a whole app (docs/contract/device-api.md 3.7, 3.8). The containers (and for a purge
-    /// the volumes) are removed here under the app's update locks; the apply loop that runs
+    /// Restart or purge a whole app (docs/contract/device-api.md 3.7, 3.8). The containers (and for
+    /// a purge the volumes) are removed here under the app's update locks; the apply loop that runs
     /// right after recreates them from the target.
     pub fn run_app(
         &self,

@@ -1,5 +1,5 @@
-//! The state engine thread: the apply loop (docs/contract/engine.md (a)). It owns the engine client for
-//! changes and the database handle for state; other threads talk to it over a channel.
+//! The state engine thread: the apply loop (docs/contract/engine.md (a)). It owns the engine client
+//! for changes and the database handle for state; other threads talk to it over a channel.
 
 use super::actions::Actions;
 use super::device::{device_context, universe};

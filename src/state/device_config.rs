@@ -1,7 +1,7 @@
-//! Runs the device-config half of an iteration (docs/contract/device-config.md §1.3): reads what the device
-//! has (config.json, the database, the VPN unit, the boot backends), asks
-//! [`crate::planner::device_config::plan`] for steps and runs them. They run alone: app steps wait for
-//! the next iteration.
+//! Runs the device-config half of an iteration (docs/contract/device-config.md §1.3): reads what
+//! the device has (config.json, the database, the VPN unit, the boot backends), asks
+//! [`crate::planner::device_config::plan`] for steps and runs them. They run alone: app steps wait
+//! for the next iteration.
 
 use super::apply::StateEngine;
 use super::step_error::{Failure, StepError};

@@ -271,8 +271,8 @@ impl Executor<'_> {
         result
     }
 
-    /// A delta source (docs/contract/engine.md (h) 2): an image of the same app and service that is on the
-    /// engine.
+    /// A delta source (docs/contract/engine.md (h) 2): an image of the same app and service that is
+    /// on the engine.
     fn delta_source(&self, image: &ImageRef) -> Option<String> {
         let rows = self.db().images().ok()?;
         rows.into_iter()
@@ -351,8 +351,8 @@ impl Executor<'_> {
         Ok(None)
     }
 
-    /// Credentials for images on a registry host (docs/contract/engine.md (i)): `d_<uuid>` and the API key
-    /// (the provisioning key while it is still there). Unmanaged devices pull anonymously.
+    /// Credentials for images on a registry host (docs/contract/engine.md (i)): `d_<uuid>` and the
+    /// API key (the provisioning key while it is still there). Unmanaged devices pull anonymously.
     fn registry_auth(&self, image: &str) -> Option<String> {
         let server = registry_host(image)?;
         let cfg = self.config_json;

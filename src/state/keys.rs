@@ -1,5 +1,5 @@
-//! The API keys the state engine keeps (docs/contract/device-api.md §1): the global key, the scoped keys of
-//! services with the supervisor-api feature (made on first use), their publication for the
+//! The API keys the state engine keeps (docs/contract/device-api.md §1): the global key, the scoped
+//! keys of services with the supervisor-api feature (made on first use), their publication for the
 //! API, and their replacement (`/v1/regenerate-api-key`).
 
 use super::apply::StateEngine;

@@ -1,5 +1,5 @@
-//! Local mode's engine bookkeeping (docs/contract/engine.md C.14): a snapshot of the engine's objects when
-//! local mode begins, and on leaving it the removal of everything created since.
+//! Local mode's engine bookkeeping (docs/contract/engine.md C.14): a snapshot of the engine's
+//! objects when local mode begins, and on leaving it the removal of everything created since.
 
 use crate::engine::Engine;
 use log::{info, warn};

@@ -49,7 +49,8 @@ impl StateEngine {
         }
     }
 
-    /// A cloud target's `SUPERVISOR_LOCAL_MODE` switches local mode on or off (docs/contract/engine.md C.14).
+    /// A cloud target's `SUPERVISOR_LOCAL_MODE` switches local mode on or off
+    /// (docs/contract/engine.md C.14).
     pub(super) fn follow_local_mode_setting(&mut self, cloud: &TargetState) {
         if self.settings.config_json.unmanaged() {
             return;

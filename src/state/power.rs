@@ -1,6 +1,7 @@
-//! Reboot and shutdown (docs/contract/device-config.md §4.4, docs/contract/device-api.md 3.6): refused while a host OS
-//! update is rolling back, then every current app's update locks are taken, the event is
-//! logged, and after a second (so the API can answer first) logind is asked over D-Bus.
+//! Reboot and shutdown (docs/contract/device-config.md §4.4, docs/contract/device-api.md 3.6):
+//! refused while a host OS update is rolling back, then every current app's update locks are taken,
+//! the event is logged, and after a second (so the API can answer first) logind is asked over
+//! D-Bus.
 
 use super::actions::ActionError;
 use super::apply::StateEngine;
@@ -74,11 +75,11 @@ pub fn lock_all_apps(
 }
 
 impl StateEngine {
-    /// Reboots or powers off the host (docs/contract/device-config.md §4.4): refused during a host OS update
-    /// unless forced; takes every current app's locks (those the loop holds stay as they are);
-    /// logs the event; tells `ready` (the API answers then); a second later asks logind. If
-    /// the host refuses, the locks taken here are given back and applying goes on (v19 would
-    /// stay "shutting down" for good).
+    /// Reboots or powers off the host (docs/contract/device-config.md §4.4): refused during a host
+    /// OS update unless forced; takes every current app's locks (those the loop holds stay as they
+    /// are); logs the event; tells `ready` (the API answers then); a second later asks logind. If
+    /// the host refuses, the locks taken here are given back and applying goes on (v19 would stay
+    /// "shutting down" for good).
     pub(super) fn power(
         &mut self,
         action: PowerAction,

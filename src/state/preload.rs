@@ -1,6 +1,7 @@
-//! apps.json preload (docs/contract/engine.md A.8, docs/contract/cloud-api.md §4.1): on a device with no stored target, a
-//! target shipped in `$DATA_MOUNTPOINT/apps.json` (images preloaded into the engine) is
-//! stored and applied without downloads, then the file is retired so it is used only once.
+//! apps.json preload (docs/contract/engine.md A.8, docs/contract/cloud-api.md §4.1): on a device
+//! with no stored target, a target shipped in `$DATA_MOUNTPOINT/apps.json` (images preloaded into
+//! the engine) is stored and applied without downloads, then the file is retired so it is used only
+//! once.
 
 use crate::compose::target::{parse_device_target, TargetApp, TargetRelease};
 use crate::compose::ImageRef;

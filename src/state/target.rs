@@ -1,6 +1,7 @@
 //! Turns a validated target state into the planner's target apps: services built through the
 //! compose mapping with the device's context and the engine's image defaults, the implicit
-//! `default` network, and the supervisor's own service left out (docs/contract/engine.md C.1, C.13).
+//! `default` network, and the supervisor's own service left out (docs/contract/engine.md C.1,
+//! C.13).
 
 use crate::compose::contracts::{self, Universe};
 use crate::compose::labels;

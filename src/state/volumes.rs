@@ -9,8 +9,8 @@ use std::collections::BTreeSet;
 
 impl StateEngine {
     /// Removes every engine volume that no container (of any kind) mounts and that is not a
-    /// volume of a target app (docs/contract/device-api.md §3.28). The `extra-firmware` volume is kept: it is
-    /// the OS's, recreated by the next apply anyway (v19 removed it here).
+    /// volume of a target app (docs/contract/device-api.md §3.28). The `extra-firmware` volume is
+    /// kept: it is the OS's, recreated by the next apply anyway (v19 removed it here).
     pub(super) fn cleanup_volumes(&self, target: Option<&TargetState>) -> Result<usize, Failure> {
         let referenced: BTreeSet<String> = target
             .iter()

@@ -1,5 +1,6 @@
-//! A mock balena API (docs/contract/cloud-api.md §8) on loopback: answers provisioning, target-state, report
-//! and log-stream calls the way the real API does, and records every request with its size.
+//! A mock balena API (docs/contract/cloud-api.md §8) on loopback: answers provisioning,
+//! target-state, report and log-stream calls the way the real API does, and records every request
+//! with its size.
 
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
