@@ -1,8 +1,7 @@
-//! Device endpoints that need no change of state (docs/contract/device-api.md §3.3, 3.10–3.12,
-//! 3.16, 3.27,
-//! 3.29): `/v1/device`, `/v1/apps/:appId` stop/start, `/v2/applications/:appId/state`,
-//! `/v2/device/vpn`, `/v1/blink`, `/v2/journal-logs`, `GET /v1/apps/:appId`,
-//! `/v2/cleanup-volumes`.
+//! Device endpoints that need no change of state (docs/contract/device-api.md §3.3,
+//! 3.10–3.12, 3.16, 3.27, 3.29): `/v1/device`, `/v1/apps/:appId` stop/start,
+//! `/v2/applications/:appId/state`, `/v2/device/vpn`, `/v1/blink`, `/v2/journal-logs`,
+//! `GET /v1/apps/:appId`, `/v2/cleanup-volumes`.
 
 use super::server::{Request, Response};
 use super::{failed, int_param, json_response, truthy, Api, ENGINE_TIMEOUT, NOT_ANSWERING};

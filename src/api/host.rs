@@ -1,6 +1,6 @@
-//! Endpoints that act on the host or the device record (docs/contract/device-api.md 3.6, 3.13,
-//! 3.14, 3.25,
-//! 3.26): `/v1/reboot`, `/v1/shutdown`, `/v1/device/host-config`, `/v2/device/tags`.
+//! Endpoints that act on the host or the device record (docs/contract/device-api.md 3.6,
+//! 3.13, 3.14, 3.25, 3.26): `/v1/reboot`, `/v1/shutdown`, `/v1/device/host-config`,
+//! `/v2/device/tags`.
 
 use super::server::{Request, Response};
 use super::{json_response, truthy, Api, ENGINE_TIMEOUT, NOT_ANSWERING};

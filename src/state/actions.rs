@@ -1,7 +1,7 @@
 //! Actions on one service asked for through the API (docs/contract/device-api.md 3.9): stop, start,
 //! restart. They run on the state engine thread between iterations, so they never race an
-//! apply; stop and restart hold the app's update locks while they work (docs/contract/engine.md (e)
-//! 15).
+//! apply; stop and restart hold the app's update locks while they work
+//! (docs/contract/engine.md (e) 15).
 
 use super::device::{device_context, universe};
 use super::snapshot::EngineSnapshot;
