@@ -492,7 +492,7 @@ fn component_steps_for<T>(
                     d.status != ServiceStatus::Stopping
                         && !changing.contains(d.service_name.as_str())
                 })
-                .map(|d| plan.kill(d, vec![why(cur)]))
+                .filter_map(|d| plan.under_lock(|| plan.kill(d, vec![why(cur)])))
                 .collect()
         }
         (None, Some(t)) => vec![create(t)],
@@ -565,25 +565,23 @@ pub(super) fn update_steps(
         .chain(installed_pairs(target, &newest))
         .collect();
 
-    // Service steps, then volumes and networks; lock-needing ones are held back until the
-    // app's lock is ours.
-    let mut gate = LockGate {
-        locked: plan.lock_held,
-        wanted: false,
-    };
-    for pair in &plan.pairs {
-        if let Some(step) = plan.steps_for_pair(pair) {
-            gate.push(&mut steps, step, pair.current.is_none());
+    // Service steps, then volumes and networks. Those that need the app's lock are built
+    // through `AppPlan::under_lock`: held back (and the lock asked for) until it is ours.
+    let planned = plan
+        .pairs
+        .iter()
+        .filter_map(|pair| plan.steps_for_pair(pair));
+    for step in planned.chain(component_steps(&plan)) {
+        if !steps.contains(&step) {
+            steps.push(step);
         }
     }
-    for step in component_steps(&plan) {
-        gate.push(&mut steps, step, false);
-    }
-    if gate.wanted || plan.lock_wanted.get() {
+    debug_assert!(plan.lock_held || !steps.iter().any(Step::needs_lock));
+    if plan.lock_wanted.get() {
         steps.insert(0, take_lock_step(current, target, ctx.force));
     }
     if steps.is_empty() {
-        steps = converged_steps(current, target, gate.locked);
+        steps = converged_steps(current, target, plan.lock_held);
     }
     steps
 }
@@ -718,24 +716,6 @@ fn should_start(c: &Service, t: &Service, equal: bool, ctx: &Context) -> bool {
 
 fn should_stop(c: &Service, t: &Service) -> bool {
     !t.config.running && c.status != ServiceStatus::Other("exited".into()) && c.config.running
-}
-
-/// Holds back the steps that need the app's update lock until it is taken, and remembers
-/// that it is wanted.
-struct LockGate {
-    locked: bool,
-    wanted: bool,
-}
-
-impl LockGate {
-    fn push(&mut self, steps: &mut Vec<Step>, step: Step, install: bool) {
-        let needs = step.needs_lock() || (install && matches!(step, Step::Start { .. }));
-        if needs && !self.locked {
-            self.wanted = true;
-        } else if !steps.contains(&step) {
-            steps.push(step);
-        }
-    }
 }
 
 /// C.3.6: volumes, then networks; a changing component first loses its dependents.
