@@ -355,7 +355,9 @@ impl StateEngine {
                     Ok(h) => h
                         .join()
                         .unwrap_or_else(|_| Err(internal(Failure::Host("step panicked".into())))),
-                    Err(e) => Err(internal(e)),
+                    Err(e) => Err(internal(Failure::Host(format!(
+                        "cannot start a step thread: {e}"
+                    )))),
                 })
                 .collect()
         })
