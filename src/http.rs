@@ -56,6 +56,8 @@ pub fn header_value<'a>(headers: &'a [(String, String)], name: &str) -> Option<&
 #[derive(Debug, Clone)]
 pub struct ResponseHead {
     pub status: u16,
+    /// An HTTP/1.0 answer: its connection closes unless it says keep-alive.
+    pub http10: bool,
     pub reason: String,
     /// Header names are kept as sent; look them up with [`ResponseHead::header`].
     pub headers: Vec<(String, String)>,
@@ -150,6 +152,7 @@ fn read_one_head<R: BufRead>(r: &mut R) -> io::Result<ResponseHead> {
     let headers = read_headers(r, status_line.len())?;
     Ok(ResponseHead {
         status,
+        http10: version == "HTTP/1.0",
         reason,
         headers,
     })
@@ -208,6 +211,7 @@ impl RequestHead {
     pub fn framing(&self) -> io::Result<Framing> {
         let as_response = ResponseHead {
             status: 200,
+            http10: self.http10,
             reason: String::new(),
             headers: self.headers.clone(),
         };
@@ -568,18 +572,29 @@ pub fn write_last_chunk<W: Write>(w: &mut W) -> io::Result<()> {
     w.flush()
 }
 
-/// Request line, Host, User-Agent and `extra_headers`, each line checked; no blank line yet.
+/// Request line, `Host: docker`, our User-Agent and `extra_headers`; no blank line yet.
 fn request_head(method: &str, path: &str, extra_headers: &[(&str, String)]) -> io::Result<String> {
+    let agent = concat!("tinyvisor/", env!("CARGO_PKG_VERSION"));
+    request_head_for("docker", agent, method, path, extra_headers)
+}
+
+/// Request line, Host, User-Agent and `extra_headers`, each line checked; no blank line yet
+/// (the cloud client names its own host and the supervisor's User-Agent).
+pub fn request_head_for(
+    host: &str,
+    user_agent: &str,
+    method: &str,
+    path: &str,
+    extra_headers: &[(&str, String)],
+) -> io::Result<String> {
     if path.bytes().any(|b| b <= b' ' || b == 0x7f) || !path.starts_with('/') {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("request path must be an escaped absolute path: {path:?}"),
         ));
     }
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: docker\r\nUser-Agent: tinyvisor/{}\r\n",
-        env!("CARGO_PKG_VERSION")
-    );
+    let mut head =
+        format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {user_agent}\r\n");
     for (k, v) in extra_headers {
         if v.bytes().any(|b| b == b'\r' || b == b'\n') {
             return Err(io::Error::new(

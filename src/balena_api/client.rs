@@ -1,10 +1,13 @@
-//! The one place that speaks HTTP to the balena API (ureq over rustls). Every call sends the
-//! real supervisor's User-Agent, accepts gzip, and returns status, ETag, Retry-After and the
-//! body, whatever the status: callers decide what a status means (docs/contract/cloud-api.md).
+//! The one place that speaks HTTP to the balena API (`transport.rs`: our codec over rustls).
+//! Every call sends the real supervisor's User-Agent, accepts gzip, and returns status, ETag,
+//! Retry-After and the body, whatever the status: callers decide what a status means
+//! (docs/contract/cloud-api.md).
 
+use super::transport::{self, Roots, Transport, Url};
 use serde_json::Value;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// The live `apiRequestTimeout` in ms (`SUPERVISOR_API_REQUEST_TIMEOUT`, default 59 s): set by
 /// the state engine when the target changes it, read by every call that follows it.
@@ -37,7 +40,7 @@ impl Timeout {
 }
 
 /// Largest answer we read (the target state is the big one).
-pub const MAX_ANSWER_BYTES: u64 = crate::compose::target::MAX_TARGET_BYTES as u64;
+pub const MAX_ANSWER_BYTES: usize = crate::compose::target::MAX_TARGET_BYTES;
 
 /// How a call authenticates.
 #[derive(Clone, Copy)]
@@ -120,52 +123,29 @@ pub fn user_agent(os_version: Option<&str>, os_variant: Option<&str>) -> String 
 
 /// The TLS roots of a client: the built-in web PKI roots, or, when the device was given custom
 /// root CAs (openBalena, a self-signed API), those CAs plus the host's CA bundle.
-fn root_certs(custom: &[crate::config::ca::CustomCa], host_bundle: &[u8]) -> ureq::tls::RootCerts {
-    use ureq::tls::{parse_pem, PemItem, RootCerts};
+fn root_certs(custom: &[crate::config::ca::CustomCa], host_bundle: &[u8]) -> Roots {
     if custom.is_empty() {
-        return RootCerts::WebPki;
+        return Roots::WebPki;
     }
     let mut certs = Vec::new();
-    let mut add = |source: &str, pem: &[u8]| {
-        let before = certs.len();
-        for item in parse_pem(pem) {
-            if let Ok(PemItem::Certificate(c)) = item {
-                certs.push(c);
-            }
-        }
-        if certs.len() == before && !source.is_empty() {
-            log::error!("custom root CA from {source}: no certificate in it; ignored");
-        }
-    };
     for ca in custom {
-        add(&ca.source, &ca.pem);
+        let found = transport::pem_certificates(&ca.pem);
+        if found.is_empty() {
+            log::error!(
+                "custom root CA from {}: no certificate in it; ignored",
+                ca.source
+            );
+        }
+        certs.extend(found);
     }
-    add("", host_bundle);
-    RootCerts::new_with_certs(&certs)
+    certs.extend(transport::pem_certificates(host_bundle));
+    Roots::These(certs)
 }
 
-/// A request with the call's timeout, its `Authorization` and the caller's headers.
-fn prepared<B>(
-    rb: ureq::RequestBuilder<B>,
-    timeout: Duration,
-    authorization: &str,
-    headers: &[(&str, &str)],
-) -> ureq::RequestBuilder<B> {
-    let mut rb = rb
-        .config()
-        .timeout_global(Some(timeout))
-        .build()
-        .header("Authorization", authorization);
-    for (k, v) in headers {
-        rb = rb.header(*k, *v);
-    }
-    rb
-}
-
-/// A client for one API endpoint. Cheap to clone (ureq agents share their pool).
+/// A client for one API endpoint. Cheap to clone (clones share their kept connections).
 #[derive(Clone)]
 pub struct Cloud {
-    agent: ureq::Agent,
+    transport: Arc<Transport>,
     endpoint: String,
     timeout: Timeout,
 }
@@ -181,21 +161,9 @@ impl Cloud {
         custom_ca: &[crate::config::ca::CustomCa],
         host_bundle: &[u8],
     ) -> Cloud {
-        let tls = ureq::tls::TlsConfig::builder()
-            .root_certs(root_certs(custom_ca, host_bundle))
-            .build();
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .tls_config(tls)
-            .user_agent(user_agent)
-            // The API never redirects device calls; the delta server's redirects are answers.
-            .max_redirects(0)
-            .max_idle_connections(2)
-            .max_idle_connections_per_host(2)
-            .build()
-            .new_agent();
+        let roots = root_certs(custom_ca, host_bundle);
         Cloud {
-            agent,
+            transport: Arc::new(Transport::new(user_agent, roots)),
             endpoint: endpoint.trim_end_matches('/').to_string(),
             timeout,
         }
@@ -214,7 +182,8 @@ impl Cloud {
         }
     }
 
-    /// One call to [`Cloud::url`] of `path`.
+    /// One call to [`Cloud::url`] of `path`. The API never redirects device calls; the
+    /// delta server's redirects are answers, so none is followed.
     pub fn call(
         &self,
         method: &str,
@@ -223,92 +192,65 @@ impl Cloud {
         headers: &[(&str, &str)],
         body: Option<&Value>,
     ) -> Result<Reply, CloudError> {
-        let url = self.url(path);
-        let authorization = match auth {
-            Auth::Bearer(key) => format!("Bearer {key}"),
-            Auth::Basic(user, pass) => {
-                format!(
-                    "Basic {}",
-                    crate::encoding::base64(format!("{user}:{pass}").as_bytes())
-                )
-            }
-        };
-        // Every call: this moment's timeout, the auth, the caller's headers.
-        let timeout = self.timeout.now();
-        let auth = authorization.as_str();
-        let result = match method {
-            "GET" => prepared(self.agent.get(&url), timeout, auth, headers).call(),
-            "DELETE" => prepared(self.agent.delete(&url), timeout, auth, headers).call(),
-            _ => {
-                let rb = prepared(
-                    match method {
-                        "POST" => self.agent.post(&url),
-                        "PUT" => self.agent.put(&url),
-                        _ => self.agent.patch(&url),
-                    },
-                    timeout,
-                    auth,
-                    headers,
-                );
-                match body {
-                    Some(b) => rb
-                        .header("Content-Type", "application/json")
-                        .send(b.to_string().as_bytes()),
-                    None => rb.send_empty(),
-                }
-            }
-        };
-        let mut response = result.map_err(|e| CloudError::Transport(e.to_string()))?;
-        let header = |name: &str| {
-            response
-                .headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
-        let status = response.status().as_u16();
-        let etag = header("etag");
-        let retry_after = header("retry-after")
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let body = response
-            .body_mut()
-            .with_config()
-            .limit(MAX_ANSWER_BYTES)
-            .read_to_vec()
-            .map_err(|e| CloudError::Transport(format!("reading the answer: {e}")))?;
+        let url = Url::parse(&self.url(path)).map_err(CloudError::Transport)?;
+        let mut all = with_auth(auth, headers);
+        let body = body.map(|b| {
+            all.push(("Content-Type", "application/json".to_string()));
+            b.to_string().into_bytes()
+        });
+        // Every call: this moment's timeout.
+        let deadline = Instant::now() + self.timeout.now();
+        let answer = self
+            .transport
+            .exchange(
+                &url,
+                method,
+                &all,
+                body.as_deref(),
+                deadline,
+                MAX_ANSWER_BYTES,
+            )
+            .map_err(|e| CloudError::Transport(e.to_string()))?;
+        let header = |name: &str| answer.head.header(name).map(str::to_string);
         Ok(Reply {
-            status,
-            etag,
-            retry_after,
-            body,
+            status: answer.head.status,
+            etag: header("etag"),
+            retry_after: header("retry-after")
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs),
+            body: answer.body,
         })
     }
 
-    /// A streamed POST (the log stream): chunked body from `reader`, no overall timeout.
+    /// A streamed POST (the log stream): chunked body from `reader`, no overall timeout
+    /// (each read and write waits at most the request timeout).
     pub fn post_stream(
         &self,
         path: &str,
         key: &str,
         headers: &[(&str, &str)],
-        reader: impl std::io::Read + Send + 'static,
+        reader: impl std::io::Read,
     ) -> Result<u16, CloudError> {
-        let url = self.url(path);
-        let mut rb = self
-            .agent
-            .post(&url)
-            .config()
-            .timeout_global(None)
-            .build()
-            .header("Authorization", format!("Bearer {key}"));
-        for (k, v) in headers {
-            rb = rb.header(*k, *v);
-        }
-        let response = rb
-            .send(ureq::SendBody::from_owned_reader(reader))
-            .map_err(|e| CloudError::Transport(e.to_string()))?;
-        Ok(response.status().as_u16())
+        let url = Url::parse(&self.url(path)).map_err(CloudError::Transport)?;
+        let all = with_auth(Auth::Bearer(key), headers);
+        self.transport
+            .stream(&url, &all, reader, self.timeout.now())
+            .map_err(|e| CloudError::Transport(e.to_string()))
     }
+}
+
+/// The `Authorization` header, then the caller's.
+fn with_auth<'a>(auth: Auth<'_>, headers: &[(&'a str, &str)]) -> Vec<(&'a str, String)> {
+    let authorization = match auth {
+        Auth::Bearer(key) => format!("Bearer {key}"),
+        Auth::Basic(user, pass) => format!(
+            "Basic {}",
+            crate::encoding::base64(format!("{user}:{pass}").as_bytes())
+        ),
+    };
+    let mut all = vec![("Authorization", authorization)];
+    all.extend(headers.iter().map(|(k, v)| (*k, v.to_string())));
+    all
 }
 
 #[cfg(test)]
