@@ -8,6 +8,8 @@ FLAGS="-C link-self-contained=no -Zlocation-detail=none"
 export CARGO_TARGET_ARM_UNKNOWN_LINUX_MUSLEABIHF_RUSTFLAGS="$FLAGS"
 export CARGO_TARGET_ARMV7_UNKNOWN_LINUX_MUSLEABIHF_RUSTFLAGS="$FLAGS"
 export CARGO_TARGET_X86_64_UNKNOWN_LINUX_MUSL_RUSTFLAGS="$FLAGS"
+# armv6's C compiler builds C (SQLite, ring's C) as Thumb code (the script says why).
+export CC_arm_unknown_linux_musleabihf="$PWD/scripts/zigcc-armv6"
 # std as the device needs it: no backtrace symbolizer (panic=abort prints the message only)
 # and the size-optimised algorithms (-285 KB on armv6).
 BUILD_STD=(-Zbuild-std=std,panic_abort -Zbuild-std-features=optimize_for_size)

@@ -798,5 +798,7 @@ impl Db {
     }
 }
 
+#[cfg(target_arch = "arm")]
+mod arm_barrier;
 #[cfg(test)]
 mod tests;
