@@ -154,10 +154,13 @@ impl Db {
             let tx = db.conn.unchecked_transaction()?;
             tx.execute_batch(V19_SCHEMA)?;
             if fresh {
+                // What `datetime('now')` gives; the SQLite we build has no date functions.
+                let now = crate::encoding::rfc3339_from_seconds(crate::logs::now_ms() / 1000);
+                let now = now.replacen('T', " ", 1).replacen('Z', "", 1);
                 for name in KNEX_MIGRATIONS {
                     tx.execute(
-                        "INSERT INTO knex_migrations (name, batch, migration_time) VALUES (?1, 1, datetime('now'))",
-                        params![name],
+                        "INSERT INTO knex_migrations (name, batch, migration_time) VALUES (?1, 1, ?2)",
+                        params![name, now],
                     )?;
                 }
                 tx.execute(

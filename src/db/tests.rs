@@ -144,6 +144,21 @@ fn file_database_is_wal_with_v19_tables_and_knex_records() {
         .query_row("SELECT count(*) FROM knex_migrations", [], |r| r.get(0))
         .unwrap();
     assert_eq!(migrations, 19, "recorded once, not again on reopen");
+    // Knex's migration time, as SQLite's datetime('now') writes it: "2026-12-03 12:15:13".
+    let time: String = db
+        .conn
+        .query_row(
+            "SELECT migration_time FROM knex_migrations LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let shape: String = time
+        .chars()
+        .map(|c| if c.is_ascii_digit() { '9' } else { c })
+        .collect();
+    assert_eq!(shape, "9999-99-99 99:99:99", "{time}");
+    assert!(time.as_str() > "2026-01-01", "{time}");
     assert!(
         db.load_target("local").unwrap().is_some(),
         "the target survives a restart"
