@@ -476,7 +476,7 @@ pub fn duration_ns(v: &Value, path: &str) -> Result<i64> {
             if s.is_empty() {
                 return Err(bad());
             }
-            if let Ok(secs) = s.parse::<f64>() {
+            if let Some(secs) = crate::encoding::parse_decimal(s) {
                 return if (0.0..1e9).contains(&secs) {
                     Ok((secs * 1e9) as i64)
                 } else {
@@ -492,7 +492,7 @@ pub fn duration_ns(v: &Value, path: &str) -> Result<i64> {
                 if num_end == 0 {
                     return Err(bad());
                 }
-                let num: f64 = rest[..num_end].parse().map_err(|_| bad())?;
+                let num = crate::encoding::parse_decimal(&rest[..num_end]).ok_or_else(bad)?;
                 rest = &rest[num_end..];
                 let unit_end = rest
                     .find(|c: char| c.is_ascii_digit() || c == '.')
@@ -536,7 +536,7 @@ pub fn memory_bytes(v: &Value, path: &str) -> Result<i64> {
             let digits_end = s
                 .find(|c: char| !(c.is_ascii_digit() || c == '.'))
                 .unwrap_or(s.len());
-            let num: f64 = s[..digits_end].parse().map_err(|_| bad())?;
+            let num = crate::encoding::parse_decimal(&s[..digits_end]).ok_or_else(bad)?;
             let factor: f64 = match s[digits_end..].trim_end_matches('b') {
                 "" => 1.0,
                 "k" => 1024.0,
@@ -928,7 +928,7 @@ pub fn parse(v: &Value, path: &str) -> Result<Composition> {
             "cpus" => {
                 let f = match val {
                     Value::Number(n) => n.as_f64(),
-                    Value::String(s) => s.trim().parse().ok(),
+                    Value::String(s) => crate::encoding::parse_decimal(s.trim()),
                     _ => None,
                 };
                 match f {
