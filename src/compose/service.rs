@@ -459,10 +459,10 @@ fn same_set<T: Ord + Clone>(a: &[T], b: &[T]) -> bool {
 /// The config fields in which `current` differs from `target` (empty = same container
 /// config), per docs/contract/engine.md C.4.5. `container_ids` maps service names to container ids
 /// for `service:<x>` network modes.
-pub fn config_differences(
+pub fn config_differences<K: std::borrow::Borrow<str> + Ord, V: AsRef<str>>(
     current: &ServiceConfig,
     target: &ServiceConfig,
-    container_ids: &BTreeMap<String, String>,
+    container_ids: &BTreeMap<K, V>,
 ) -> Vec<&'static str> {
     let mut d = Vec::new();
     macro_rules! eq {
@@ -538,7 +538,7 @@ pub fn config_differences(
     let mode_equal = match target.network_mode.strip_prefix("service:") {
         Some(x) => container_ids
             .get(x)
-            .is_some_and(|id| current.network_mode == format!("container:{id}")),
+            .is_some_and(|id| current.network_mode == format!("container:{}", id.as_ref())),
         None => current.network_mode == target.network_mode,
     };
     if !mode_equal {

@@ -160,7 +160,7 @@ struct AppPlan<'a> {
     images_ready: bool,
     current: &'a CurrentApp,
     ctx: &'a Context,
-    container_ids: BTreeMap<String, String>,
+    container_ids: BTreeMap<&'a str, &'a str>,
     network_changes: Vec<Change<'a, Network>>,
     volume_changes: Vec<Change<'a, Volume>>,
     pairs: Vec<Pair<'a>>,
@@ -599,15 +599,11 @@ fn dead_container_removals(current: &CurrentApp) -> Vec<Step> {
 }
 
 /// Engine ids of the current containers by service name (for `service:` network modes).
-fn container_ids(current: &CurrentApp) -> BTreeMap<String, String> {
+fn container_ids(current: &CurrentApp) -> BTreeMap<&str, &str> {
     current
         .services
         .iter()
-        .filter_map(|s| {
-            s.container_id
-                .clone()
-                .map(|id| (s.service_name.clone(), id))
-        })
+        .filter_map(|s| Some((s.service_name.as_str(), s.container_id.as_deref()?)))
         .collect()
 }
 

@@ -59,6 +59,17 @@ pub type FastMap<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<FxHa
 /// A `HashSet` with [`FxHasher`].
 pub type FastSet<T> = std::collections::HashSet<T, BuildHasherDefault<FxHasher>>;
 
+/// A set of `items` made with room for `at_most` of them, so that one built from a flattened
+/// or filtered iterator (whose size is not known ahead) does not rehash on the way.
+pub fn set_of<T: std::hash::Hash + Eq>(
+    at_most: usize,
+    items: impl IntoIterator<Item = T>,
+) -> FastSet<T> {
+    let mut set = FastSet::with_capacity_and_hasher(at_most, BuildHasherDefault::default());
+    set.extend(items);
+    set
+}
+
 #[cfg(test)]
 mod tests {
     use super::FastSet;

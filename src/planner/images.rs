@@ -1,6 +1,6 @@
 //! Image bookkeeping steps: saveImage, removeImage, cleanup (docs/contract/engine.md C.8).
 
-use super::fast_hash::FastSet;
+use super::fast_hash::{set_of, FastMap, FastSet};
 use super::{Context, CurrentApp, DesiredApp, ImageRef, Step};
 use crate::compose::labels::UPDATE_STRATEGY;
 use crate::compose::Service;
@@ -20,11 +20,12 @@ impl<'a> Index<'a> {
                 .iter()
                 .map(|i| i.name.as_str())
                 .collect(),
-            ids: ctx
-                .available_images
-                .iter()
-                .filter_map(|i| i.docker_image_id.as_deref())
-                .collect(),
+            ids: set_of(
+                ctx.available_images.len(),
+                ctx.available_images
+                    .iter()
+                    .filter_map(|i| i.docker_image_id.as_deref()),
+            ),
         }
     }
 
@@ -46,13 +47,24 @@ pub(super) fn save_and_remove(
         .filter(|t| !t.rejected)
         .flat_map(|t| &t.services)
         .collect();
-    // The target's image records, as keys (records are made only for images to save).
+    // The target's image records, as keys (records are made only for images to save); each
+    // available record is looked up once, and marked when it is one of them.
     let wanted: Vec<MetaKey> = targets.iter().map(|s| service_key(s)).collect();
-
-    let recorded: FastSet<MetaKey> = ctx.available_images.iter().map(meta_key).collect();
+    let recorded: FastMap<MetaKey, usize> = ctx
+        .available_images
+        .iter()
+        .enumerate()
+        .map(|(at, img)| (meta_key(img), at))
+        .collect();
+    let mut is_target = vec![false; ctx.available_images.len()];
+    for want in &wanted {
+        if let Some(&at) = recorded.get(want) {
+            is_target[at] = true;
+        }
+    }
     // saveImage: on the engine (by reference or id) but without our record.
     for (svc, want) in targets.iter().zip(&wanted) {
-        if recorded.contains(want) {
+        if recorded.contains_key(want) {
             continue;
         }
         let on_engine = ctx.engine_images.iter().find(|e| {
@@ -77,40 +89,40 @@ pub(super) fn save_and_remove(
         // So once the new release runs, the previous release's records go even when both
         // releases share the image (v19 removes them too: left behind, v19 would report the
         // old release as downloaded).
-        let in_use: FastSet<&str> = current
-            .iter()
-            .flat_map(|a| &a.services)
-            .map(|c| c.config.image.as_str())
-            .collect();
-        let running: FastSet<(i64, &str, &str, &str)> = current
-            .iter()
-            .flat_map(|a| &a.services)
-            .map(|c| {
+        let current_services = || current.iter().flat_map(|a| &a.services);
+        let count = current_services().count();
+        let in_use = set_of(count, current_services().map(|c| c.config.image.as_str()));
+        let running = set_of(
+            count,
+            current_services().map(|c| {
                 (
                     c.app_id,
                     c.service_name.as_str(),
                     c.commit.as_deref().unwrap_or_default(),
                     c.config.image.as_str(),
                 )
-            })
-            .collect();
-        let wanted_keys: FastSet<MetaKey> = wanted.iter().copied().collect();
-        let covered: FastSet<&str> = ctx
-            .available_images
-            .iter()
-            .filter(|img| wanted_keys.contains(&meta_key(img)))
-            .filter_map(|img| img.docker_image_id.as_deref())
-            .collect();
+            }),
+        );
+        let covered = set_of(
+            ctx.available_images.len(),
+            ctx.available_images
+                .iter()
+                .zip(&is_target)
+                .filter(|(_, target)| **target)
+                .filter_map(|(img, _)| img.docker_image_id.as_deref()),
+        );
         // Images still to download keep their service's previous image as a delta source.
-        let delta_sources: FastSet<(i64, &str)> = targets
-            .iter()
-            .filter(|s| !index.available(s))
-            .filter(|s| {
-                s.label(UPDATE_STRATEGY).map(String::as_str) != Some("delete-then-download")
-            })
-            .map(|s| (s.app_id, s.service_name.as_str()))
-            .collect();
-        for img in &ctx.available_images {
+        let delta_sources = set_of(
+            targets.len(),
+            targets
+                .iter()
+                .filter(|s| !index.available(s))
+                .filter(|s| {
+                    s.label(UPDATE_STRATEGY).map(String::as_str) != Some("delete-then-download")
+                })
+                .map(|s| (s.app_id, s.service_name.as_str())),
+        );
+        for (img, &is_target) in ctx.available_images.iter().zip(&is_target) {
             let id = img.docker_image_id.as_deref();
             let only_record_of_a_running_image =
                 id.is_some_and(|id| in_use.contains(id) && !covered.contains(id));
@@ -120,7 +132,6 @@ pub(super) fn save_and_remove(
                 img.commit.as_str(),
                 id.unwrap_or_default(),
             ));
-            let is_target = wanted_keys.contains(&meta_key(img));
             let delta_source = delta_sources.contains(&(img.app_id, img.service_name.as_str()));
             let retained = ctx.retained_images.contains(&img.name);
             if !only_record_of_a_running_image && !runs && !is_target && !delta_source && !retained

@@ -81,7 +81,11 @@ fn adopts_containers_made_by_the_real_supervisor() {
         let target = &targets[&current.service_name];
         assert_eq!(current.container_name(), target.container_name());
         assert_eq!(current.commit.as_deref(), Some("h4commit1"));
-        let diff = config_differences(&current.config, &target.config, &BTreeMap::new());
+        let diff = config_differences(
+            &current.config,
+            &target.config,
+            &BTreeMap::<String, String>::new(),
+        );
         assert!(
             diff.is_empty(),
             "{}: differs in {diff:?}",
@@ -301,7 +305,9 @@ fn feature_labels_add_env_binds_and_networks() {
 fn comparison_ignores_defaults_and_names_real_differences() {
     let a = service_with(json!({"restart": "always"}), json!({}));
     let b = service_with(json!({}), json!({}));
-    assert!(config_differences(&a.config, &b.config, &BTreeMap::new()).is_empty());
+    assert!(
+        config_differences(&a.config, &b.config, &BTreeMap::<String, String>::new()).is_empty()
+    );
 
     let mut cur = a.config.clone();
     cur.volumes.reverse();
@@ -309,14 +315,14 @@ fn comparison_ignores_defaults_and_names_real_differences() {
     let mut tgt = a.config.clone();
     tgt.cap_add = vec!["A".into(), "B".into()];
     assert!(
-        config_differences(&cur, &tgt, &BTreeMap::new()).is_empty(),
+        config_differences(&cur, &tgt, &BTreeMap::<String, String>::new()).is_empty(),
         "sets ignore order"
     );
 
     cur.dns = vec!["1.1.1.1".into(), "8.8.8.8".into()];
     tgt.dns = vec!["8.8.8.8".into(), "1.1.1.1".into()];
     assert_eq!(
-        config_differences(&cur, &tgt, &BTreeMap::new()),
+        config_differences(&cur, &tgt, &BTreeMap::<String, String>::new()),
         vec!["dns"]
     );
 
@@ -324,7 +330,7 @@ fn comparison_ignores_defaults_and_names_real_differences() {
     env.environment.insert("A".into(), "2".into());
     env.restart = "no".into();
     assert_eq!(
-        config_differences(&a.config, &env, &BTreeMap::new()),
+        config_differences(&a.config, &env, &BTreeMap::<String, String>::new()),
         vec!["environment", "restart"]
     );
 
@@ -336,11 +342,13 @@ fn comparison_ignores_defaults_and_names_real_differences() {
         .unwrap()
         .aliases
         .push("90d37c6438e2".into());
-    assert!(config_differences(&engine_side, &a.config, &BTreeMap::new()).is_empty());
+    assert!(
+        config_differences(&engine_side, &a.config, &BTreeMap::<String, String>::new()).is_empty()
+    );
     let mut missing = a.config.clone();
     missing.networks.clear();
     assert_eq!(
-        config_differences(&missing, &a.config, &BTreeMap::new()),
+        config_differences(&missing, &a.config, &BTreeMap::<String, String>::new()),
         vec!["networks"]
     );
 
@@ -348,7 +356,7 @@ fn comparison_ignores_defaults_and_names_real_differences() {
     let mut stopped = a.config.clone();
     stopped.running = false;
     stopped.nano_cpus = 5;
-    assert!(config_differences(&stopped, &a.config, &BTreeMap::new()).is_empty());
+    assert!(config_differences(&stopped, &a.config, &BTreeMap::<String, String>::new()).is_empty());
 }
 
 #[test]

@@ -174,7 +174,7 @@ fn check_converged(model: &Simulation, target: &[DesiredApp]) -> Result<(), Stri
             let diff = crate::compose::service::config_differences(
                 &c.config,
                 &ts.config,
-                &Default::default(),
+                &std::collections::BTreeMap::<String, String>::new(),
             );
             if !diff.is_empty() {
                 return Err(format!("{}: differs in {diff:?}", ts.service_name));
