@@ -1,6 +1,6 @@
 //! Image bookkeeping steps: saveImage, removeImage, cleanup (docs/contract/engine.md C.8).
 
-use super::fast_hash::{set_of, FastMap, FastSet};
+use super::fast_hash::{set_of, FastSet};
 use super::{Context, CurrentApp, DesiredApp, ImageRef, Step};
 use crate::compose::labels::UPDATE_STRATEGY;
 use crate::compose::Service;
@@ -48,23 +48,26 @@ pub(super) fn save_and_remove(
         .flat_map(|t| &t.services)
         .collect();
     // The target's image records, as keys (records are made only for images to save); each
-    // available record is looked up once, and marked when it is one of them.
+    // available record is looked up once (several records may have the same metadata: each
+    // is marked).
     let wanted: Vec<MetaKey> = targets.iter().map(|s| service_key(s)).collect();
-    let recorded: FastMap<MetaKey, usize> = ctx
+    let wanted_keys: FastSet<MetaKey> = wanted.iter().copied().collect();
+    let is_target: Vec<bool> = ctx
         .available_images
         .iter()
-        .enumerate()
-        .map(|(at, img)| (meta_key(img), at))
+        .map(|img| wanted_keys.contains(&meta_key(img)))
         .collect();
-    let mut is_target = vec![false; ctx.available_images.len()];
-    for want in &wanted {
-        if let Some(&at) = recorded.get(want) {
-            is_target[at] = true;
-        }
-    }
+    let recorded = set_of(
+        ctx.available_images.len(),
+        ctx.available_images
+            .iter()
+            .zip(&is_target)
+            .filter(|(_, target)| **target)
+            .map(|(img, _)| meta_key(img)),
+    );
     // saveImage: on the engine (by reference or id) but without our record.
     for (svc, want) in targets.iter().zip(&wanted) {
-        if recorded.contains_key(want) {
+        if recorded.contains(want) {
             continue;
         }
         let on_engine = ctx.engine_images.iter().find(|e| {

@@ -231,6 +231,18 @@ fn c2_3_image_steps_come_alone_before_app_steps() {
 }
 
 #[test]
+fn c8_two_records_of_the_same_target_image_are_both_kept() {
+    // The image table has no unique key: a record written twice must not lose its copy.
+    let new = svc("main", "img-new", "c1");
+    let c = with_images(ctx(), &[&new, &new]);
+    let steps = plan_brief(&[], &[tapp("c1", vec![new])], &c);
+    assert!(
+        !steps.iter().any(|s| s.starts_with("removeImage")),
+        "{steps:?}"
+    );
+}
+
+#[test]
 fn c2_3_no_image_steps_while_downloading() {
     let old = svc("main", "img-old", "c0");
     let new = svc("main", "img-new", "c1");
