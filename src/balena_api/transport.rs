@@ -108,6 +108,16 @@ pub enum Bound {
     EachIo(Duration),
 }
 
+impl Bound {
+    /// How long the next connect, read or write may wait.
+    fn left(self) -> Duration {
+        match self {
+            Bound::EachIo(d) => d,
+            Bound::Deadline(at) => at.saturating_duration_since(Instant::now()),
+        }
+    }
+}
+
 enum Socket {
     Plain(TcpStream),
     Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
@@ -129,10 +139,7 @@ impl Conn {
     }
 
     fn arm(&self) -> io::Result<()> {
-        let left = match self.bound {
-            Bound::EachIo(d) => d,
-            Bound::Deadline(at) => at.saturating_duration_since(Instant::now()),
-        };
+        let left = self.bound.left();
         if left.is_zero() {
             return Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"));
         }
@@ -312,10 +319,7 @@ impl Transport {
             format!("no address for {}", url.host),
         );
         for address in addresses {
-            let left = match bound {
-                Bound::EachIo(d) => d,
-                Bound::Deadline(at) => at.saturating_duration_since(Instant::now()),
-            };
+            let left = bound.left();
             if left.is_zero() {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
