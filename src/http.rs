@@ -369,18 +369,7 @@ impl<R: BufRead> Body<R> {
 
     /// Reads the whole body, failing if it exceeds `limit` bytes.
     pub fn read_to_end_limited(&mut self, limit: usize) -> io::Result<Vec<u8>> {
-        let mut out = Vec::new();
-        let mut buf = [0u8; 8192];
-        loop {
-            let n = self.read(&mut buf)?;
-            if n == 0 {
-                return Ok(out);
-            }
-            if out.len() + n > limit {
-                return Err(invalid(format!("body larger than {limit} bytes")));
-            }
-            out.extend_from_slice(&buf[..n]);
-        }
+        read_limited(self, limit)
     }
 
     fn read_chunked(&mut self, buf: &mut [u8]) -> io::Result<usize> {
@@ -500,6 +489,23 @@ impl<R: BufRead> Read for Body<R> {
                 Ok(n)
             }
         }
+    }
+}
+
+/// Reads `r` to its end, failing if it gives more than `limit` bytes (a body, or what a
+/// decoder makes of one).
+pub fn read_limited<R: Read + ?Sized>(r: &mut R, limit: usize) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            return Ok(out);
+        }
+        if out.len() + n > limit {
+            return Err(invalid(format!("body larger than {limit} bytes")));
+        }
+        out.extend_from_slice(&buf[..n]);
     }
 }
 

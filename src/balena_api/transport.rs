@@ -423,13 +423,7 @@ fn read_body(
         .header("content-encoding")
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("gzip"));
     let bytes = if gzip && framing != Framing::Empty {
-        let mut decoded = Vec::new();
-        let mut gz = flate2::read::GzDecoder::new(&mut body).take(limit as u64 + 1);
-        gz.read_to_end(&mut decoded)?;
-        if decoded.len() > limit {
-            return Err(too_large(limit));
-        }
-        decoded
+        http::read_limited(&mut flate2::read::GzDecoder::new(&mut body), limit)?
     } else {
         body.read_to_end_limited(limit)?
     };
@@ -446,13 +440,6 @@ fn read_body(
         bytes,
         (reusable && reader.buffer().is_empty()).then_some(reader),
     ))
-}
-
-fn too_large(limit: usize) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidData,
-        format!("body larger than {limit} bytes"),
-    )
 }
 
 /// The certificates of PEM text, skipping whatever is not one.
