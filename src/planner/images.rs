@@ -57,14 +57,14 @@ pub(super) fn save_and_remove(
         .iter()
         .map(|img| wanted_keys.contains(&meta_key(img)))
         .collect();
-    let recorded = set_of(
-        ctx.available_images.len(),
+    let target_records = || {
         ctx.available_images
             .iter()
             .zip(&is_target)
             .filter(|(_, target)| **target)
-            .map(|(img, _)| meta_key(img)),
-    );
+            .map(|(img, _)| img)
+    };
+    let recorded = set_of(ctx.available_images.len(), target_records().map(meta_key));
     // saveImage: on the engine (by reference or id) but without our record.
     for (svc, want) in targets.iter().zip(&wanted) {
         if recorded.contains(want) {
@@ -108,11 +108,7 @@ pub(super) fn save_and_remove(
         );
         let covered = set_of(
             ctx.available_images.len(),
-            ctx.available_images
-                .iter()
-                .zip(&is_target)
-                .filter(|(_, target)| **target)
-                .filter_map(|(img, _)| img.docker_image_id.as_deref()),
+            target_records().filter_map(|img| img.docker_image_id.as_deref()),
         );
         // Images still to download keep their service's previous image as a delta source.
         let delta_sources = set_of(
