@@ -1,9 +1,8 @@
 //! The balena API as a client: the one HTTP client of every call to it (`client.rs` over
 //! `transport.rs`: our HTTP codec over TCP or rustls, kept connections; the supervisor's
 //! User-Agent, auth, gzip, status/ETag/Retry-After, custom root CAs, the live request timeout)
-//! and the delta server's calls (`delta.rs`). A leaf: the cloud link
-//! (polling, reports, logs) and the state engine (deltas, registry tokens) both use it, and it
-//! uses neither.
+//! and the delta server's calls (`delta.rs`). A leaf: the cloud link (polling, reports, logs)
+//! and the state engine (deltas, registry tokens) both use it, and it uses neither.
 
 pub mod client;
 pub mod delta;
